@@ -393,7 +393,10 @@ def dialogues_frame(dialogues: Iterable[Dialogue]):
                 ),
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for col in ("initial_intensity", "final_intensity", "intensity_drop"):
+        frame[col] = frame[col].astype("Int64")  # survey scores are integers, missing for some
+    return frame
 
 
 def strategy_counts(dialogues: Iterable[Dialogue]) -> Counter:

