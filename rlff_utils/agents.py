@@ -1,0 +1,332 @@
+"""Prompts and parsing for the agents of a simulated support conversation.
+
+Four roles talk in a rollout: the ESC policy (writes the candidate reply, and in evaluation every
+supporter turn), the ESC system model (writes later supporter turns in training rollouts), the user
+simulator (plays the seeker) and the critic (judges, after each seeker turn, whether the seeker's
+problem is solved). All prompt text lives in :data:`PROMPTS` so a run can write exactly what its
+agents were told (:func:`write_prompts`) and a reader can review it in one place.
+
+Conversations are OpenAI-style message lists. A dialogue is stored from the dialogue's point of
+view (``speaker: seeker|supporter``) and mapped onto chat roles per agent: the supporter is the
+``assistant`` for the policy and the system model, the seeker is the ``assistant`` for the user
+simulator. Consecutive turns of one speaker are merged, because several chat templates refuse two
+messages of one role in a row and ESConv has such turns.
+
+Only the *visible* reply (:func:`visible_reply`) of a supporter ever reaches the user simulator or
+the critic: explicit reasoning (``<think>...</think>``) and a strategy tag are the supporter's own.
+
+Critic (PPDPP, Deng et al. 2023): the question "has the seeker's problem been solved?" with four
+answers worse / same / better / solved valued -1 / -0.5 / 0.5 / 1. ``votes`` samples n answers
+and averages the values of those that name a label; ``probs`` reads the probability of each
+answer from one scoring call and takes the expected value (no sampling noise). When no sampled
+answer names a label the judgement carries no information: its score is NaN, it never counts as
+success, and it is reported (``unparsed``) instead of being silently scored as some label.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .data import SEEKER, STRATEGIES, SUPPORTER
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backends import ChatBackend
+
+PromptStyle = Literal["vanilla", "strategy", "reasoning"]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# --------------------------------------------------------------------------------------------
+# Prompts: every word the agents are told, in one place
+# --------------------------------------------------------------------------------------------
+
+PROMPTS: dict[str, str] = {
+    "supporter_role": (
+        "You are an emotional supporter talking with a help seeker who feels {emotion_type} "
+        "because of {problem_type}. The seeker's situation: {situation}\n"
+        "Help the seeker feel understood, reduce their distress and work through the problem. "
+        "Reply with one or two short, warm sentences, as in a chat."
+    ),
+    "supporter_strategy": (
+        "Before replying, choose the one support strategy that fits best from this list: "
+        "{strategies}. Start your reply with the chosen strategy in square brackets, "
+        "for example: [{example_strategy}] your reply."
+    ),
+    "supporter_reasoning": (
+        "Before replying, think about the seeker's feelings, what they need now and which support "
+        "strategy fits ({strategies}). Write your thinking inside <think> and </think>, then write "
+        "only your reply to the seeker after </think>."
+    ),
+    "seeker_role": (
+        "You are a person seeking emotional support in a chat. You feel {emotion_type} because of "
+        "{problem_type}. Your situation: {situation}\n"
+        "Stay in this role: talk about your own feelings and problem, react honestly to what the "
+        "supporter says, and reply with only one short sentence."
+    ),
+    "seeker_opening": "(The chat starts now. Say what is on your mind.)",
+    "critic_system": (
+        "You read a conversation between a help seeker and an emotional supporter and assess "
+        "whether the seeker's emotional problem has been solved by the end of it."
+    ),
+    "critic_question": (
+        "The seeker feels {emotion_type} because of {problem_type}.\n"
+        "Conversation:\n{transcript}\n\n"
+        "Question: how does the seeker feel now, compared with the start of the conversation?\n"
+        "- worse: the seeker feels worse\n"
+        "- same: the seeker feels the same\n"
+        "- better: the seeker feels better, but the problem is not solved\n"
+        "- solved: the seeker's problem has been solved\n"
+        "Answer with one word: worse, same, better or solved."
+    ),
+    "transcript_line": "{speaker}: {text}",
+}
+
+SPEAKER_NAMES = {SEEKER: "Seeker", SUPPORTER: "Supporter"}
+
+# PPDPP's answer values.
+CRITIC_LABELS: dict[str, float] = {"worse": -1.0, "same": -0.5, "better": 0.5, "solved": 1.0}
+
+
+def write_prompts(folder: str | Path) -> None:
+    """Write every prompt template and the critic's answer values to ``folder/prompts.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"templates": PROMPTS, "critic_labels": CRITIC_LABELS, "strategies": STRATEGIES}
+    (folder / "prompts.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Replies
+# --------------------------------------------------------------------------------------------
+
+
+def strip_reasoning(text: str) -> str:
+    """The visible part of a reply: the text after the last ``</think>`` (all of it without one).
+
+    An unclosed ``<think>`` means the reply never got past its reasoning (often a length cut):
+    nothing of it is visible, so the result is empty rather than leaked reasoning.
+    """
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[1].strip()
+    if THINK_OPEN in text:
+        return ""
+    return text.strip()
+
+
+_STRATEGY_TAG = re.compile(r"^\s*\[[^\]\n]{1,60}\]\s*")
+
+
+def split_strategy(text: str) -> tuple[str | None, str]:
+    """(strategy, rest) for a reply starting with a ``[Strategy]`` tag, else (None, text)."""
+    m = _STRATEGY_TAG.match(text)
+    if not m:
+        return None, text
+    return m.group(0).strip()[1:-1].strip(), text[m.end():]
+
+
+def visible_reply(text: str) -> str:
+    """What the seeker sees of a supporter's raw output: reasoning and strategy tag removed."""
+    return split_strategy(strip_reasoning(text))[1].strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Conversations per agent
+# --------------------------------------------------------------------------------------------
+
+
+def _fields(context: dict[str, Any]) -> dict[str, str]:
+    return {
+        "emotion_type": context.get("emotion_type") or "distressed",
+        "problem_type": context.get("problem_type") or "a personal problem",
+        "situation": context.get("situation") or "not described",
+    }
+
+
+def _turns(context: dict[str, Any], max_history_turns: int | None) -> list[dict[str, Any]]:
+    turns = list(context.get("history") or [])
+    if max_history_turns is not None and len(turns) > max_history_turns:
+        turns = turns[-max_history_turns:]
+    return turns
+
+
+def _as_messages(turns: list[dict[str, Any]], assistant_speaker: str) -> list[dict[str, str]]:
+    """Map dialogue turns onto chat roles, merging consecutive turns of one speaker."""
+    out: list[dict[str, str]] = []
+    for t in turns:
+        role = "assistant" if t["speaker"] == assistant_speaker else "user"
+        text = t["text"].strip()
+        if out and out[-1]["role"] == role:
+            out[-1]["content"] += "\n" + text
+        else:
+            out.append({"role": role, "content": text})
+    return out
+
+
+def policy_messages(
+    context: dict[str, Any],
+    style: PromptStyle = "vanilla",
+    dataset: str = "esconv",
+    max_history_turns: int = 12,
+) -> list[dict[str, str]]:
+    """The supporter's conversation: role prompt (+ strategy or reasoning instruction) and the
+    dialogue so far with the seeker as ``user``; the model's next message is the supporter turn.
+
+    ``vanilla``: the role prompt alone. ``strategy``: chain-of-strategy prompting, the reply
+    starts with one of the dataset's strategies in brackets. ``reasoning``: ``<think>`` first,
+    then the reply (the format the GRPO policy learns).
+    """
+    if style not in ("vanilla", "strategy", "reasoning"):
+        raise ValueError(f"unknown prompt style {style!r}: use vanilla, strategy or reasoning")
+    dataset = context.get("dataset") or dataset
+    strategies = STRATEGIES.get(dataset, STRATEGIES["esconv"])
+    system = PROMPTS["supporter_role"].format(**_fields(context))
+    if style == "strategy":
+        system += "\n" + PROMPTS["supporter_strategy"].format(
+            strategies="; ".join(strategies), example_strategy=strategies[0]
+        )
+    elif style == "reasoning":
+        system += "\n" + PROMPTS["supporter_reasoning"].format(strategies="; ".join(strategies))
+    return [{"role": "system", "content": system}, *_as_messages(_turns(context, max_history_turns), SUPPORTER)]
+
+
+def seeker_messages(context: dict[str, Any], max_history_turns: int = 12) -> list[dict[str, str]]:
+    """The user simulator's conversation: persona prompt and the dialogue with the supporter as
+    ``user``; the model's next message is the seeker's turn. Supporter turns must already be
+    visible replies."""
+    messages = _as_messages(_turns(context, max_history_turns), SEEKER)
+    if not messages or messages[0]["role"] == "assistant":
+        messages.insert(0, {"role": "user", "content": PROMPTS["seeker_opening"]})
+    return [{"role": "system", "content": PROMPTS["seeker_role"].format(**_fields(context))}, *messages]
+
+
+def transcript(turns: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        PROMPTS["transcript_line"].format(speaker=SPEAKER_NAMES[t["speaker"]], text=t["text"].strip()) for t in turns
+    )
+
+
+def critic_messages(context: dict[str, Any], max_history_turns: int | None = None) -> list[dict[str, str]]:
+    """The critic's conversation: the dialogue as a transcript inside one question."""
+    question = PROMPTS["critic_question"].format(
+        transcript=transcript(_turns(context, max_history_turns)), **_fields(context)
+    )
+    return [{"role": "system", "content": PROMPTS["critic_system"]}, {"role": "user", "content": question}]
+
+
+# --------------------------------------------------------------------------------------------
+# Critic
+# --------------------------------------------------------------------------------------------
+
+_LABEL_RE = re.compile(r"\b(worse|same|better|solved)\b", re.IGNORECASE)
+_NEGATED_SOLVED = re.compile(r"(\bnot|n't|\bnever)(\s+\w+){0,2}\s*$", re.IGNORECASE)
+
+
+def parse_critic_answer(text: str) -> str | None:
+    """The label an answer names first, or None. "not (yet) solved" does not name `solved`."""
+    text = strip_reasoning(text)
+    for m in _LABEL_RE.finditer(text):
+        label = m.group(1).lower()
+        if label == "solved" and _NEGATED_SOLVED.search(text[max(0, m.start() - 30): m.start()]):
+            continue
+        return label
+    return None
+
+
+@dataclass
+class CriticResult:
+    """One judgement. ``score`` is NaN when no answer named a label (see the module docstring)."""
+
+    score: float
+    success: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    unparsed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def votes_result(answers: list[str], threshold: float) -> CriticResult:
+    """Mean label value over the answers that name a label; NaN (not success) if none does."""
+    labels = [parse_critic_answer(a) for a in answers]
+    counts = Counter(label for label in labels if label)
+    unparsed = sum(label is None for label in labels)
+    parsed = sum(counts.values())
+    if not parsed:
+        return CriticResult(math.nan, False, {k: 0 for k in CRITIC_LABELS}, unparsed)
+    score = sum(CRITIC_LABELS[k] * v for k, v in counts.items()) / parsed
+    return CriticResult(score, score > threshold, {k: counts.get(k, 0) for k in CRITIC_LABELS}, unparsed)
+
+
+# Surface forms scored per label in `probs` mode; their probabilities are summed per label, so a
+# model that prefers "Better" to "better" is read the same way.
+CHOICE_FORMS: dict[str, tuple[str, ...]] = {k: (k, k.capitalize()) for k in CRITIC_LABELS}
+
+
+def probs_result(probabilities: dict[str, float], threshold: float) -> CriticResult:
+    """Expected label value under the (renormalised) label probabilities."""
+    total = sum(probabilities.values())
+    if not total or not math.isfinite(total):
+        return CriticResult(math.nan, False, {k: 0 for k in CRITIC_LABELS}, 1)
+    score = sum(CRITIC_LABELS[k] * p / total for k, p in probabilities.items())
+    top = max(probabilities, key=probabilities.get)
+    return CriticResult(score, score > threshold, {k: int(k == top) for k in CRITIC_LABELS}, 0)
+
+
+class Critic:
+    """PPDPP's critic over any :class:`~rlff_utils.backends.ChatBackend`.
+
+    ``mode="votes"``: ``samples`` answers at ``temperature``, parsed by label, mean value.
+    ``mode="probs"``: one ``score_choices`` call, expected value (deterministic).
+    ``counts`` in a result are label votes (votes) or a one-hot of the most likely label (probs).
+    """
+
+    def __init__(
+        self,
+        backend: "ChatBackend",
+        mode: str,
+        samples: int = 10,
+        temperature: float = 1.1,
+        threshold: float = 0.5,
+        seed: int = 0,
+        max_history_turns: int | None = None,
+        max_new_tokens: int = 8,
+    ):
+        if mode not in ("votes", "probs"):
+            raise ValueError(f"critic mode must be 'votes' or 'probs', not {mode!r}")
+        self.backend, self.mode, self.samples = backend, mode, samples
+        self.temperature, self.threshold, self.seed = temperature, threshold, seed
+        self.max_history_turns, self.max_new_tokens = max_history_turns, max_new_tokens
+        self._calls = 0
+
+    def judge(self, contexts: list[dict[str, Any]]) -> list[CriticResult]:
+        if not contexts:
+            return []
+        conversations = [critic_messages(c, self.max_history_turns) for c in contexts]
+        seed = self.seed + 7919 * self._calls  # a fresh, reproducible seed per call
+        self._calls += 1
+        if self.mode == "votes":
+            answers = self.backend.generate(
+                conversations,
+                n=self.samples,
+                temperature=self.temperature,
+                max_new_tokens=self.max_new_tokens,
+                seed=seed,
+                guided_choice=list(CRITIC_LABELS),
+            )
+            return [votes_result(a, self.threshold) for a in answers]
+        forms = [(label, form) for label, fs in CHOICE_FORMS.items() for form in fs]
+        scores = self.backend.score_choices(conversations, [form for _, form in forms])
+        results = []
+        for row in scores:
+            probs = dict.fromkeys(CRITIC_LABELS, 0.0)
+            for (label, _), p in zip(forms, row):
+                probs[label] += p
+            results.append(probs_result(probs, self.threshold))
+        return results
+
