@@ -1,0 +1,254 @@
+"""Evaluation: interactive success rate and turns (PPDPP protocol), response-quality judgements.
+
+Interactive protocol (PPDPP, Deng et al. 2023; used by RLFF-ESC): each evaluation case starts with
+the seeker's opening (the case's situation). The system under test answers (reasoning stripped),
+the *evaluation* user simulator replies, the *evaluation* critic judges after every seeker turn;
+the conversation stops at success (critic score > threshold) or at the turn cap.
+
+- SR: share of cases that reached success.  AT: mean turns, failures counted as the cap.
+- SR@k: share of cases solved within k turns, k = 1..cap (the curve behind SR and AT).
+- 95% intervals: percentile bootstrap over cases (the cases, not the turns, are the sample).
+
+Response quality follows the paper's human-evaluation criteria. An LLM judge compares two
+systems' conversations on the same case in both orders, which cancels its position bias: a
+system wins only when it is preferred in both orders, loses only when the other is preferred in
+both, and anything else is a tie. For human annotators the same comparisons are written to a
+blind sheet whose sides are randomised, with the key kept in a separate file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+CRITERIA = ("fluency", "empathy", "identification", "suggestion", "overall")
+CRITERION_QUESTIONS = {
+    "fluency": "Which supporter's replies are more fluent and natural?",
+    "empathy": "Which supporter shows more empathy and understanding of the seeker's feelings?",
+    "identification": "Which supporter better explores and identifies the seeker's real problem?",
+    "suggestion": "Which supporter gives more helpful, concrete suggestions?",
+    "overall": "Which supporter gives better emotional support overall?",
+}
+JUDGE_SYSTEM = "You compare two emotional-support conversations with the same help seeker and answer briefly."
+JUDGE_QUESTION = (
+    "The seeker's situation: {situation}\n\n"
+    "Conversation A:\n{a}\n\nConversation B:\n{b}\n\n"
+    "{question} Answer with exactly one of: A, B, tie."
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Success rate, average turns, SR@k
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the metrics need from one evaluated conversation."""
+
+    success: bool
+    turns: int
+    emotion_type: str = ""
+
+
+def outcomes(records: Iterable[dict[str, Any]]) -> list[Outcome]:
+    return [Outcome(bool(r["goal_reached"]), int(r["turns_used"]), r.get("emotion_type") or "") for r in records]
+
+
+def success_rate(outs: Sequence[Outcome]) -> float:
+    return float(np.mean([o.success for o in outs])) if outs else math.nan
+
+
+def average_turns(outs: Sequence[Outcome], cap: int) -> float:
+    """Failures count as the cap, so a system cannot look fast by failing early."""
+    return float(np.mean([o.turns if o.success else cap for o in outs])) if outs else math.nan
+
+
+def sr_at_k(outs: Sequence[Outcome], cap: int) -> list[float]:
+    """[SR@1, ..., SR@cap]: the share of cases solved within k turns."""
+    return [float(np.mean([o.success and o.turns <= k for o in outs])) if outs else math.nan for k in range(1, cap + 1)]
+
+
+def bootstrap_ci(values: Sequence[float], stat=np.mean, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over ``values`` (resampling cases)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(samples, len(values)))
+    stats = np.apply_along_axis(stat, 1, values[idx])
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def metrics(records: Sequence[dict[str, Any]], cap: int, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """SR, AT (with bootstrap 95% intervals), SR@k and SR per emotion type for one system."""
+    outs = outcomes(records)
+    succ = [float(o.success) for o in outs]
+    turns = [float(o.turns if o.success else cap) for o in outs]
+    per_emotion: dict[str, list[Outcome]] = {}
+    for o in outs:
+        per_emotion.setdefault(o.emotion_type, []).append(o)
+    return {
+        "cases": len(outs),
+        "SR": success_rate(outs),
+        "SR_ci95": bootstrap_ci(succ, samples=samples, seed=seed),
+        "AT": average_turns(outs, cap),
+        "AT_ci95": bootstrap_ci(turns, samples=samples, seed=seed),
+        "SR_at_k": sr_at_k(outs, cap),
+        "SR_by_emotion": {e: {"cases": len(v), "SR": success_rate(v)} for e, v in sorted(per_emotion.items())},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Pairwise judge
+# --------------------------------------------------------------------------------------------
+
+
+def conversation_text(record: dict[str, Any]) -> str:
+    """The conversation a judge or an annotator reads: opening plus every later turn, visible text only."""
+    names = {"seeker": "Seeker", "supporter": "Supporter"}
+    turns = list(record.get("history") or []) + list(record.get("turns") or [])
+    return "\n".join(f"{names[t['speaker']]}: {t['text'].strip()}" for t in turns)
+
+
+def judge_messages(situation: str, a: str, b: str, criterion: str) -> list[dict[str, str]]:
+    question = JUDGE_QUESTION.format(situation=situation, a=a, b=b, question=CRITERION_QUESTIONS[criterion])
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": question}]
+
+
+_VERDICT = re.compile(r"\b(tie|a|b)\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' from a judge's answer (first one named), None when it names none."""
+    from .agents import strip_reasoning
+
+    m = _VERDICT.search(strip_reasoning(text).replace("Conversation ", ""))
+    if not m:
+        return None
+    v = m.group(1).lower()
+    return "tie" if v == "tie" else v.upper()
+
+
+def combine_orders(first: str | None, second: str | None) -> str | None:
+    """Verdict for the system shown as A in ``first`` and as B in ``second``: win only when
+    preferred in both orders, lose only when the other is; None when either answer was unparsable."""
+    if first is None or second is None:
+        return None
+    if first == "A" and second == "B":
+        return "win"
+    if first == "B" and second == "A":
+        return "lose"
+    return "tie"
+
+
+def pairwise_judge(
+    backend,
+    pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+    criteria: Sequence[str] = CRITERIA,
+    max_new_tokens: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Judge (system, baseline) conversation pairs on each criterion, in both orders, in one
+    batched call. Returns one row per (case, criterion) with the outcome for the system
+    (win / tie / lose, or None when an answer was unparsable: counted, not guessed)."""
+    conversations, index = [], []
+    for i, (ours, theirs) in enumerate(pairs):
+        sit = ours.get("situation") or ""
+        a, b = conversation_text(ours), conversation_text(theirs)
+        for c in criteria:
+            conversations.append(judge_messages(sit, a, b, c))
+            conversations.append(judge_messages(sit, b, a, c))
+            index.append((i, c))
+    answers = backend.generate(conversations, n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed) if conversations else []
+    rows = []
+    for k, (i, c) in enumerate(index):
+        first, second = answers[2 * k][0], answers[2 * k + 1][0]
+        v1, v2 = parse_verdict(first), parse_verdict(second)
+        rows.append(
+            {"case_id": pairs[i][0].get("case_id"), "criterion": c, "first": v1, "second": v2,
+             "outcome": combine_orders(v1, v2), "raw_first": first, "raw_second": second}
+        )
+    return pd.DataFrame(rows, columns=["case_id", "criterion", "first", "second", "outcome", "raw_first", "raw_second"])
+
+
+def win_rates(judgements: pd.DataFrame) -> pd.DataFrame:
+    """Per criterion: win / tie / lose shares over parsable judgements, and the unparsable count."""
+    rows = []
+    for c, g in judgements.groupby("criterion", sort=False):
+        ok = g["outcome"].dropna()
+        n = len(ok)
+        rows.append(
+            {"criterion": c, "judged": n, "unparsable": int(g["outcome"].isna().sum()),
+             **{k: (float((ok == k).mean()) if n else math.nan) for k in ("win", "tie", "lose")}}
+        )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Blind sheet for human annotators
+# --------------------------------------------------------------------------------------------
+
+
+def write_human_sheet(
+    pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+    baseline_names: Sequence[str],
+    sheet_path: str | Path,
+    key_path: str | Path,
+    seed: int = 0,
+) -> None:
+    """A CSV for annotators (sides randomised, no system names) and a separate key.
+
+    Annotators write 1, 2 or tie in each criterion column."""
+    rng = random.Random(seed)
+    with open(sheet_path, "w", newline="") as fs, open(key_path, "w", newline="") as fk:
+        sheet = csv.writer(fs)
+        key = csv.writer(fk)
+        sheet.writerow(["row", "situation", "conversation_1", "conversation_2", *CRITERIA])
+        key.writerow(["row", "case_id", "baseline", "system_side"])
+        for row, ((ours, theirs), base) in enumerate(zip(pairs, baseline_names)):
+            side = rng.choice((1, 2))
+            a, b = conversation_text(ours), conversation_text(theirs)
+            convs = (a, b) if side == 1 else (b, a)
+            sheet.writerow([row, ours.get("situation") or "", *convs, *[""] * len(CRITERIA)])
+            key.writerow([row, ours.get("case_id"), base, side])
+
+
+def score_human_sheet(sheet_path: str | Path, key_path: str | Path) -> pd.DataFrame:
+    """Win / tie / lose of the system per baseline and criterion from a filled sheet.
+
+    Cells other than 1, 2 or tie (blank, typos) are counted as unparsable, never guessed."""
+    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False)
+    key = pd.read_csv(key_path, dtype={"row": str, "system_side": int, "baseline": str, "case_id": str})
+    merged = sheet.merge(key, on="row", how="inner")
+    if len(merged) != len(sheet):
+        raise ValueError(f"{sheet_path}: {len(sheet) - len(merged)} row(s) have no entry in the key {key_path}")
+    rows = []
+    for _, r in merged.iterrows():
+        for c in CRITERIA:
+            v = str(r[c]).strip().lower()
+            if v in ("1", "2"):
+                outcome = "win" if int(v) == r["system_side"] else "lose"
+            elif v == "tie":
+                outcome = "tie"
+            else:
+                outcome = None
+            rows.append({"baseline": r["baseline"], "case_id": r["case_id"], "criterion": c, "outcome": outcome})
+    long = pd.DataFrame(rows)
+    return pd.concat(
+        [win_rates(g).assign(baseline=b) for b, g in long.groupby("baseline")], ignore_index=True
+    )[["baseline", "criterion", "judged", "unparsable", "win", "tie", "lose"]]
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, default=float))
