@@ -1,0 +1,553 @@
+"""Chat generation and choice scoring over three kinds of engine, behind one small interface.
+
+Every agent of the simulation talks to a :class:`ChatBackend`: many conversations per call
+(OpenAI-style message lists), ``n`` samples each, and the probability of a fixed set of answers.
+Batching is the backend's job, so the rollout engine only has to ask for whole turns.
+
+* ``hf``: transformers in-process (CPU or GPU), left-padded batches, seeded sampling. The
+  embedded default.
+* ``vllm``: offline ``vllm.LLM.chat`` with one ``SamplingParams`` per request (its own seed, so a
+  conversation's samples do not depend on its batch neighbours), structured-output ``choice``
+  for constrained answers, prefix caching. Imported only when used; GPU only.
+* ``openai``: any OpenAI-compatible chat endpoint (GPT-4o, ``vllm serve``). The client's own
+  timeout and bounded retries, a thread pool capped at ``concurrency``; when requests still fail
+  a :class:`BackendError` names the endpoint and the failed count. The key comes from the
+  environment variable named in params.
+
+Roles that name the same model share one loaded engine per process (see :func:`get_backend`);
+the per-role settings (temperature, token limits) live on the light wrapper, not the engine.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .params import ModelRole
+
+Conversation = list[dict[str, str]]
+
+
+class BackendError(RuntimeError):
+    """A backend could not answer (endpoint down, retries exhausted, missing capability)."""
+
+
+@dataclass
+class BackendStats:
+    """Work done by one backend wrapper, for throughput figures (not a global)."""
+
+    calls: int = 0
+    conversations: int = 0
+    sequences: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    stats: BackendStats
+
+    def generate(
+        self,
+        conversations: list[Conversation],
+        n: int = 1,
+        temperature: float | None = None,
+        max_new_tokens: int | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        guided_choice: list[str] | None = None,
+    ) -> list[list[str]]:
+        """``[conversation][sample]`` replies. ``None`` settings fall back to the role's.
+        ``guided_choice``: constrain each reply to one of these strings where the engine can
+        (vLLM structured outputs); other engines generate freely and callers parse."""
+        ...
+
+    def score_choices(self, conversations: list[Conversation], choices: list[str]) -> list[list[float]]:
+        """Per conversation, the probability of each choice as the assistant's whole answer,
+        renormalised over the choices (rows sum to 1; NaN when the engine saw none of them)."""
+        ...
+
+
+def trim_at_stop(text: str, stop: list[str] | None) -> str:
+    """Cut ``text`` at the earliest stop string (engines may overshoot by a token or more)."""
+    if stop:
+        cuts = [i for s in stop if s and (i := text.find(s)) >= 0]
+        if cuts:
+            text = text[: min(cuts)]
+    return text.strip()
+
+
+def _softmax(logps: list[float]) -> list[float]:
+    finite = [x for x in logps if math.isfinite(x)]
+    if not finite:
+        return [math.nan] * len(logps)
+    top = max(finite)
+    exps = [math.exp(x - top) if math.isfinite(x) else 0.0 for x in logps]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+# --------------------------------------------------------------------------------------------
+# hf: transformers in-process
+# --------------------------------------------------------------------------------------------
+
+
+class HFEngine:
+    """A loaded model + tokenizer, shared by every role that names it."""
+
+    def __init__(self, name: str, device: str = "auto", dtype: str = "auto", adapter: str | None = None):
+        from .models import load_causal_lm
+
+        self.model, self.tokenizer = load_causal_lm(name, device=device, dtype=dtype, adapter=adapter)
+        self.device = next(self.model.parameters()).device
+        tok = self.tokenizer
+        ends = {tok.eos_token_id, self.model.generation_config.eos_token_id}
+        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+            tid = tok.convert_tokens_to_ids(t)
+            if isinstance(tid, int) and tid != tok.unk_token_id:
+                ends.add(tid)
+        flat: set[int] = set()
+        for e in ends:
+            if isinstance(e, int):
+                flat.add(e)
+            elif e is not None:
+                flat.update(e)
+        self.end_ids = sorted(flat)
+
+    def prompt_text(self, conversation: Conversation) -> str:
+        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, texts: list[str]):
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+
+    def forward_last(self, batch: list[list[int]], keep: int):
+        """Log-probs of the last ``keep`` positions of left-padded ``batch`` (positions counted
+        from each row's first real token, so padding never shifts the model's view)."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r) for r in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=pos.to(self.device),
+                logits_to_keep=keep,
+            )
+        return torch.log_softmax(out.logits.float(), dim=-1).cpu()
+
+
+class HFBackend:
+    """transformers ``generate`` with left padding; sampling seeded per chunk inside a forked RNG
+    so same inputs and seed give the same outputs and no caller's RNG is disturbed."""
+
+    def __init__(self, role: "ModelRole", engine: HFEngine):
+        self.role, self.engine = role, engine
+        self.stats = BackendStats()
+
+    def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
+                 guided_choice=None) -> list[list[str]]:
+        import torch
+
+        if not conversations:
+            return []
+        role, eng, tok = self.role, self.engine, self.engine.tokenizer
+        temperature = role.temperature if temperature is None else temperature
+        max_new_tokens = max_new_tokens or role.max_new_tokens
+        sample = temperature > 0
+        k = n if sample else 1  # greedy samples are identical: generate once, repeat
+        per_chunk = max(1, role.batch_size // k)
+        prompts = [eng.prompt_text(c) for c in conversations]
+        out: list[list[str]] = []
+        t0 = time.perf_counter()
+        for ci, start in enumerate(range(0, len(prompts), per_chunk)):
+            enc = eng.encode(prompts[start: start + per_chunk])
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                num_return_sequences=k,
+                eos_token_id=eng.end_ids,
+                pad_token_id=tok.pad_token_id,
+            )
+            if sample:
+                kwargs.update(temperature=temperature, top_p=role.top_p, top_k=0)
+            if stop:
+                kwargs.update(stop_strings=stop, tokenizer=tok)
+            devices = [eng.device] if eng.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.inference_mode():
+                if seed is not None:
+                    torch.manual_seed(seed + 1_000_003 * ci)
+                gen = eng.model.generate(**enc, **kwargs)
+            new = gen[:, enc["input_ids"].shape[1]:].cpu()
+            self.stats.prompt_tokens += int(enc["attention_mask"].sum())
+            self.stats.generated_tokens += _count_generated(new, eng.end_ids)
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            texts = [trim_at_stop(t, stop) for t in texts]
+            for i in range(len(texts) // k):
+                row = texts[i * k: (i + 1) * k]
+                out.append(row if sample else row * n)
+        self.stats.calls += 1
+        self.stats.conversations += len(conversations)
+        self.stats.sequences += len(conversations) * k
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def score_choices(self, conversations, choices) -> list[list[float]]:
+        """Sum of the choice tokens' log-probs after the generation prompt, softmax over choices.
+        Choices of one token each need only one forward pass per conversation."""
+        if not conversations:
+            return []
+        eng, tok, bs = self.engine, self.engine.tokenizer, self.role.batch_size
+        t0 = time.perf_counter()
+        prompts = [tok(eng.prompt_text(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(not c for c in cids):
+            raise BackendError(f"a choice tokenises to nothing: {choices!r}")
+        rows: list[list[float]] = []
+        if all(len(c) == 1 for c in cids):
+            first = [c[0] for c in cids]
+            for s in range(0, len(prompts), bs):
+                lp = eng.forward_last(prompts[s: s + bs], keep=1)[:, -1, :]
+                rows += [_softmax([float(r[t]) for t in first]) for r in lp]
+        else:
+            seqs = [(p, c) for p in prompts for c in cids]
+            sums: list[float] = []
+            step = max(1, bs)
+            for s in range(0, len(seqs), step):
+                chunk = seqs[s: s + step]
+                keep = max(len(c) for _, c in chunk) + 1
+                lp = eng.forward_last([p + c for p, c in chunk], keep=keep)
+                for r, (_, c) in zip(lp, chunk):
+                    sums.append(sum(float(r[keep - len(c) + j - 1, t]) for j, t in enumerate(c)))
+            m = len(cids)
+            rows = [_softmax(sums[i * m: (i + 1) * m]) for i in range(len(prompts))]
+        self.stats.calls += 1
+        self.stats.conversations += len(conversations)
+        self.stats.prompt_tokens += sum(len(p) for p in prompts)
+        self.stats.seconds += time.perf_counter() - t0
+        return rows
+
+
+def _count_generated(new, end_ids: list[int]) -> int:
+    """Tokens really generated per row: up to and including the first end token."""
+    total = 0
+    ends = set(end_ids)
+    for row in new.tolist():
+        n = len(row)
+        for i, t in enumerate(row):
+            if t in ends:
+                n = i + 1
+                break
+        total += n
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# vllm: offline engine (GPU)
+# --------------------------------------------------------------------------------------------
+
+
+def _vllm_engine(role: "ModelRole", seed: int = 0):
+    try:
+        import vllm
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise BackendError(
+            "backend 'vllm' needs the vllm package (pip install 'rlff-esc[gpu]') and a GPU"
+        ) from e
+    from .models import resolve_model
+
+    kwargs: dict[str, Any] = dict(
+        model=resolve_model(role.name),
+        tensor_parallel_size=role.tensor_parallel_size,
+        gpu_memory_utilization=role.gpu_memory_utilization,
+        enable_prefix_caching=role.enable_prefix_caching,
+        dtype=role.dtype,
+        seed=seed,
+    )
+    if role.max_model_len:
+        kwargs["max_model_len"] = role.max_model_len
+    if role.enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=role.max_lora_rank)
+    return vllm.LLM(**kwargs)
+
+
+class VLLMBackend:
+    """``vllm.LLM`` with one SamplingParams per conversation (seed = base seed + index)."""
+
+    def __init__(self, role: "ModelRole", engine: Any, adapter: str | None = None):
+        self.role, self.engine = role, engine
+        self.stats = BackendStats()
+        self.lora = None
+        if adapter:
+            if not role.enable_lora:
+                raise BackendError(
+                    f"adapter {adapter!r} on vllm model {role.name!r}: set `enable_lora: true` on that role"
+                )
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest(os.path.basename(os.path.normpath(adapter)) or "adapter",
+                                    _lora_id(adapter), adapter)
+
+    def _sampling(self, n, temperature, max_new_tokens, stop, seed, guided_choice):
+        from vllm import SamplingParams
+
+        extra: dict[str, Any] = {}
+        if guided_choice:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(choice=list(guided_choice))
+        return SamplingParams(
+            n=n,
+            temperature=self.role.temperature if temperature is None else temperature,
+            top_p=self.role.top_p,
+            max_tokens=max_new_tokens or self.role.max_new_tokens,
+            stop=stop or None,
+            seed=seed,
+            **extra,
+        )
+
+    def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
+                 guided_choice=None) -> list[list[str]]:
+        if not conversations:
+            return []
+        t0 = time.perf_counter()
+        params = [
+            self._sampling(n, temperature, max_new_tokens, stop, None if seed is None else seed + i, guided_choice)
+            for i in range(len(conversations))
+        ]
+        outs = self.engine.chat(conversations, sampling_params=params, use_tqdm=False, lora_request=self.lora)
+        result = [[trim_at_stop(o.text, stop) for o in r.outputs] for r in outs]
+        self.stats.calls += 1
+        self.stats.conversations += len(conversations)
+        self.stats.sequences += len(conversations) * n
+        self.stats.generated_tokens += sum(len(o.token_ids) for r in outs for o in r.outputs)
+        self.stats.prompt_tokens += sum(len(r.prompt_token_ids or []) for r in outs)
+        self.stats.seconds += time.perf_counter() - t0
+        return result
+
+    def score_choices(self, conversations, choices) -> list[list[float]]:
+        """Prompt log-probs of each choice's tokens after the generation prompt."""
+        from vllm import SamplingParams
+
+        if not conversations:
+            return []
+        t0 = time.perf_counter()
+        tok = self.engine.get_tokenizer()
+        prompts = [
+            tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True), add_special_tokens=False)[
+                "input_ids"
+            ]
+            for c in conversations
+        ]
+        cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+        reqs = [{"prompt_token_ids": p + c} for p in prompts for c in cids]
+        outs = self.engine.generate(reqs, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False,
+                                    lora_request=self.lora)
+        sums = []
+        for out, (pi, c) in zip(outs, [(i, c) for i in range(len(prompts)) for c in cids]):
+            plp = out.prompt_logprobs[-len(c):]
+            sums.append(sum(d[t].logprob for d, t in zip(plp, c)))
+        m = len(cids)
+        self.stats.calls += 1
+        self.stats.conversations += len(conversations)
+        self.stats.seconds += time.perf_counter() - t0
+        return [_softmax(sums[i * m: (i + 1) * m]) for i in range(len(prompts))]
+
+
+def _lora_id(adapter: str) -> int:
+    import zlib
+
+    return 1 + zlib.crc32(os.path.abspath(adapter).encode()) % 1_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# openai: any OpenAI-compatible endpoint
+# --------------------------------------------------------------------------------------------
+
+
+class OpenAIBackend:
+    """One request per conversation (``n`` samples each), at most ``concurrency`` in flight.
+
+    Retries and timeouts are the ``openai`` client's (``max_retries``, ``timeout_s``); a request
+    that still fails stops the call: requests not yet started are cancelled and a
+    :class:`BackendError` names the endpoint and how many requests failed.
+    """
+
+    def __init__(self, role: "ModelRole"):
+        import openai
+
+        self.role = role
+        self.endpoint = role.base_url or "https://api.openai.com/v1"
+        key = os.environ.get(role.api_key_env)
+        if not key:
+            raise BackendError(
+                f"endpoint {self.endpoint} (model {role.name}): environment variable {role.api_key_env} "
+                "is not set; put the API key there (any non-empty value for a local server)"
+            )
+        self.client = openai.OpenAI(
+            base_url=role.base_url, api_key=key, timeout=role.timeout_s, max_retries=role.max_retries
+        )
+        self.stats = BackendStats()
+
+    def _run(self, what: str, fn, items: list) -> list:
+        import openai
+
+        results: list[Any] = [None] * len(items)
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=min(self.role.concurrency, max(1, len(items)))) as pool:
+            futures = {pool.submit(fn, i, item): i for i, item in enumerate(items)}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is None:
+                        results[futures[f]] = f.result()
+                    else:
+                        errors.append(f.exception())
+                if errors:
+                    for f in pending:
+                        f.cancel()
+                    done_late, _ = wait(pending)  # the ones already running finish or fail
+                    for f in done_late:
+                        if not f.cancelled() and f.exception() is not None:
+                            errors.append(f.exception())
+                    break
+        if errors:
+            not_run = sum(r is None for r in results) - len(errors)
+            first = errors[0]
+            kind = type(first).__name__
+            if not isinstance(first, (openai.OpenAIError, BackendError)):
+                raise first
+            raise BackendError(
+                f"{what} at {self.endpoint} (model {self.role.name}): {len(errors)} of {len(items)} requests "
+                f"failed after {self.role.max_retries} retries each (timeout {self.role.timeout_s:g}s)"
+                f"{f', {not_run} not attempted' if not_run > 0 else ''}; first error: {kind}: {first}"
+            ) from first
+        return results
+
+    def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
+                 guided_choice=None) -> list[list[str]]:
+        if not conversations:
+            return []
+        t0 = time.perf_counter()
+        temperature = self.role.temperature if temperature is None else temperature
+        max_tokens = max_new_tokens or self.role.max_new_tokens
+        extra = {"structured_outputs": {"choice": list(guided_choice)}} if guided_choice and self.role.structured_choice else None
+
+        def one(i: int, conv: Conversation) -> tuple[list[str], Any]:
+            kwargs: dict[str, Any] = dict(
+                model=self.role.name, messages=conv, n=n, temperature=temperature, top_p=self.role.top_p,
+                max_tokens=max_tokens,
+            )
+            if stop:
+                kwargs["stop"] = stop[:4]
+            if seed is not None:
+                kwargs["seed"] = seed + i
+            if extra:
+                kwargs["extra_body"] = extra
+            resp = self.client.chat.completions.create(**kwargs)
+            texts = [trim_at_stop(c.message.content or "", stop) for c in sorted(resp.choices, key=lambda c: c.index)]
+            if len(texts) != n:
+                raise BackendError(f"asked for n={n} samples, the endpoint returned {len(texts)}")
+            return texts, resp.usage
+
+        results = self._run("chat completion", one, conversations)
+        for _, usage in results:
+            if usage is not None:
+                self.stats.prompt_tokens += usage.prompt_tokens or 0
+                self.stats.generated_tokens += usage.completion_tokens or 0
+        self.stats.calls += 1
+        self.stats.conversations += len(conversations)
+        self.stats.sequences += len(conversations) * n
+        self.stats.seconds += time.perf_counter() - t0
+        return [texts for texts, _ in results]
+
+    def score_choices(self, conversations, choices) -> list[list[float]]:
+        """Top log-probs of the first answer token; a top token counts for the one choice it
+        begins (case-sensitive); tokens that begin several choices or none are ignored."""
+        if not self.role.logprobs:
+            raise BackendError(
+                f"endpoint {self.endpoint} (model {self.role.name}) is not marked `logprobs: true`: "
+                "it cannot score choices; use critic mode 'votes' or an endpoint that returns logprobs"
+            )
+        if not conversations:
+            return []
+        t0 = time.perf_counter()
+
+        def one(i: int, conv: Conversation) -> list[float]:
+            resp = self.client.chat.completions.create(
+                model=self.role.name, messages=conv, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20
+            )
+            content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
+            if not content:
+                raise BackendError("the endpoint returned no logprobs although the role sets `logprobs: true`")
+            mass = [0.0] * len(choices)
+            for top in content[0].top_logprobs:
+                t = top.token.strip()
+                owners = [j for j, c in enumerate(choices) if t and c.startswith(t)]
+                if len(owners) == 1:
+                    mass[owners[0]] += math.exp(top.logprob)
+            total = sum(mass)
+            return [m / total for m in mass] if total > 0 else [math.nan] * len(choices)
+
+        rows = self._run("choice scoring", one, conversations)
+        self.stats.calls += 1
+        self.stats.conversations += len(conversations)
+        self.stats.seconds += time.perf_counter() - t0
+        return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+_ENGINES: dict[tuple, Any] = {}  # the per-process model cache
+
+
+def get_backend(role: "ModelRole", adapter: str | None = None, seed: int = 0) -> ChatBackend:
+    """A backend for ``role``. Engines are cached per process by (backend, name, adapter, device)
+    (vLLM: by name, adapters ride per request), so roles sharing a model load it once."""
+    if role.backend == "hf":
+        key = ("hf", role.name, adapter, role.device, role.dtype)
+        if key not in _ENGINES:
+            _ENGINES[key] = HFEngine(role.name, role.device, role.dtype, adapter)
+        return HFBackend(role, _ENGINES[key])
+    if role.backend == "vllm":
+        key = ("vllm", role.name, None, "gpu")
+        if key not in _ENGINES:
+            _ENGINES[key] = _vllm_engine(role, seed)
+        return VLLMBackend(role, _ENGINES[key], adapter)
+    if role.backend == "openai":
+        if adapter:
+            raise BackendError(f"an adapter cannot be attached to an API model ({role.name})")
+        return OpenAIBackend(role)
+    raise BackendError(f"unknown backend {role.backend!r}")
+
+
+def clear_backends() -> None:
+    """Drop every cached engine (and free GPU memory where there was some)."""
+    _ENGINES.clear()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
