@@ -56,6 +56,8 @@ class ModelRole(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int | None = Field(None, ge=256)
     enable_prefix_caching: bool = True
+    enable_lora: bool = Field(False, description="vllm: serve LoRA adapters per request (policy in evaluation)")
+    max_lora_rank: int = Field(64, ge=1)
     # openai backend (any OpenAI-compatible endpoint: GPT-4o, `vllm serve`, ...)
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -64,6 +66,9 @@ class ModelRole(_Strict):
     concurrency: int = Field(8, ge=1)
     logprobs: bool = Field(
         False, description="the endpoint returns token logprobs (needed for critic mode `probs`)"
+    )
+    structured_choice: bool = Field(
+        False, description="the endpoint accepts vLLM's `structured_outputs: {choice}` (critic votes)"
     )
 
     @model_validator(mode="after")
