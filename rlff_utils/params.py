@@ -168,9 +168,13 @@ class GRPOParams(_Strict):
     temperature: float = Field(1.1, gt=0, le=2.0)
     top_p: float = Field(1.0, gt=0, le=1.0)
     beta: float = Field(0.04, ge=0, description="KL coefficient (TRL default 0.0)")
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("grpo", description="TRL default dapo")
     scale_rewards: Literal["group", "batch", "none"] = "group"
+    num_iterations: int = Field(1, ge=1, description="mu: optimisation passes per generated batch")
+    epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range")
     learning_rate: float = Field(1e-5, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
     max_steps: int = Field(100, ge=1)
     per_device_train_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -182,6 +186,7 @@ class GRPOParams(_Strict):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | str = "all-linear"
     save_steps: int = Field(25, ge=1)
+    save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (None: all)")
     logging_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
     bf16: bool = False
@@ -189,7 +194,7 @@ class GRPOParams(_Strict):
     vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     num_processes: int = Field(1, ge=1, description=">1: run as `accelerate launch` subprocess")
-    accelerate_config: str | None = None
+    accelerate_config: str | None = Field(None, description="num_processes > 1; default configs/accelerate/zero2.yaml")
 
     @model_validator(mode="after")
     def _batch_divisible(self) -> "GRPOParams":

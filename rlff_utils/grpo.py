@@ -1,0 +1,612 @@
+"""Stage 3 of RLFF-ESC: GRPO on the policy with future-oriented and reasoning-format rewards.
+
+The policy answers each training context G times; every answer is scored with
+
+    R = R_fut + alpha * R_format
+
+(R_fut: the future-oriented reward model of notebook 03; R_format: 1 when the answer reasons in one
+``<think>...</think>`` block and then replies, else 0). GRPO turns each group's rewards into
+advantages ``A_i = (R_i - mean_G R) / std_G R`` and maximises the clipped policy-gradient objective
+with a KL penalty to the untrained policy. TRL's ``GRPOTrainer`` does all of this; this module only
+builds its inputs (prompt dataset, reward functions, ``GRPOConfig``, ``LoraConfig``), runs it with
+checkpoints and resume, and turns its log history into curves.
+
+Why ``beta`` and ``loss_type`` are set explicitly. TRL's defaults (``beta=0``, ``loss_type="dapo"``)
+are DAPO's: no reference model and token-level normalisation over the whole batch. The paper
+trains with GRPO as introduced by DeepSeekMath, whose objective carries a KL term to the reference
+policy and averages each completion's token losses before averaging over the group. The paper
+files therefore set ``beta: 0.04`` (DeepSeekMath's value) and ``loss_type: grpo``; with LoRA the
+reference policy costs no memory (TRL disables the adapter to compute it). Both values are
+written into the run's protocol (``outputs/<run>/policy/protocol.json``) so a result is never
+read without them.
+
+One process or several. ``run_grpo`` trains in the calling process when
+``grpo.num_processes == 1`` and otherwise launches ``accelerate launch ... -m rlff_utils.grpo``
+as a subprocess (a notebook kernel cannot host a multi-process launch). Every rank rebuilds the
+reward functions from the params file, so nothing unpicklable crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from .params import ParamsError, RunParams, load_params
+
+STAGE = "policy"
+
+# Fields that may change between a checkpoint and its resumption without changing what was trained.
+_RESUMABLE_CHANGES = {"max_steps", "save_steps", "save_total_limit", "logging_steps", "num_processes", "accelerate_config"}
+
+
+# --------------------------------------------------------------------------------------------
+# Format reward
+# --------------------------------------------------------------------------------------------
+
+_THINK_BLOCK = re.compile(r"\A\s*<think>(?P<reasoning>.*?)</think>(?P<reply>.*)\Z", re.DOTALL)
+
+
+def _completion_text(completion: Any) -> str:
+    """TRL passes conversational completions as ``[{"role": "assistant", "content": ...}]``."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content") or "")
+    raise TypeError(f"unexpected completion type {type(completion).__name__}: {completion!r:.80}")
+
+
+def is_well_formed(text: str) -> bool:
+    """Exactly one ``<think>`` block, opening the answer, with non-empty reasoning, followed by a
+    non-empty reply.
+
+    Stricter than ``trl.rewards.think_format_reward``, which gives 1.0 to an empty reply
+    (``<think>x</think>``) and to a stray second ``</think>``; both would let the policy collect the
+    format reward without answering the seeker. Leading whitespace is allowed (tokenizers often
+    emit it); anything else before ``<think>`` is not.
+    """
+    m = _THINK_BLOCK.match(text)
+    if m is None:
+        return False
+    reasoning, reply = m.group("reasoning"), m.group("reply")
+    if "<think>" in reasoning or "<think>" in reply or "</think>" in reply:
+        return False
+    return bool(reasoning.strip()) and bool(reply.strip())
+
+
+def format_reward(completions: list, **kwargs) -> list[float]:
+    """R_format in TRL's reward-function signature (module level, so it pickles)."""
+    return [1.0 if is_well_formed(_completion_text(c)) else 0.0 for c in completions]
+
+
+# --------------------------------------------------------------------------------------------
+# Future-oriented reward (the reward model of notebook 03)
+# --------------------------------------------------------------------------------------------
+
+
+class FutureReward:
+    """R_fut as a picklable callable: holds only the params and the variant; the reward model is
+    loaded on first use in whichever process calls it (each rank under ``accelerate launch``)."""
+
+    def __init__(self, params: RunParams, variant: str | None = None):
+        self.params = params
+        self.variant = variant or params.grpo.reward_model
+        self.__name__ = "future_reward"  # TRL names the logged metrics `rewards/<__name__>/...`
+        self._fn: Callable | None = None
+
+    def load(self) -> "FutureReward":
+        if self._fn is None:
+            from .reward_model import load_reward_function
+
+            self._fn = load_reward_function(self.params, variant=self.variant)
+        return self
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        return list(self.load()._fn(prompts=prompts, completions=completions, **kwargs))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fn": None}
+
+
+def reward_setup(params: RunParams) -> tuple[list[Callable], list[float]]:
+    """``reward_funcs`` and ``reward_weights`` for the trainer.
+
+    The format reward is always computed so the format-compliance curve exists in every ablation;
+    with ``grpo.format_reward: false`` its weight is 0, which leaves R = R_fut exactly (TRL sums the
+    weighted rewards before normalising them per group).
+    """
+    g = params.grpo
+    return [FutureReward(params), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------
+
+
+def prompt_messages(context: dict[str, Any], tokenizer, max_prompt_length: int, max_history_turns: int) -> list[dict] | None:
+    """The reasoning-style prompt for one context, dropping the oldest turns until the templated
+    prompt fits ``max_prompt_length`` tokens (TRL 1.16 has no prompt truncation of its own, and
+    cutting tokens from the left would cut the system prompt). None when even one turn is too long."""
+    from .agents import policy_messages
+
+    dataset = context.get("dataset") or "esconv"
+    for turns in range(min(max_history_turns, len(context["history"])), 0, -1):
+        messages = policy_messages(context, "reasoning", dataset=dataset, max_history_turns=turns)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        if len(ids) <= max_prompt_length:
+            return messages
+    return None
+
+
+def build_prompt_dataset(params: RunParams, contexts: list[dict[str, Any]] | None = None, tokenizer=None):
+    """Training prompts as a conversational ``datasets.Dataset``: ``prompt`` (messages), ``history``
+    (read by the reward model) and ``context_id``."""
+    import datasets
+
+    from .data import load_contexts
+    from .models import load_tokenizer
+
+    g = params.grpo
+    contexts = load_contexts(params) if contexts is None else contexts
+    if not contexts:
+        raise ValueError(f"no training contexts for run {params.run_name!r}: notebook 01 wrote none")
+    if g.num_train_prompts is not None:
+        contexts = contexts[: g.num_train_prompts]
+    tokenizer = tokenizer or load_tokenizer(params.models.policy.name)
+    rows, too_long = [], []
+    for c in contexts:
+        messages = prompt_messages(c, tokenizer, g.max_prompt_length, params.data.max_history_turns)
+        if messages is None:
+            too_long.append(c["context_id"])
+            continue
+        rows.append({"prompt": messages, "history": c["history"], "context_id": c["context_id"]})
+    if too_long:
+        warnings.warn(
+            f"{len(too_long)} context(s) do not fit grpo.max_prompt_length={g.max_prompt_length} even with one "
+            f"turn of history and were left out (first: {too_long[0]})",
+            stacklevel=2,
+        )
+    if not rows:
+        raise ValueError(f"no context fits grpo.max_prompt_length={g.max_prompt_length}: raise it")
+    return datasets.Dataset.from_list(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------
+
+
+def policy_dir(params: RunParams) -> Path:
+    return params.run_dir / STAGE
+
+
+def adapter_path(params: RunParams) -> Path:
+    return policy_dir(params) / "adapter"
+
+
+def checkpoints_dir(params: RunParams) -> Path:
+    return policy_dir(params) / "checkpoints"
+
+
+def build_lora_config(params: RunParams):
+    from peft import LoraConfig
+
+    g = params.grpo
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=g.lora_r,
+        lora_alpha=g.lora_alpha,
+        lora_dropout=g.lora_dropout,
+        target_modules=g.lora_target_modules,
+    )
+
+
+def build_grpo_config(params: RunParams, reward_weights: list[float] | None = None):
+    """Every ``grpo.*`` knob mapped onto TRL's ``GRPOConfig`` (field names as of TRL 1.16)."""
+    from trl import GRPOConfig
+
+    g = params.grpo
+    if reward_weights is None:
+        reward_weights = reward_setup(params)[1]
+    vllm = {}
+    if g.use_vllm:
+        vllm = {
+            "vllm_mode": g.vllm_mode,
+            "vllm_gpu_memory_utilization": g.vllm_gpu_memory_utilization,
+            "vllm_max_model_length": g.max_prompt_length + g.max_completion_length,
+        }
+    return GRPOConfig(
+        output_dir=str(checkpoints_dir(params)),
+        seed=params.seed,
+        data_seed=params.seed,
+        # the policy
+        model_init_kwargs={"dtype": "bfloat16" if g.bf16 else "float32"},
+        bf16=g.bf16,
+        fp16=False,
+        gradient_checkpointing=g.gradient_checkpointing,
+        # sampling: G completions per prompt
+        num_generations=g.num_generations,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_completion_length=g.max_completion_length,
+        use_vllm=g.use_vllm,
+        **vllm,
+        # objective
+        reward_weights=reward_weights,
+        beta=g.beta,
+        loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards,
+        num_iterations=g.num_iterations,
+        epsilon=g.epsilon,
+        # optimisation
+        learning_rate=g.learning_rate,
+        warmup_steps=g.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps (transformers 5)
+        max_grad_norm=g.max_grad_norm,
+        max_steps=g.max_steps,
+        per_device_train_batch_size=g.per_device_train_batch_size,
+        gradient_accumulation_steps=g.gradient_accumulation_steps,
+        # bookkeeping
+        logging_steps=g.logging_steps,
+        save_strategy="steps",
+        save_steps=g.save_steps,
+        save_total_limit=g.save_total_limit,
+        report_to="none",
+        remove_unused_columns=False,  # the reward model reads the `history` column
+        disable_tqdm=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+
+
+def _progress_callback():
+    from transformers import TrainerCallback
+
+    class ProgressLine(TrainerCallback):
+        """One line per logging step with the rewards and an ETA: readable in a notebook's saved
+        output and in a subprocess log, where a redrawn progress bar is not."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0, self.step0 = time.monotonic(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "reward" not in logs:
+                return
+            done = max(state.global_step - self.step0, 1)
+            per_step = (time.monotonic() - self.t0) / done
+            eta = timedelta(seconds=round(per_step * (state.max_steps - state.global_step)))
+            parts = [f"step {state.global_step}/{state.max_steps}", f"reward {logs['reward']:.3f}"]
+            for key in ("rewards/future_reward/mean", "rewards/format_reward/mean", "kl"):
+                if logs.get(key) is not None:
+                    parts.append(f"{key.split('/')[1] if '/' in key else key} {logs[key]:.3f}")
+            parts += [f"{per_step:.1f} s/step", f"ETA {eta}"]
+            print(" | ".join(parts), flush=True)
+
+    return ProgressLine()
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GRPOResult:
+    adapter_dir: Path
+    log_history: list[dict[str, Any]]
+    skipped: bool
+    seconds: float | None
+    global_step: int
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def protocol(params: RunParams) -> dict[str, Any]:
+    """The protocol card plus what the trainer will actually optimise."""
+    import peft
+    import transformers
+    import trl
+
+    g = params.grpo
+    card = params.protocol_card("grpo")
+    card["objective"] = {
+        "reward": "R_fut + alpha * R_format" if g.format_reward else "R_fut (format reward logged, weight 0)",
+        "reward_model": g.reward_model,
+        "alpha": g.format_weight if g.format_reward else 0.0,
+        "beta_kl": g.beta,
+        "loss_type": g.loss_type,
+        "scale_rewards": g.scale_rewards,
+        "note": "beta and loss_type set explicitly: TRL's defaults are beta=0.0, loss_type='dapo'",
+    }
+    card["versions"] = {"trl": trl.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    return card
+
+
+def _check_resumable(params: RunParams, previous: Path) -> None:
+    """Refuse to resume checkpoints trained under other settings: the curves would splice two runs."""
+    old = json.loads(previous.read_text())
+    new = json.loads(json.dumps(protocol(params), default=str))
+    diffs = []
+    for section in ("grpo", "models"):
+        a, b = old.get(section, {}), new.get(section, {})
+        if section == "models":
+            a, b = a.get("policy", {}), b.get("policy", {})
+        for k in sorted(set(a) | set(b)):
+            if k not in _RESUMABLE_CHANGES and a.get(k) != b.get(k):
+                diffs.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    if old.get("seed") != new.get("seed"):
+        diffs.append(f"seed: {old.get('seed')!r} -> {new.get('seed')!r}")
+    if diffs:
+        raise ParamsError(
+            f"{checkpoints_dir(params)} holds checkpoints trained with other settings ({'; '.join(diffs)}); "
+            "run with force=True (CLI: --force) to start over"
+        )
+
+
+def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
+    """Train (or resume, or skip) in this process; under ``accelerate launch`` every rank calls it."""
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import GRPOTrainer
+
+    from .models import load_tokenizer, resolve_model
+
+    out, adapter, ckpts = policy_dir(params), adapter_path(params), checkpoints_dir(params)
+    if force and _is_main_process():
+        shutil.rmtree(adapter, ignore_errors=True)
+        shutil.rmtree(ckpts, ignore_errors=True)
+    if (adapter / "adapter_config.json").is_file() and not force:
+        print(f"policy adapter already trained: {adapter} (force=True to retrain)")
+        history = load_log_history(params)
+        return GRPOResult(adapter, history, True, None, max((h.get("step", 0) for h in history), default=0))
+
+    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    if last and (out / "protocol.json").is_file():
+        _check_resumable(params, out / "protocol.json")
+
+    # Everything that can fail cheaply fails here, before the model loads.
+    reward_funcs, weights = reward_setup(params)
+    reward_funcs[0].load()
+    tokenizer = load_tokenizer(params.models.policy.name)
+    dataset = build_prompt_dataset(params, tokenizer=tokenizer)
+    config = build_grpo_config(params, weights)
+    if _is_main_process():
+        _write_json(out / "protocol.json", protocol(params))
+        _write_json(out / "grpo_config.json", config.to_dict())
+        print(f"GRPO: {len(dataset)} prompts, {params.grpo.max_steps} steps, G={params.grpo.num_generations}, "
+              f"rewards {[getattr(f, '__name__', f) for f in reward_funcs]} x {weights}")
+        if last:
+            print(f"resuming from {last}")
+
+    trainer = GRPOTrainer(
+        model=resolve_model(params.models.policy.name),
+        reward_funcs=reward_funcs,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=build_lora_config(params),
+        callbacks=[_progress_callback()],
+    )
+    t0 = time.monotonic()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.monotonic() - t0
+    trainer.save_model(str(adapter))  # a PEFT model saves only the adapter
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(adapter))
+        history = trainer.state.log_history
+        _write_json(out / "log_history.json", history)
+        curves_frame(history).to_csv(out / "curves.csv", index=False)
+        _write_json(
+            out / "train_summary.json",
+            {"global_step": trainer.state.global_step, "seconds_this_session": round(seconds, 1),
+             "resumed_from": last, "prompts": len(dataset)},
+        )
+    return GRPOResult(adapter, trainer.state.log_history, False, seconds, trainer.state.global_step)
+
+
+def _params_file_for_subprocess(params: RunParams) -> str:
+    """The params file itself when it describes this run exactly, else a JSON dump of the run
+    (overrides included) written next to the outputs; JSON is YAML, so load_params reads it."""
+    if params.source:
+        try:
+            if load_params(params.source, check_files=False).model_dump() == params.model_dump():
+                return params.source
+        except ParamsError:
+            pass
+    path = policy_dir(params) / "run_params.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(params.model_dump(mode="json"), indent=2))
+    return str(path)
+
+
+def launch_command(params: RunParams, force: bool = False) -> list[str]:
+    """``accelerate launch`` over ``grpo.num_processes`` processes with the DeepSpeed config."""
+    g = params.grpo
+    config = params.resolve(g.accelerate_config or "configs/accelerate/zero2.yaml")
+    if not config.is_file():
+        raise ParamsError(f"grpo.accelerate_config: file not found: {config}")
+    cmd = [
+        "accelerate", "launch", "--config_file", str(config), "--num_processes", str(g.num_processes),
+        "-m", "rlff_utils.grpo", "--params", _params_file_for_subprocess(params),
+    ]
+    return cmd + (["--force"] if force else [])
+
+
+def run_grpo(params: RunParams, force: bool = False) -> GRPOResult:
+    """Notebook 04's stage: train in-process on one device, or as a multi-process subprocess."""
+    if params.grpo.num_processes == 1:
+        return train_policy(params, force=force)
+    cmd = launch_command(params, force=force)
+    print("running:", shlex.join(cmd), flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=params.project_root or None)
+    if proc.returncode:
+        raise RuntimeError(f"GRPO subprocess failed with exit code {proc.returncode}: {shlex.join(cmd)}")
+    history = load_log_history(params)
+    step = max((h.get("step", 0) for h in history), default=0)
+    return GRPOResult(adapter_path(params), history, False, time.monotonic() - t0, step)
+
+
+# --------------------------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------------------------
+
+# log-history key -> curve column
+CURVE_COLUMNS = {
+    "reward": "total_reward",
+    "reward_std": "total_reward_std",
+    "rewards/future_reward/mean": "future_reward",
+    "rewards/future_reward/std": "future_reward_std",
+    "rewards/format_reward/mean": "format_reward",
+    "rewards/format_reward/std": "format_reward_std",
+    "frac_reward_zero_std": "frac_reward_zero_std",
+    "kl": "kl",
+    "completions/mean_length": "completion_length",
+    "completions/clipped_ratio": "clipped_ratio",
+    "entropy": "entropy",
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+}
+
+
+def load_log_history(params: RunParams) -> list[dict[str, Any]]:
+    path = policy_dir(params) / "log_history.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: train the policy first (notebook 04)")
+    return json.loads(path.read_text())
+
+
+def curves_frame(log_history: list[dict[str, Any]]):
+    """One row per logged training step. ``format_compliance`` is the share of completions with
+    R_format = 1 (the mean of a 0/1 reward)."""
+    import pandas as pd
+
+    rows = []
+    for entry in log_history:
+        if "reward" not in entry:
+            continue  # the final train summary and any eval entries
+        row = {"step": entry["step"]}
+        row.update({col: entry.get(key) for key, col in CURVE_COLUMNS.items()})
+        row["format_compliance"] = row["format_reward"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["step", *CURVE_COLUMNS.values(), "format_compliance"])
+
+
+# --------------------------------------------------------------------------------------------
+# The trained policy
+# --------------------------------------------------------------------------------------------
+
+
+def load_policy(params: RunParams, adapter_dir: str | Path | None = None, merge: bool = False):
+    """(model, tokenizer) for generation: base policy + the trained LoRA adapter; ``merge`` folds
+    the adapter into the weights (faster generation, no way back to the base model)."""
+    from .models import load_causal_lm
+
+    folder = Path(adapter_dir) if adapter_dir else adapter_path(params)
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no LoRA adapter in {folder}: train the policy first (notebook 04)")
+    role = params.models.policy
+    model, tok = load_causal_lm(role.name, device=role.device, dtype=role.dtype, adapter=str(folder))
+    if merge:
+        model = model.merge_and_unload()
+    return model, tok
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+    """Sampled replies for chat prompts (one batch; for the notebook's side-by-side samples)."""
+    import torch
+
+    text = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    enc = tokenizer(text, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None, top_p=1.0,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def sample_before_after(params: RunParams, n: int = 3, score: bool = True):
+    """The same prompts answered by the base policy (adapter disabled) and the trained one, with
+    the same sampling seed, side by side; ``score`` adds R_fut of each answer."""
+    import pandas as pd
+
+    dataset = build_prompt_dataset(params).select(range(min(n, params.grpo.num_train_prompts or n)))
+    prompts, history = dataset["prompt"], dataset["history"]
+    model, tok = load_policy(params)
+    kw = dict(max_new_tokens=params.grpo.max_completion_length, temperature=params.grpo.temperature, seed=params.seed)
+    with model.disable_adapter():
+        before = generate(model, tok, prompts, **kw)
+    after = generate(model, tok, prompts, **kw)
+    frame = pd.DataFrame(
+        {
+            "context_id": dataset["context_id"],
+            "seeker": [h[-1]["text"] for h in history],
+            "before": before,
+            "after": after,
+            "format_before": format_reward(before),
+            "format_after": format_reward(after),
+        }
+    )
+    if score:
+        rm = FutureReward(params)
+        as_msgs = lambda xs: [[{"role": "assistant", "content": x}] for x in xs]  # noqa: E731
+        frame["R_fut_before"] = rm(prompts=prompts, completions=as_msgs(before), history=history)
+        frame["R_fut_after"] = rm(prompts=prompts, completions=as_msgs(after), history=history)
+    frame.to_json(policy_dir(params) / "samples_before_after.jsonl", orient="records", lines=True, force_ascii=False)
+    return frame
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: `accelerate launch --config_file configs/accelerate/zero2.yaml -m rlff_utils.grpo --params FILE`
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="GRPO training of the RLFF-ESC policy (notebook 04's stage).")
+    ap.add_argument("--params", required=True, help="params file (YAML)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, YAML value")
+    ap.add_argument("--force", action="store_true", help="retrain even if an adapter exists")
+    args = ap.parse_args(argv)
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    params = load_params(args.params, overrides)
+    result = train_policy(params, force=args.force)
+    if _is_main_process():
+        print(f"adapter: {result.adapter_dir} (step {result.global_step})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
