@@ -142,12 +142,17 @@ class SimulationParams(_Strict):
 
 
 class RewardModelParams(_Strict):
+    """Stage 2: reward models trained on the simulation's (context, candidate, R_fut) records."""
+
     variants: list[Literal["classification", "regression", "ranking"]] = Field(
         default_factory=lambda: ["classification", "regression", "ranking"], min_length=1
     )
     valid_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
-    max_length: int = Field(512, ge=32)
+    max_length: int = Field(512, ge=32, description="tokens; longer inputs lose their oldest turns")
+    max_history_turns: int | None = Field(
+        None, ge=1, description="context turns shown to the reward model (None: data.max_history_turns)"
+    )
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -156,8 +161,18 @@ class RewardModelParams(_Strict):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | str = "all-linear"
+    lora_layers: int | None = Field(
+        None, ge=1, description="LoRA on the top N transformer layers only (None: all); cuts backward cost"
+    )
+    max_pairs_per_context: int | None = Field(
+        None, ge=1, description="ranking: training pairs kept per context, largest R_fut gap first"
+    )
     early_stopping_patience: int = Field(2, ge=1)
+    retrain: bool = Field(False, description="train again even where a variant's metrics.json exists")
     human_validation_dialogues: int = Field(50, ge=0, description="ESConv dialogues for the survey check")
+    human_validation_turns: int | None = Field(
+        6, ge=1, description="supporter turns scored per dialogue, evenly spaced (None: all)"
+    )
 
 
 class GRPOParams(_Strict):
