@@ -87,6 +87,9 @@ PROMPTS: dict[str, str] = {
     "transcript_line": "{speaker}: {text}",
 }
 
+# Shown to the other agents in place of an empty turn (e.g. a reply cut off inside its reasoning).
+EMPTY_TURN = "..."
+
 SPEAKER_NAMES = {SEEKER: "Seeker", SUPPORTER: "Supporter"}
 
 # PPDPP's answer values.
@@ -160,7 +163,7 @@ def _as_messages(turns: list[dict[str, Any]], assistant_speaker: str) -> list[di
     out: list[dict[str, str]] = []
     for t in turns:
         role = "assistant" if t["speaker"] == assistant_speaker else "user"
-        text = t["text"].strip()
+        text = t["text"].strip() or EMPTY_TURN
         if out and out[-1]["role"] == role:
             out[-1]["content"] += "\n" + text
         else:
@@ -207,7 +210,8 @@ def seeker_messages(context: dict[str, Any], max_history_turns: int = 12) -> lis
 
 def transcript(turns: list[dict[str, Any]]) -> str:
     return "\n".join(
-        PROMPTS["transcript_line"].format(speaker=SPEAKER_NAMES[t["speaker"]], text=t["text"].strip()) for t in turns
+        PROMPTS["transcript_line"].format(speaker=SPEAKER_NAMES[t["speaker"]], text=t["text"].strip() or EMPTY_TURN)
+        for t in turns
     )
 
 
@@ -304,11 +308,14 @@ class Critic:
         self.max_history_turns, self.max_new_tokens = max_history_turns, max_new_tokens
         self._calls = 0
 
-    def judge(self, contexts: list[dict[str, Any]]) -> list[CriticResult]:
+    def judge(self, contexts: list[dict[str, Any]], seed: int | None = None) -> list[CriticResult]:
+        """One result per context (``history`` = the dialogue so far). ``seed``: for the votes'
+        sampling; by default a fresh, reproducible seed per call."""
         if not contexts:
             return []
         conversations = [critic_messages(c, self.max_history_turns) for c in contexts]
-        seed = self.seed + 7919 * self._calls  # a fresh, reproducible seed per call
+        if seed is None:
+            seed = self.seed + 7919 * self._calls
         self._calls += 1
         if self.mode == "votes":
             answers = self.backend.generate(
