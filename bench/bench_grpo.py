@@ -1,0 +1,96 @@
+"""Seconds per GRPO step and peak memory for a params file (default: the smoke params on CPU).
+
+Runs the real stage (``rlff_utils.grpo.train_policy``) in a temporary output folder, so nothing
+of an existing run is touched: data prep, then a few GRPO steps. The reward model defaults to the
+untrained "random" head (same backbone and cost as a trained one, no notebook-03 outputs needed).
+Per-step times come from the trainer's own ``step_time`` log; the first step is reported apart
+because it includes one-off warm-up. Peak memory is the process's maximum resident set size.
+
+    python bench/bench_grpo.py                          # smoke params, 3 steps
+    python bench/bench_grpo.py --params params/ci.yaml --steps 2 --set grpo.num_generations=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(ROOT / "params" / "smoke.yaml"))
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--reward-model", default="random")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--json", help="also write the result here")
+    args = ap.parse_args(argv)
+
+    import torch
+    import yaml
+
+    from rlff_utils import grpo
+    from rlff_utils.data import prepare_data
+    from rlff_utils.params import load_params
+
+    overrides = {"grpo.max_steps": args.steps, "grpo.save_steps": 10_000, "grpo.reward_model": args.reward_model}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
+        overrides["output_root"] = tmp
+        params = load_params(args.params, overrides)
+        prepare_data(params)
+        t0 = time.monotonic()
+        result = grpo.train_policy(params)
+        wall = time.monotonic() - t0
+    g = params.grpo
+    steps = [h["step_time"] for h in result.log_history if "step_time" in h]
+    rest = steps[1:] or steps
+    report = {
+        "params": Path(args.params).name,
+        "overrides": {k: v for k, v in overrides.items() if k != "output_root"},
+        "policy": params.models.policy.name,
+        "reward_backbone": params.models.reward_backbone.name,
+        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "torch_threads": torch.get_num_threads(),
+        "prompts_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations,
+        "num_generations": g.num_generations,
+        "completions_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps,
+        "max_prompt_length": g.max_prompt_length,
+        "max_completion_length": g.max_completion_length,
+        "lora_r": g.lora_r,
+        "beta": g.beta,
+        "loss_type": g.loss_type,
+        "steps": len(steps),
+        "first_step_s": round(steps[0], 2) if steps else None,
+        "mean_step_s_after_first": round(statistics.mean(rest), 2) if rest else None,
+        "train_wall_s_incl_model_load": round(wall, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "mean_completion_tokens": round(statistics.mean(
+            h["completions/mean_length"] for h in result.log_history if "completions/mean_length" in h), 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        report["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    print("\n== GRPO benchmark ==")
+    for k, v in report.items():
+        print(f"{k:>32}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
