@@ -1,0 +1,262 @@
+"""Backends: hf on the tiny model (shapes, seeds, padding, choice scoring, engine sharing) and
+openai over real HTTP on loopback against a server started here (answers, n samples, timeouts,
+5xx then success, persistent failure)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rlff_utils import backends
+from rlff_utils.backends import BackendError, get_backend, trim_at_stop
+from rlff_utils.params import ModelRole, ParamsError, load_params
+
+CONV_A = [{"role": "system", "content": "You are kind."}, {"role": "user", "content": "I feel sad today."}]
+CONV_B = [
+    {"role": "system", "content": "You are a supportive listener who answers in one sentence."},
+    {"role": "user", "content": "My exams went badly and my parents are upset with me, I do not know what to do."},
+    {"role": "assistant", "content": "That sounds really stressful."},
+    {"role": "user", "content": "It is."},
+]
+
+
+# ---- hf ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    return get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=4))
+
+
+def test_hf_generate_shape_and_seed_determinism(tiny):
+    out = tiny.generate([CONV_A, CONV_B], n=3, seed=11)
+    assert len(out) == 2 and all(len(s) == 3 for s in out) and all(isinstance(x, str) for s in out for x in s)
+    assert tiny.generate([CONV_A, CONV_B], n=3, seed=11) == out
+    assert tiny.generate([CONV_A, CONV_B], n=3, seed=12) != out
+    assert tiny.stats.generated_tokens > 0 and tiny.stats.calls >= 3
+
+
+def test_hf_chunking_by_batch_size(tiny):
+    convs = [CONV_A, CONV_B, CONV_A, CONV_B, CONV_A]
+    out = tiny.generate(convs, n=2, seed=1)  # batch_size 4 / n 2: three chunks
+    assert len(out) == 5 and all(len(s) == 2 for s in out)
+
+
+def test_hf_greedy_repeats_one_sample_and_left_padding_is_invisible(tiny):
+    alone = tiny.generate([CONV_A], n=2, temperature=0.0)
+    padded = tiny.generate([CONV_A, CONV_B], n=2, temperature=0.0)  # CONV_A gets left padding here
+    assert alone[0][0] == alone[0][1]
+    assert padded[0] == alone[0]
+
+
+def test_hf_score_choices(tiny):
+    choices = ["worse", "same", "better", "solved"]  # "worse" is two tokens: the general path
+    rows = tiny.score_choices([CONV_A, CONV_B], choices)
+    assert len(rows) == 2 and all(len(r) == 4 and sum(r) == pytest.approx(1.0) for r in rows)
+    # batching and padding do not change a conversation's scores
+    assert tiny.score_choices([CONV_B], choices)[0] == pytest.approx(rows[1], abs=1e-5)
+    # the one-token fast path agrees with the general path on the odds between two choices
+    fast = tiny.score_choices([CONV_A], ["same", "better"])[0]
+    assert fast[0] / fast[1] == pytest.approx(rows[0][1] / rows[0][2], rel=1e-4)
+
+
+def test_engines_are_shared_between_roles(tiny):
+    other = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.2, max_new_tokens=4, batch_size=4))
+    assert other.engine is tiny.engine and other is not tiny and other.role.temperature == 0.2
+
+
+def test_trim_at_stop():
+    assert trim_at_stop("Hi there.\nSeeker: more", ["\nSeeker:", "###"]) == "Hi there."
+    assert trim_at_stop(" plain ", None) == "plain"
+
+
+def test_vllm_missing_is_a_clear_error():
+    pytest.importorskip  # noqa: B018 - documentation: this test is about the machine without vllm
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendError, match="vllm"):
+            get_backend(ModelRole(backend="vllm", name="tiny-random-smollm2"))
+    else:  # pragma: no cover
+        pytest.skip("vllm is installed here")
+
+
+def test_probs_without_logprobs_refused_at_validation(tmp_path, data_dir, project_root):
+    overrides = {"output_root": str(tmp_path), "models.critic": {"backend": "openai", "name": "gpt-4o"},
+                 "simulation.critic_mode": "probs"}
+    with pytest.raises(ParamsError, match="logprobs"):
+        load_params(project_root / "params" / "ci.yaml", overrides)
+
+
+# ---- openai over real HTTP ----------------------------------------------------------------------
+
+
+class FakeEndpoint(BaseHTTPRequestHandler):
+    """OpenAI chat-completions on loopback. The last message's content picks the behaviour:
+    ``slow:<s>``, ``slow-once:<id>:<s>``, ``fail-once:<id>``, ``fail-always``, else an answer."""
+
+    state: dict = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, code: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if code >= 500:
+                self.send_header("retry-after-ms", "20")
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout): nothing to answer
+
+    def do_POST(self):  # noqa: N802
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        st = self.state
+        with self.lock:
+            st["requests"] += 1
+            st["in_flight"] += 1
+            st["max_in_flight"] = max(st["max_in_flight"], st["in_flight"])
+            st["bodies"].append(req)
+        try:
+            self._answer(req)
+        finally:
+            with self.lock:
+                st["in_flight"] -= 1
+
+    def _answer(self, req: dict) -> None:
+        text = req["messages"][-1]["content"]
+        st = self.state
+        if text.startswith("slow:"):
+            time.sleep(float(text.split(":")[1]))
+        elif text.startswith("slow-once:"):
+            _, key, secs = text.split(":")
+            with self.lock:
+                first = key not in st["seen"]
+                st["seen"].add(key)
+            if first:
+                time.sleep(float(secs))
+        elif text.startswith("fail-once:"):
+            with self.lock:
+                first = text not in st["seen"]
+                st["seen"].add(text)
+            if first:
+                return self._send(500, {"error": {"message": "transient", "type": "server_error"}})
+        elif text == "fail-always":
+            return self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
+        time.sleep(0.05)  # long enough for concurrent requests to overlap
+        n = req.get("n", 1)
+        choices = []
+        for i in range(n):
+            choice = {"index": i, "message": {"role": "assistant", "content": f"re:{text}#{i}"},
+                      "finish_reason": "stop", "logprobs": None}
+            if req.get("logprobs"):
+                tops = [("better", 0.5), (" solved", 0.2), ("s", 0.1), ("worse", 0.1), ("Hmm", 0.1)]
+                lp = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in tops]
+                choice["logprobs"] = {"content": [{"token": "better", "logprob": math.log(0.5), "bytes": None,
+                                                   "top_logprobs": lp}]}
+            choices.append(choice)
+        self._send(200, {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": req["model"],
+                         "choices": choices, "usage": {"prompt_tokens": 7, "completion_tokens": 3 * n,
+                                                       "total_tokens": 7 + 3 * n}})
+
+
+@pytest.fixture()
+def endpoint(monkeypatch):
+    FakeEndpoint.state = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "seen": set(), "bodies": []}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("RLFF_TEST_KEY", "sk-test")
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", FakeEndpoint.state
+    server.shutdown()
+    server.server_close()
+
+
+def _role(url: str, **kw) -> ModelRole:
+    base = dict(backend="openai", name="fake-model", base_url=url, api_key_env="RLFF_TEST_KEY",
+                timeout_s=2.0, max_retries=2, concurrency=3, max_new_tokens=16)
+    return ModelRole(**{**base, **kw})
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "system", "content": "s"}, {"role": "user", "content": text}]
+
+
+def test_openai_answers_with_n_samples_and_capped_concurrency(endpoint):
+    url, state = endpoint
+    b = get_backend(_role(url))
+    convs = [_user(f"hello {i}") for i in range(8)]
+    out = b.generate(convs, n=2, temperature=0.3, seed=5, stop=["\nSeeker:"])
+    assert out == [[f"re:hello {i}#0", f"re:hello {i}#1"] for i in range(8)]
+    assert state["requests"] == 8 and 1 < state["max_in_flight"] <= 3
+    body = state["bodies"][0]
+    assert body["n"] == 2 and body["temperature"] == 0.3 and body["max_tokens"] == 16 and body["stop"] == ["\nSeeker:"]
+    assert sorted(x["seed"] for x in state["bodies"]) == list(range(5, 13))  # one seed per conversation
+    assert b.stats.generated_tokens == 8 * 6 and b.stats.prompt_tokens == 8 * 7
+
+
+def test_openai_5xx_then_success(endpoint):
+    url, state = endpoint
+    out = get_backend(_role(url)).generate([_user("fail-once:a"), _user("fail-once:b")])
+    assert out == [["re:fail-once:a#0"], ["re:fail-once:b#0"]]
+    assert state["requests"] == 4  # each retried once by the client
+
+
+def test_openai_slow_answer_past_timeout_is_retried(endpoint):
+    url, state = endpoint
+    out = get_backend(_role(url, timeout_s=0.5, max_retries=1)).generate([_user("slow-once:x:1.5")])
+    assert out == [["re:slow-once:x:1.5#0"]] and state["requests"] == 2
+
+
+def test_openai_always_slow_fails_clearly_and_boundedly(endpoint):
+    url, _ = endpoint
+    b = get_backend(_role(url, timeout_s=0.3, max_retries=1))
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError) as err:
+        b.generate([_user("slow:3")])
+    assert time.perf_counter() - t0 < 5
+    msg = str(err.value)
+    assert url in msg and "1 of 1 requests failed" in msg and "Timeout" in msg
+
+
+def test_openai_persistent_failure_is_a_clear_error(endpoint):
+    url, state = endpoint
+    b = get_backend(_role(url, max_retries=2, concurrency=2))
+    with pytest.raises(BackendError) as err:
+        b.generate([_user("fail-always") for _ in range(5)])
+    msg = str(err.value)
+    assert url in msg and "requests failed after 2 retries" in msg and "503" in msg
+    assert state["requests"] <= 5 * 3  # bounded: no endless loop
+
+
+def test_openai_score_choices_needs_logprobs(endpoint):
+    url, state = endpoint
+    with pytest.raises(BackendError, match="logprobs"):
+        get_backend(_role(url)).score_choices([_user("x")], ["better", "worse"])
+    rows = get_backend(_role(url, logprobs=True)).score_choices([_user("x")], ["worse", "same", "better", "solved"])
+    # "s" begins two choices and "Hmm" none: both ignored; the rest renormalised
+    assert rows[0] == pytest.approx([0.1 / 0.8, 0.0, 0.5 / 0.8, 0.2 / 0.8])
+    assert state["bodies"][-1]["top_logprobs"] == 20 and state["bodies"][-1]["max_tokens"] == 1
+
+
+def test_openai_missing_key_names_the_variable(monkeypatch):
+    monkeypatch.delenv("RLFF_ABSENT_KEY", raising=False)
+    with pytest.raises(BackendError, match="RLFF_ABSENT_KEY"):
+        get_backend(_role("http://127.0.0.1:9/v1", api_key_env="RLFF_ABSENT_KEY"))
+
+
+def test_clear_backends_drops_engines(tiny):
+    assert backends._ENGINES
+    backends.clear_backends()
+    assert not backends._ENGINES
