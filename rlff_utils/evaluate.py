@@ -252,3 +252,161 @@ def score_human_sheet(sheet_path: str | Path, key_path: str | Path) -> pd.DataFr
 
 def write_json(obj: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=float))
+
+
+# --------------------------------------------------------------------------------------------
+# The stage (notebook 05)
+# --------------------------------------------------------------------------------------------
+
+CASE_KEY = ("case_id",)
+TRANSCRIPTS = "transcripts.jsonl"
+
+
+def main_system(params) -> str:
+    """The system the others are compared with: the first one using this run's trained adapter,
+    else the last one listed."""
+    systems = params.evaluation.systems
+    return next((s.name for s in systems if s.adapter == "policy"), systems[-1].name)
+
+
+def resolve_adapter(params, spec: str | None) -> Path | None:
+    """``policy`` is the adapter notebook 04 trained for this run; anything else is a folder
+    (relative paths from the project root), e.g. another run's adapter for an ablation."""
+    if spec is None:
+        return None
+    path = params.run_dir / "policy" / "adapter" if spec == "policy" else params.resolve(spec)
+    return path
+
+
+def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: int):
+    """One conversation per case, opened by the seeker with the case's situation."""
+    from .simulate import Trajectory
+
+    meta_fields = ("case_id", "dataset", "emotion_type", "problem_type", "situation")
+    return [
+        Trajectory(meta={**{k: c.get(k, "") for k in meta_fields}, "system": system},
+                   history=[{"speaker": "seeker", "text": c["opening"], "strategy": None}], max_turns=max_turns)
+        for c in cases
+    ]
+
+
+def system_metrics(records: Sequence[dict[str, Any]], params) -> dict[str, Any]:
+    """Metrics over all cases, and per dataset when there are several."""
+    e = params.evaluation
+    out = metrics(records, e.max_turns, e.bootstrap_samples, params.seed)
+    datasets = sorted({r.get("dataset") or "" for r in records})
+    out["dataset"] = "+".join(datasets)
+    if len(datasets) > 1:
+        out["by_dataset"] = {
+            d: metrics([r for r in records if r.get("dataset") == d], e.max_turns, e.bootstrap_samples, params.seed)
+            for d in datasets
+        }
+    return out
+
+
+def run_evaluation(params, force: bool = False) -> pd.DataFrame:
+    """Every configured system through the interactive protocol; transcripts and metrics (with
+    the protocol card) under ``outputs/<run>/evaluation/<system>/``. Resumable per case.
+
+    A system whose adapter does not exist is skipped and reported, except this run's own
+    policy adapter (``adapter: policy``), whose absence means notebook 04 has not run."""
+    from .agents import Critic, write_prompts
+    from .backends import get_backend
+    from .data import load_eval_cases
+    from .simulate import TrajectoryStore, backend_seeker, backend_supporter, rollout_to_store
+
+    e, m = params.evaluation, params.models
+    turns = params.data.max_history_turns
+    cases = load_eval_cases(params)[: e.num_cases] if e.num_cases else load_eval_cases(params)
+    out = params.stage_dir("evaluation")
+    write_prompts(out)
+    card = {**params.protocol_card("evaluation"), "cases": len(cases),
+            "roles": {"user simulator": m.eval_user_sim.model_dump(), "critic": m.eval_critic.model_dump()}}
+    write_json(card, out / "protocol_card.json")
+
+    plan, skipped = [], []
+    for s in e.systems:
+        adapter = resolve_adapter(params, s.adapter)
+        if adapter is not None and not (adapter / "adapter_config.json").is_file():
+            if s.adapter == "policy":
+                raise FileNotFoundError(f"system {s.name!r}: no trained adapter at {adapter}: run notebook 04 (GRPO) first")
+            skipped.append({"system": s.name, "reason": f"adapter not found: {adapter}"})
+            continue
+        plan.append((s, adapter))
+
+    seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
+    critic = Critic(get_backend(m.eval_critic, seed=params.seed), e.critic_mode, e.critic_samples, e.critic_temperature,
+                    e.success_threshold, seed=params.seed, max_history_turns=None)
+    rows = []
+    for s, adapter in plan:
+        folder = out / s.name
+        store = TrajectoryStore(folder / TRANSCRIPTS, CASE_KEY)
+        if force and store.path.exists():
+            store.path.unlink()
+        policy = get_backend(m.policy, adapter=str(adapter) if adapter else None, seed=params.seed)
+        supporter = backend_supporter(policy, s.prompt, turns)
+        trajs = eval_trajectories(cases, s.name, e.max_turns)
+        rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, critic, seed=params.seed,
+                         desc=f"eval {s.name}", already=[r for r in store.load()])
+        records = [r for r in store.load() if r["case_id"] in {c["case_id"] for c in cases}]
+        result = {**system_metrics(records, params), "system": s.model_dump(),
+                  "adapter": str(adapter) if adapter else None, "protocol": card}
+        write_json(result, folder / "metrics.json")
+        rows.append({"system": s.name, "prompt": s.prompt, "adapter": bool(adapter), "cases": result["cases"],
+                     "SR": result["SR"], "SR_ci95": result["SR_ci95"], "AT": result["AT"], "AT_ci95": result["AT_ci95"]})
+    write_json(skipped, out / "skipped_systems.json")
+    table = pd.DataFrame(rows)
+    table.attrs["skipped"] = skipped
+    return table
+
+
+def load_transcripts(params, system: str) -> list[dict[str, Any]]:
+    from .simulate import TrajectoryStore
+
+    path = params.run_dir / "evaluation" / system / TRANSCRIPTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: evaluate system {system!r} first")
+    return TrajectoryStore(path, CASE_KEY).load()
+
+
+def comparison_pairs(params, baseline: str, limit: int | None = None) -> list[tuple[dict, dict]]:
+    """(main system, baseline) transcripts of the same cases, in case order."""
+    ours = {r["case_id"]: r for r in load_transcripts(params, main_system(params))}
+    theirs = load_transcripts(params, baseline)
+    pairs = [(ours[r["case_id"]], r) for r in theirs if r["case_id"] in ours]
+    return pairs[:limit] if limit else pairs
+
+
+def run_quality(params) -> pd.DataFrame:
+    """Pairwise LLM judge of the main system against every evaluated baseline, and the blind
+    human sheet. Writes ``judgements.csv``, ``win_rates.csv``, ``human_sheet.csv`` and the key
+    (``human_sheet_key/key.csv``, to keep apart from annotators)."""
+    from .backends import get_backend
+
+    e = params.evaluation
+    out = params.stage_dir("evaluation")
+    main = main_system(params)
+    evaluated = [s.name for s in e.systems if (out / s.name / TRANSCRIPTS).exists()]
+    baselines = [b for b in evaluated if b != main]
+    if main not in evaluated or not baselines:
+        return pd.DataFrame()
+    judge = get_backend(params.models.judge, seed=params.seed)
+    tables, sheet_pairs, sheet_names = [], [], []
+    for b in baselines:
+        pairs = comparison_pairs(params, b, e.judge_pairs)
+        if pairs and e.judge_pairs:
+            j = pairwise_judge(judge, pairs, max_new_tokens=params.models.judge.max_new_tokens, seed=params.seed)
+            tables.append(j.assign(baseline=b))
+        for p in comparison_pairs(params, b, e.human_sheet_rows):
+            sheet_pairs.append(p)
+            sheet_names.append(b)
+    judgements = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    rates = (pd.concat([win_rates(g).assign(baseline=b) for b, g in judgements.groupby("baseline", sort=False)],
+                       ignore_index=True) if len(judgements) else pd.DataFrame())
+    if len(judgements):
+        judgements.to_csv(out / "judgements.csv", index=False)
+        rates.to_csv(out / "win_rates.csv", index=False)
+    if sheet_pairs:
+        (out / "human_sheet_key").mkdir(exist_ok=True)
+        write_human_sheet(sheet_pairs, sheet_names, out / "human_sheet.csv", out / "human_sheet_key" / "key.csv", params.seed)
+    return rates

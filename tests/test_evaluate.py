@@ -110,3 +110,61 @@ def test_human_sheet_round_trip(tmp_path):
     assert scores.loc[("cos", "empathy"), "win"] == 1.0
     assert scores.loc[("vanilla", "fluency"), "tie"] == 1.0
     assert scores.loc[("vanilla", "overall"), "unparsable"] == 1 and scores.loc[("vanilla", "overall"), "judged"] == 1
+
+
+# ---- the stage, on the tiny model --------------------------------------------------------
+
+
+def _save_tiny_adapter(path):
+    from peft import LoraConfig, get_peft_model
+
+    from rlff_utils.models import load_causal_lm
+
+    model, _ = load_causal_lm("tiny-random-smollm2")
+    get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(path)
+
+
+def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tiny_model_path):
+    import json
+
+    from rlff_utils import data
+    from rlff_utils.params import EvalSystem
+
+    data.prepare_data(ci_params)
+    _save_tiny_adapter(ci_params.run_dir / "policy" / "adapter")
+    ci_params.evaluation.systems = [
+        EvalSystem(name="vanilla", prompt="vanilla"),
+        EvalSystem(name="rlff-esc", prompt="reasoning", adapter="policy"),
+        EvalSystem(name="ablation-random-rm", prompt="reasoning", adapter="outputs/absent/policy/adapter"),
+    ]
+    table = ev.run_evaluation(ci_params)
+    assert list(table.system) == ["vanilla", "rlff-esc"]
+    assert table.attrs["skipped"][0]["system"] == "ablation-random-rm"
+    out = ci_params.run_dir / "evaluation"
+    records = ev.load_transcripts(ci_params, "rlff-esc")
+    cap = ci_params.evaluation.max_turns
+    assert len(records) == ci_params.evaluation.num_cases
+    for r in records:
+        assert r["history"][0]["speaker"] == "seeker" and 1 <= r["turns_used"] <= cap
+        assert len(r["critic_scores"]) == r["turns_used"] and r["end_reason"] in ("goal", "max_turns")
+        assert [t["speaker"] for t in r["turns"]] == ["supporter", "seeker"] * r["turns_used"]
+    m = json.loads((out / "rlff-esc" / "metrics.json").read_text())
+    assert m["protocol"]["evaluation"]["max_turns"] == cap and m["adapter"].endswith("adapter")
+    assert m["SR"] == ev.success_rate(ev.outcomes(records)) and len(m["SR_at_k"]) == cap
+    # a rerun resumes: nothing new is generated, the numbers are identical
+    size = (out / "rlff-esc" / ev.TRANSCRIPTS).stat().st_size
+    again = ev.run_evaluation(ci_params)
+    assert (out / "rlff-esc" / ev.TRANSCRIPTS).stat().st_size == size
+    assert again.SR.tolist() == table.SR.tolist()
+    rates = ev.run_quality(ci_params)
+    assert set(rates.criterion) == set(ev.CRITERIA) and set(rates.baseline) == {"vanilla"}
+    assert (out / "human_sheet.csv").exists() and (out / "human_sheet_key" / "key.csv").exists()
+    assert "rlff-esc" not in (out / "human_sheet.csv").read_text()
+
+
+def test_missing_policy_adapter_is_a_clear_error(ci_params, tiny_model_path):
+    from rlff_utils import data
+
+    data.prepare_data(ci_params)
+    with pytest.raises(FileNotFoundError, match="run notebook 04"):
+        ev.run_evaluation(ci_params)
