@@ -75,3 +75,61 @@ def write_table(table: pd.DataFrame, folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / f"{name}.csv", index=False)
     (folder / f"{name}.md").write_text(table.to_markdown(index=False) if not table.empty else "(no rows)\n")
+
+
+def simulation_table(runs: list[Path]) -> pd.DataFrame:
+    """Simulation statistics per run (from ``simulation/summary.json``)."""
+    rows = []
+    for run in runs:
+        s = _read_json(run / "simulation" / "summary.json")
+        if s:
+            rows.append({"run": run.name, **{k: s.get(k) for k in (
+                "contexts", "trajectories", "success_rate", "mean_turns", "positive_rate",
+                "label_threshold", "unparsed_answers", "seconds")}})
+    return pd.DataFrame(rows)
+
+
+def reward_model_table(runs: list[Path]) -> pd.DataFrame:
+    """Reward-model variant comparison per run (from ``reward_model/comparison.csv``)."""
+    frames = [pd.read_csv(run / "reward_model" / "comparison.csv").assign(run=run.name)
+              for run in runs if (run / "reward_model" / "comparison.csv").is_file()]
+    if not frames:
+        return pd.DataFrame()
+    t = pd.concat(frames, ignore_index=True)
+    return t[["run", *[c for c in t.columns if c != "run"]]]
+
+
+def human_validation_table(runs: list[Path]) -> pd.DataFrame:
+    """Spearman of reward-model and critic scores with the seekers' reported intensity drop."""
+    rows = []
+    for run in runs:
+        for path in sorted((run / "reward_model").glob("human_validation*.json")):
+            v = _read_json(path)
+            if isinstance(v, dict):
+                rows.append({"run": run.name, **{k: x for k, x in v.items() if not isinstance(x, (list, dict))}})
+    return pd.DataFrame(rows)
+
+
+def grpo_curves(runs: list[Path]) -> pd.DataFrame:
+    """GRPO training curves of every run (from ``policy/curves.csv``), long by step."""
+    frames = [pd.read_csv(run / "policy" / "curves.csv").assign(run=run.name)
+              for run in runs if (run / "policy" / "curves.csv").is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_summary(run: Path) -> dict[str, Any]:
+    """The few numbers printed at the end of a pipeline run and kept in ``summary.json``."""
+    ev = evaluation_table([run])
+    rm = reward_model_table([run])
+    sim = _read_json(run / "simulation" / "summary.json") or {}
+    grpo = _read_json(run / "policy" / "train_summary.json") or {}
+    rm_cols = [c for c in ("variant", "accuracy", "f1", "roc_auc", "spearman", "pairwise_accuracy") if c in rm.columns]
+    return {
+        "run": run.name,
+        "evaluation": {r.system: {"SR": round(r.SR, 3), "AT": round(r.AT, 2), "cases": int(r.cases)} for r in ev.itertuples()},
+        "reward_model": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+                         for row in rm[rm_cols].to_dict("records")] if len(rm) else [],
+        "simulation": {k: sim.get(k) for k in ("trajectories", "success_rate", "positive_rate") if k in sim},
+        "grpo": {k: grpo.get(k) for k in ("global_step", "train_runtime", "seconds") if k in grpo},
+        "report": str(run / "06_analysis.html"),
+    }

@@ -262,6 +262,10 @@ class EvaluationParams(_Strict):
         return v
 
 
+class AnalysisParams(_Strict):
+    runs: list[str] | None = Field(None, description="run folders under output_root to compare; None: every run there")
+
+
 class RunParams(_Strict):
     run_name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")
     description: str = ""
@@ -273,6 +277,7 @@ class RunParams(_Strict):
     reward_model: RewardModelParams = Field(default_factory=RewardModelParams)
     grpo: GRPOParams = Field(default_factory=GRPOParams)
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
+    analysis: AnalysisParams = Field(default_factory=AnalysisParams)
 
     # Set by `load_params`, not by the file.
     source: str | None = Field(None, exclude=True)

@@ -45,3 +45,59 @@ def plot_data_overview(frame: pd.DataFrame, strategies: pd.DataFrame, path: str 
     axes[1, 2].set_title("intensity drop (initial − final)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ---- evaluation and analysis (notebooks 05, 06) ---------------------------------------------
+
+
+def plot_sr_at_k(long: pd.DataFrame, path: str | Path | None = None, hue: str = "system"):
+    """SR@k curves: how fast each system solves cases, not only how often."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(long, x="k", y="SR@k", hue=hue, marker="o", ax=ax)
+    ax.set_xlabel("turns k")
+    ax.set_ylabel("solved within k turns")
+    ax.set_ylim(0, 1)
+    ax.set_title("SR@k")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_system_bars(table: pd.DataFrame, path: str | Path | None = None):
+    """SR and AT per system with their bootstrap 95% intervals."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric in zip(axes, ("SR", "AT")):
+        lo = table[f"{metric}_ci95"].map(lambda x: x[0])
+        hi = table[f"{metric}_ci95"].map(lambda x: x[1])
+        ax.bar(table["system"], table[metric], yerr=[table[metric] - lo, hi - table[metric]], capsize=4, color=sns.color_palette()[: len(table)])
+        ax.set_title({"SR": "success rate (95% CI)", "AT": "average turns (95% CI; lower is better)"}[metric])
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_win_rates(rates: pd.DataFrame, path: str | Path | None = None):
+    """Stacked win / tie / lose shares of the main system against each baseline, per criterion."""
+    baselines = list(dict.fromkeys(rates["baseline"]))
+    fig, axes = plt.subplots(1, len(baselines), figsize=(5 * len(baselines), 3.8), squeeze=False)
+    colors = {"win": "#4c9a2a", "tie": "#bbbbbb", "lose": "#c0392b"}
+    for ax, b in zip(axes[0], baselines):
+        g = rates[rates["baseline"] == b].set_index("criterion")[["win", "tie", "lose"]].fillna(0)
+        left = pd.Series(0.0, index=g.index)
+        for k in ("win", "tie", "lose"):
+            ax.barh(g.index, g[k], left=left, color=colors[k], label=k)
+            left += g[k]
+        ax.set_xlim(0, 1)
+        ax.set_title(f"vs {b}")
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves_by_run(curves: pd.DataFrame, columns: list[str], path: str | Path | None = None):
+    """One panel per logged quantity, one line per run (GRPO log history by step)."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        sns.lineplot(curves.dropna(subset=[col]), x="step", y=col, hue="run", ax=ax, marker=".")
+        ax.set_title(col)
+    fig.tight_layout()
+    return _save(fig, path)
