@@ -1,0 +1,291 @@
+"""Reward model: the split, the three training sets, real training on a separable synthetic
+signal (tiny model), metrics, the GRPO reward function, the random reference and the
+human-signal validation."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlff_utils import reward_model as rm
+from rlff_utils.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD, BAD = "I am here for you", "that is your problem"
+OPENERS = ["I hear how hard this is.", "That sounds painful.", "Okay.", "Thanks for telling me.", "Let us talk."]
+
+
+def synthetic_frame(n_dialogues: int = 16, contexts_per_dialogue: int = 1, candidates: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Reward-frame rows whose R_fut is decided by the reply's last words: a signal any of the
+    three variants can learn in seconds, so a failure means the training path is broken."""
+    rng = random.Random(seed)
+    rows = []
+    for d in range(n_dialogues):
+        for c in range(contexts_per_dialogue):
+            history = [
+                {"speaker": "seeker", "text": f"I feel stressed about exam number {d}.", "strategy": None},
+                {"speaker": "supporter", "text": "Tell me more.", "strategy": "Question"},
+                {"speaker": "seeker", "text": rng.choice(["I cannot sleep.", "My family is upset.", "I failed."]), "strategy": None},
+            ]
+            for k in range(candidates):
+                good = k % 2 == 0
+                reply = f"{rng.choice(OPENERS)} {GOOD if good else BAD}"
+                rows.append(
+                    {
+                        "context_id": f"dlg{d:03d}@{c}",
+                        "dialogue_id": f"dlg{d:03d}",
+                        "candidate_index": k,
+                        "history": history,
+                        "candidate": reply,
+                        "candidate_reply": reply,
+                        "r_fut": rng.uniform(0.6, 1.0) if good else rng.uniform(-1.0, -0.2),
+                        "label": int(good),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _params(tmp: Path, **overrides):
+    base = {
+        "output_root": str(tmp / "outputs"),
+        "reward_model.epochs": 3,
+        "reward_model.learning_rate": 3e-3,
+        "reward_model.batch_size": 8,
+        "reward_model.max_length": 96,
+        "reward_model.test_fraction": 0.25,
+        "reward_model.max_pairs_per_context": 2,
+    }
+    return load_params(ROOT / "params" / "ci.yaml", {**base, **overrides}, check_files=False)
+
+
+# ---- input and data -------------------------------------------------------------------------
+
+
+def test_format_input_keeps_recent_turns_and_only_the_visible_reply():
+    history = [{"speaker": "seeker" if i % 2 == 0 else "supporter", "text": f"turn {i}"} for i in range(6)]
+    text = rm.format_input(history, "<think>she is sad</think>[Question] How are you?", max_history_turns=3)
+    assert "turn 2" not in text and "turn 3" in text and "turn 5" in text
+    assert "she is sad" not in text and "[Question]" not in text
+    assert text.endswith("Supporter: How are you?")
+    assert text == rm.format_input(history, "How are you?", max_history_turns=3)
+
+
+def test_split_has_no_context_or_dialogue_leakage():
+    frame = synthetic_frame(n_dialogues=20, contexts_per_dialogue=2)
+    splits = rm.split_by_context(frame, 0.15, 0.2, seed=3)
+    parts = dict(splits.items())
+    for a in parts:
+        for b in parts:
+            if a < b:
+                assert not set(parts[a]["context_id"]) & set(parts[b]["context_id"])
+                assert not set(parts[a]["dialogue_id"]) & set(parts[b]["dialogue_id"])
+    assert sum(len(p) for p in parts.values()) == len(frame)
+    assert all(len(p) for p in parts.values())
+    again = rm.split_by_context(frame, 0.15, 0.2, seed=3)
+    assert list(again.test["context_id"]) == list(splits.test["context_id"])
+    assert list(rm.split_by_context(frame, 0.15, 0.2, seed=4).test["context_id"]) != list(splits.test["context_id"])
+    summary = splits.summary()
+    assert list(summary["split"]) == ["train", "valid", "test"] and summary["candidates"].sum() == len(frame)
+
+
+def test_split_rejects_too_few_dialogues_and_bad_frames():
+    with pytest.raises(rm.RewardModelError, match="too few dialogues"):
+        rm.split_by_context(synthetic_frame(n_dialogues=2), 0.15, 0.15)
+    with pytest.raises(rm.RewardModelError, match="lacks column"):
+        rm.split_by_context(synthetic_frame().drop(columns=["r_fut"]))
+    nan = synthetic_frame(n_dialogues=5).assign(r_fut=math.nan)
+    with pytest.raises(rm.RewardModelError, match="finite r_fut"):
+        rm.split_by_context(nan)
+    partly = synthetic_frame(n_dialogues=5)
+    partly.loc[0, "r_fut"] = math.nan
+    assert rm.split_by_context(partly).dropped_nan == 1
+
+
+def test_dataset_builders():
+    frame = synthetic_frame(n_dialogues=2).reset_index(drop=True)
+    frame.loc[1, "r_fut"] = frame.loc[3, "r_fut"]  # a tie in context 0: no pair for it
+    cls = rm.classification_dataset(frame, 4)
+    reg = rm.regression_dataset(frame, 4)
+    assert len(cls) == len(reg) == 8
+    assert cls["label"] == list(frame["label"]) and all(isinstance(x, int) for x in cls["label"])
+    assert np.allclose(reg["label"], frame["r_fut"])
+    assert cls["text"][0] == rm.format_input(frame.loc[0, "history"], frame.loc[0, "candidate_reply"], 4)
+
+    pairs = rm.ranking_pairs(frame)
+    assert len(pairs) == 5 + 6  # 4 candidates: 6 pairs, one tie in the first context
+    assert (frame.loc[pairs["chosen"], "r_fut"].to_numpy() > frame.loc[pairs["rejected"], "r_fut"].to_numpy()).all()
+    assert set(pairs["context_id"]) == set(frame["context_id"])
+    capped = rm.ranking_pairs(frame, max_per_context=2)
+    assert capped.groupby("context_id").size().max() == 2
+    assert capped["gap"].min() >= pairs.groupby("context_id")["gap"].apply(lambda g: g.nlargest(2).min()).min()
+
+    rank = rm.ranking_dataset(frame, 4)
+    assert len(rank) == len(pairs) and set(rank.column_names) >= {"chosen", "rejected"}
+    assert rank["chosen"][0] == rm.format_input(frame.loc[pairs["chosen"][0], "history"], frame.loc[pairs["chosen"][0], "candidate_reply"], 4)
+
+
+def test_metrics_perfect_and_degenerate():
+    frame = synthetic_frame(n_dialogues=3)
+    perfect = frame.assign(score=frame["r_fut"].rank() / len(frame))
+    m = rm.variant_metrics(perfect, "classification")
+    assert m["roc_auc"] == 1.0 and m["spearman"] == pytest.approx(1.0) and m["pairwise_accuracy"] == 1.0
+    assert m["n_pairs"] == 3 * 6
+    flat = frame.assign(label=1, score=0.7)
+    m = rm.variant_metrics(flat, "regression")
+    assert math.isnan(m["roc_auc"]) and math.isnan(m["spearman"]) and math.isnan(m["accuracy"])
+    assert m["pairwise_accuracy"] == 0.5  # every pair tied
+    assert any("ROC-AUC undefined" in n for n in m["notes"]) and any("Spearman undefined" in n for n in m["notes"])
+
+
+# ---- training, reward function ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_path):
+    params = _params(tmp_path_factory.mktemp("rm"))
+    report = rm.train_reward_models(params, frame=synthetic_frame())
+    return params, report
+
+
+def test_each_variant_learns_a_separable_signal(trained):
+    params, report = trained
+    table = report.comparison.set_index("variant")
+    assert list(table.index) == ["classification", "regression", "ranking", "random"]
+    assert (table.loc[["classification", "regression", "ranking"], "status"] == "trained").all()
+    for variant in rm.VARIANTS:
+        assert table.loc[variant, "roc_auc"] >= 0.9, (variant, table.loc[variant].to_dict())
+        assert table.loc[variant, "spearman"] >= 0.5
+        assert table.loc[variant, "pairwise_accuracy"] >= 0.7  # same-label pairs are coin flips
+        assert (rm.reward_model_dir(params, variant) / "adapter" / "adapter_config.json").is_file()
+        assert (rm.reward_model_dir(params, variant) / "metrics.json").is_file()
+    assert table.loc["classification", "accuracy"] >= 0.9
+    stage = params.run_dir / "reward_model"
+    assert pd.read_csv(stage / "comparison.csv")["variant"].tolist() == list(table.index)
+    assert set(pd.read_csv(stage / "splits.csv")["split"]) == {"train", "valid", "test"}
+    assert not (rm.reward_model_dir(params, "classification") / "checkpoints").exists()
+
+
+def test_rerun_reuses_trained_variants(trained):
+    params, report = trained
+    metrics = rm.reward_model_dir(params, "classification") / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    again = rm.train_reward_models(params, frame=synthetic_frame())
+    assert all(r.reused for r in again.results.values())
+    assert metrics.stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(again.comparison, report.comparison, check_dtype=False)
+
+
+def test_reward_function_batches_ignores_reasoning_and_matches_the_model(trained):
+    import torch
+    from peft import PeftModel
+
+    params, report = trained
+    f = rm.load_reward_function(params)  # ci params: grpo.reward_model = classification
+    assert f.__name__ == "future_reward"
+    history = synthetic_frame(n_dialogues=1)["history"][0]
+    replies = [f"Okay. {GOOD}", f"Okay. {BAD}", "Let us talk.", f"That sounds painful. {GOOD}"]
+    plain = f(prompts=[None] * 4, completions=replies, history=[history] * 4)
+    assert len(plain) == 4 and all(isinstance(x, float) and 0.0 <= x <= 1.0 for x in plain)
+    assert plain[0] > 0.5 > plain[1]
+    thinking = [[{"role": "assistant", "content": f"<think>{BAD}? no, be kind</think>{r}"}] for r in replies]
+    assert f(prompts=[None] * 4, completions=thinking, history=[history] * 4) == pytest.approx(plain, abs=1e-6)
+
+    # the same number from the saved adapter, loaded and run by hand (no merge, no batching)
+    card = rm.reward_model_dir(params, "classification")
+    tok = rm.load_rm_tokenizer("tiny-random-smollm2")
+    base = rm.load_backbone("tiny-random-smollm2", 2, seed=123, pad_token_id=tok.pad_token_id)
+    model = PeftModel.from_pretrained(base, str(card / "adapter")).eval()
+    with torch.no_grad():
+        enc = tok(rm.format_input(history, replies[0], rm.history_turns(params)), return_tensors="pt")
+        direct = torch.softmax(model(**enc).logits, -1)[0, 1].item()
+    assert plain[0] == pytest.approx(direct, abs=1e-4)
+
+    clone = pickle.loads(pickle.dumps(f))
+    assert clone._scorer is None and clone(completions=replies, history=[history] * 4) == pytest.approx(plain, abs=1e-6)
+
+
+def test_reward_function_for_regression_ranking_and_random(trained):
+    params, _ = trained
+    history = synthetic_frame(n_dialogues=1)["history"][0]
+    replies = [f"Okay. {GOOD}", f"Okay. {BAD}"]
+    prompts = [[{"role": "system", "content": "be kind"}, {"role": "user", "content": history[0]["text"]}]] * 2
+    for variant in ("regression", "ranking"):
+        scores = rm.load_reward_function(params, variant)(prompts=prompts, completions=replies, history=[history] * 2)
+        assert all(math.isfinite(s) for s in scores) and scores[0] > scores[1], variant
+    # without the history column, conversational prompts still give a score
+    assert len(rm.load_reward_function(params, "ranking")(prompts=prompts, completions=replies)) == 2
+    rand = rm.load_reward_function(params, "random")
+    scores = rand(prompts=prompts, completions=replies, history=[history] * 2)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert not (rm.reward_model_dir(params, "random") / "adapter").exists()
+    with pytest.raises(rm.RewardModelError, match="history"):
+        rand(prompts=["plain text"], completions=["hi"])
+
+
+def test_untrained_variant_and_skipped_ranking_fail_clearly(tmp_path, tiny_model_path):
+    params = _params(tmp_path, **{"reward_model.variants": ["ranking"]})
+    with pytest.raises(FileNotFoundError, match="run notebook 03"):
+        rm.load_reward_function(params, "ranking")
+    tied = synthetic_frame(n_dialogues=6).assign(r_fut=0.5)
+    with pytest.warns(UserWarning, match="no ranking pairs"):
+        report = rm.train_reward_models(params, frame=tied)
+    row = report.comparison.set_index("variant").loc["ranking"]
+    assert row["status"] == "skipped" and "no ranking pairs" in row["notes"]
+    with pytest.raises(FileNotFoundError, match="no ranking pairs"):
+        rm.load_reward_function(params, "ranking")
+
+
+def test_figures(trained, tmp_path):
+    params, report = trained
+    hv = rm.HumanValidation(
+        pd.DataFrame({"intensity_drop": [1, 2, 0, 3], "rm_score": [0.2, 0.5, 0.1, 0.9], "critic_score": [0.5, -0.5, 0.0, 1.0]}),
+        pd.DataFrame([rm._spearman_row("reward model (classification)", pd.Series([0.2, 0.5, 0.1, 0.9]), pd.Series([1, 2, 0, 3]))]),
+        "classification",
+    )
+    for fig_fn, data in (
+        (rm.plot_calibration, report.predictions),
+        (rm.plot_score_distributions, report.predictions),
+        (rm.plot_learning_curves, report.log_frame()),
+        (rm.plot_human_validation, hv),
+    ):
+        path = tmp_path / f"{fig_fn.__name__}.png"
+        fig_fn(data, path)
+        assert path.stat().st_size > 1000
+    assert set(report.log_frame()["split"]) == {"train", "valid"}
+
+
+# ---- human-signal validation -----------------------------------------------------------------
+
+
+def test_human_validation_on_real_esconv(trained, data_dir, monkeypatch):
+    from rlff_utils.data import load_contexts, prepare_data
+
+    params, _ = trained
+    monkeypatch.setenv("RLFF_DATA_DIR", str(data_dir))
+    params = load_params(
+        ROOT / "params" / "ci.yaml",
+        {
+            "output_root": str(params.run_dir.parent),
+            "reward_model.human_validation_dialogues": 5,
+            "reward_model.human_validation_turns": 3,
+            "data.max_dialogues": 60,
+        },
+    )
+    prepare_data(params)
+    hv = rm.validate_against_humans(params)
+    assert hv.variant == "classification"
+    assert len(hv.frame) == 5 and hv.frame["turns_scored"].between(1, 3).all()
+    assert hv.frame["rm_score"].between(0, 1).all()
+    assert (hv.frame["intensity_drop"] == hv.frame["initial_intensity"] - hv.frame["final_intensity"]).all()
+    assert list(hv.correlations["n"])[0] == 5 and len(hv.correlations) == 3
+    used = {c["dialogue_id"] for c in load_contexts(params)}
+    assert not used & set(hv.frame["dialogue_id"])
+    again = rm.validate_against_humans(params)  # cached: same numbers, no model call needed
+    pd.testing.assert_frame_equal(again.frame, hv.frame, check_dtype=False)
