@@ -1,7 +1,8 @@
 """Stage 2: a reward model that predicts a candidate's future-oriented reward without simulating.
 
 The simulation (stage 1) scores each of m candidate replies per context by rolling the dialogue
-forward: R_fut = critic score at the end − λ·(turns used / T). Rolling out is far too slow to do
+forward: R_fut = v_end + λ·(T − t_end)/T·[goal reached] (the critic's final score plus a bonus for
+reaching the goal early; see ``simulate.future_reward``). Rolling out is far too slow to do
 for every GRPO sample, so a sequence-classification model learns to predict it from
 (context, visible reply) alone. Three variants are trained on the same context-level split:
 
@@ -93,13 +94,18 @@ def reward_model_dir(params: "RunParams", variant: str) -> Path:
 
 
 def load_reward_frame(params: "RunParams") -> pd.DataFrame:
-    """The simulation's records with ``r_fut`` and ``label`` (stage 1's definition of both)."""
-    from .simulate import load_trajectories, reward_frame
+    """The simulation's records with ``r_fut`` and ``label``: the reward dataset notebook 02
+    wrote (its label threshold is the one it reported), else computed from the trajectories by
+    the same function."""
+    from .simulate import REWARD_DATASET, load_reward_dataset, load_trajectories, reward_frame
 
-    records = load_trajectories(params.run_dir)
-    if not records:
+    if (params.run_dir / "simulation" / REWARD_DATASET).is_file():
+        frame = pd.DataFrame(load_reward_dataset(params.run_dir))
+    else:
+        frame = reward_frame(load_trajectories(params.run_dir), params.simulation)
+    if frame.empty:
         raise FileNotFoundError(f"no simulation records under {params.run_dir / 'simulation'}: run notebook 02 first")
-    return reward_frame(records, params.simulation)
+    return frame
 
 
 def check_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -626,25 +632,33 @@ def _training_args(rm, params: "RunParams", out: Path, n_train: int, has_valid: 
     )
 
 
+def _ids(tok, texts: list[str], max_length: int) -> dict[str, list]:
+    texts = list(texts)
+    if not texts:  # tokenizers refuse an empty batch
+        return {"input_ids": [], "attention_mask": []}
+    return dict(tok(texts, truncation=True, max_length=max_length))
+
+
 def _tokenize_labelled(ds, tok, max_length: int):
-    return ds.map(
-        lambda b: tok(b["text"], truncation=True, max_length=max_length),
-        batched=True,
-        remove_columns=["text"],
-    ).rename_column("label", "labels")
+    import datasets
+
+    enc = _ids(tok, ds["text"], max_length)
+    return datasets.Dataset.from_dict(
+        {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": list(ds["label"])}
+    )
 
 
 def _tokenize_pairs(ds, tok, max_length: int):
     """Pre-tokenised pairs (``chosen_ids``/``rejected_ids``), so TRL tokenises nothing itself and
     the ranking model reads exactly the tokens :class:`RewardScorer` gives it at scoring time."""
+    import datasets
 
-    def enc(b):
-        return {
-            "chosen_ids": tok(b["chosen"], truncation=True, max_length=max_length)["input_ids"],
-            "rejected_ids": tok(b["rejected"], truncation=True, max_length=max_length)["input_ids"],
+    return datasets.Dataset.from_dict(
+        {
+            "chosen_ids": _ids(tok, ds["chosen"], max_length)["input_ids"],
+            "rejected_ids": _ids(tok, ds["rejected"], max_length)["input_ids"],
         }
-
-    return ds.map(enc, batched=True, remove_columns=ds.column_names)
+    )
 
 
 def _fit(params: "RunParams", variant: str, splits: RMSplits, out: Path) -> tuple[Any, list[dict], dict[str, Any]]:
@@ -768,6 +782,15 @@ def _read_predictions(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"context_id": str, "dialogue_id": str})
 
 
+def reward_examples(params: "RunParams", frame: pd.DataFrame, n_contexts: int = 2, variant: str | None = None) -> pd.DataFrame:
+    """The GRPO reward function on every candidate of the first ``n_contexts`` contexts of
+    ``frame``, next to their simulated R_fut: what GRPO will see for a group of answers."""
+    f = load_reward_function(params, variant)
+    rows = frame[frame["context_id"].isin(list(dict.fromkeys(frame["context_id"]))[:n_contexts])]
+    rewards = f(prompts=None, completions=list(rows["candidate_reply"]), history=list(rows["history"]))
+    return rows.assign(reward=rewards)[["context_id", "candidate_index", "candidate_reply", "r_fut", "label", "reward"]]
+
+
 def evaluate_random(params: "RunParams", splits: RMSplits, force: bool = False) -> VariantResult:
     """The untrained reference (the paper's random-RM ablation) on the same test split."""
     out = reward_model_dir(params, "random")
@@ -817,7 +840,8 @@ def comparison_table(results: dict[str, VariantResult | dict[str, Any]]) -> pd.D
         row["status"] = m.get("status") or ("reference" if v == "random" else "trained")
         row["notes"] = "; ".join(m.get("notes") or [])
         rows.append(row)
-    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    return table.astype({"n_train": "Int64", "n_test": "Int64", "n_pairs": "Int64"})
 
 
 def train_reward_models(
@@ -950,7 +974,8 @@ def validate_against_humans(params: "RunParams", variant: str | None = None, for
         saved = json.loads(json_path.read_text())
         if saved.get("settings") == settings:
             frame = pd.read_csv(csv_path, dtype={"dialogue_id": str})
-            return HumanValidation(frame, pd.DataFrame(saved["correlations"]), variant, saved.get("notes", []))
+            rho = pd.DataFrame(saved["correlations"]).astype({"spearman": float, "p_value": float})
+            return HumanValidation(frame, rho, variant, saved.get("notes", []))
 
     dialogues, notes = survey_dialogues(params)
     cols = ["dialogue_id", "initial_intensity", "final_intensity", "intensity_drop", "rm_score", "critic_score", "turns_scored"]
@@ -1011,7 +1036,19 @@ def validate_against_humans(params: "RunParams", variant: str | None = None, for
         ]
     )
     frame.to_csv(csv_path, index=False)
-    _write_json(json_path, {"settings": settings, "correlations": correlations.to_dict("records"), "notes": notes})
+    rho = correlations.set_index("signal")
+    headline = {  # flat numbers, for tables across runs
+        "variant": variant,
+        "dialogues": int(len(frame)),
+        "rm_spearman": rho["spearman"].iloc[0],
+        "rm_p_value": rho["p_value"].iloc[0],
+        "critic_spearman": rho["spearman"].iloc[1],
+        "critic_p_value": rho["p_value"].iloc[1],
+        "n_critic": int(rho["n"].iloc[1]),
+    }
+    _write_json(
+        json_path, {**headline, "settings": settings, "correlations": correlations.to_dict("records"), "notes": notes}
+    )
     return HumanValidation(frame, correlations, variant, notes)
 
 
