@@ -101,3 +101,39 @@ def plot_curves_by_run(curves: pd.DataFrame, columns: list[str], path: str | Pat
         ax.set_title(col)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ---- simulation (notebook 02) ----------------------------------------------------------------
+
+
+def plot_simulation(frame: pd.DataFrame, by_turn: pd.DataFrame, path: str | Path | None = None):
+    """The reward signal the simulation produced: R_fut by outcome (the goal bonus separates the
+    modes), how fast rollouts reach the goal, and the label balance per emotion type (a reward
+    model learns little from a group whose labels are all one class)."""
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    if len(frame):
+        sns.histplot(frame, x="r_fut", hue="end_reason", bins=20, multiple="stack", ax=axes[0])
+        delta = frame.attrs.get("label_threshold")
+        if delta is not None:
+            axes[0].axvline(delta, color="black", linestyle="--", linewidth=1)
+            axes[0].text(delta, axes[0].get_ylim()[1] * 0.95, " δ", va="top")
+    axes[0].set_title("R_fut by end reason (dashed: label threshold δ)")
+    if len(by_turn):
+        sns.lineplot(by_turn, x="turn", y="success_within", marker="o", ax=axes[1])
+        axes[1].set_xticks(by_turn["turn"])
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("goal reached within k turns")
+    axes[1].set_title("success by turn")
+    if len(frame):
+        share = frame.groupby("emotion_type")["label"].agg(["mean", "size"]).sort_values("size", ascending=False)
+        share = share.head(12)
+        axes[2].barh(share.index, share["mean"], color="#4c9a2a", label="label 1")
+        axes[2].barh(share.index, 1 - share["mean"], left=share["mean"], color="#c0392b", label="label 0")
+        for i, n in enumerate(share["size"]):
+            axes[2].text(1.01, i, f"n={n}", va="center", fontsize=8)
+        axes[2].set_xlim(0, 1.15)
+        axes[2].invert_yaxis()
+        axes[2].legend(loc="lower right", fontsize=8)
+    axes[2].set_title("label balance per emotion type")
+    fig.tight_layout()
+    return _save(fig, path)

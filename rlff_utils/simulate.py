@@ -604,3 +604,28 @@ def success_by_turn(records: Sequence[dict[str, Any]]) -> "pd.DataFrame":
     rows = [{"turn": k, "success_within": _mean([bool(r["goal_reached"]) and r["turns_used"] <= k for r in records])}
             for k in range(1, cap + 1)]
     return pd.DataFrame(rows)
+
+
+def outcome_table(frame: "pd.DataFrame", by: str = "emotion_type") -> "pd.DataFrame":
+    """Per group (and overall): trajectories, success rate, mean turns, mean R_fut, label-1 share."""
+    import pandas as pd
+
+    if not len(frame):
+        return pd.DataFrame()
+    agg = dict(trajectories=("r_fut", "size"), success_rate=("goal_reached", "mean"), mean_turns=("turns_used", "mean"),
+               mean_r_fut=("r_fut", "mean"), positive_rate=("label", "mean"))
+    table = frame.groupby(by).agg(**agg).sort_values("trajectories", ascending=False)
+    overall = frame.assign(**{by: "(all)"}).groupby(by).agg(**agg)
+    return pd.concat([table, overall])
+
+
+def pick_examples(frame: "pd.DataFrame", n: int = 2) -> list[dict[str, Any]]:
+    """Trajectories worth reading: the highest and lowest R_fut first, then the next ones."""
+    if not len(frame):
+        return []
+    ranked = frame.sort_values("r_fut", ascending=False).to_dict("records")
+    picks, lo, hi = [], len(ranked) - 1, 0
+    while len(picks) < min(n, len(ranked)):
+        picks.append(ranked[hi] if len(picks) % 2 == 0 else ranked[lo])
+        hi, lo = (hi + 1, lo) if len(picks) % 2 else (hi, lo - 1)
+    return picks
