@@ -74,7 +74,7 @@ def write_table(table: pd.DataFrame, folder: Path, name: str) -> None:
     """CSV for tools, Markdown for README and reports."""
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / f"{name}.csv", index=False)
-    (folder / f"{name}.md").write_text(table.to_markdown(index=False) if not table.empty else "(no rows)\n")
+    (folder / f"{name}.md").write_text((table.to_markdown(index=False) if not table.empty else "(no rows)") + "\n")
 
 
 def simulation_table(runs: list[Path]) -> pd.DataFrame:
@@ -117,19 +117,30 @@ def grpo_curves(runs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN (an undefined metric) becomes null, floats are rounded for reading."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float):
+        return None if obj != obj else round(obj, 3)
+    return obj
+
+
 def run_summary(run: Path) -> dict[str, Any]:
-    """The few numbers printed at the end of a pipeline run and kept in ``summary.json``."""
+    """The few numbers printed at the end of a pipeline run and kept in ``summary.json``
+    (undefined metrics are null)."""
     ev = evaluation_table([run])
     rm = reward_model_table([run])
     sim = _read_json(run / "simulation" / "summary.json") or {}
     grpo = _read_json(run / "policy" / "train_summary.json") or {}
     rm_cols = [c for c in ("variant", "accuracy", "f1", "roc_auc", "spearman", "pairwise_accuracy") if c in rm.columns]
-    return {
+    return _clean({
         "run": run.name,
-        "evaluation": {r.system: {"SR": round(r.SR, 3), "AT": round(r.AT, 2), "cases": int(r.cases)} for r in ev.itertuples()},
-        "reward_model": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
-                         for row in rm[rm_cols].to_dict("records")] if len(rm) else [],
+        "evaluation": {r.system: {"SR": r.SR, "AT": r.AT, "cases": int(r.cases)} for r in ev.itertuples()},
+        "reward_model": rm[rm_cols].to_dict("records") if len(rm) else [],
         "simulation": {k: sim.get(k) for k in ("trajectories", "success_rate", "positive_rate") if k in sim},
         "grpo": {k: grpo.get(k) for k in ("global_step", "train_runtime", "seconds") if k in grpo},
         "report": str(run / "06_analysis.html"),
-    }
+    })

@@ -62,3 +62,22 @@ def test_cli_rejects_bad_params_before_running(tmp_path):
     bad.write_text("simulation: {max_turns: 0}")
     r = subprocess.run([sys.executable, "-m", "rlff_utils.pipeline", str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "simulation.max_turns" in r.stderr and "[1/" not in r.stdout
+
+
+@pytest.mark.slow
+def test_all_notebooks_run_on_ci_params(ci_params, tmp_path):
+    """The whole method end to end on the tiny model: every stage's artefacts and the summary."""
+    import json
+
+    root = tmp_path / "outputs"
+    executed = pipeline.run_pipeline(ci_params.source, overrides={"output_root": str(root)})
+    run = root / "ci"
+    assert [p.name for p in executed] == [f"{s.name}.ipynb" for s in pipeline.discover_stages(ROOT / "notebooks")]
+    assert len(executed) == 6 and all(p.with_suffix(".html").exists() for p in executed)
+    assert (run / "simulation" / "trajectories.jsonl").exists()
+    assert (run / "reward_model" / "comparison.csv").exists()
+    assert (run / "policy" / "adapter" / "adapter_config.json").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["evaluation"]) == {"vanilla", "chain-of-strategy", "base-reasoning", "rlff-esc"}
+    assert all(v["cases"] == ci_params.evaluation.num_cases for v in summary["evaluation"].values())
+    assert (run / "report" / "main_results.md").read_text().count("| ci ") == 4
