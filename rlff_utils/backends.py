@@ -130,27 +130,55 @@ class HFEngine:
     def encode(self, texts: list[str]):
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
-    def forward_last(self, batch: list[list[int]], keep: int):
-        """Log-probs of the last ``keep`` positions of left-padded ``batch`` (positions counted
-        from each row's first real token, so padding never shifts the model's view)."""
+    def _left_pad(self, batch: list[list[int]]):
         import torch
 
-        pad = self.tokenizer.pad_token_id
         width = max(len(r) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, r in enumerate(batch):
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
+        return ids, mask
+
+    def choice_logprobs(self, prompts: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
+        """log p(choice | prompt) for every prompt x choice: one forward pass over the
+        (left-padded) prompts, then, for choices of several tokens, one pass over the choice
+        tokens on top of the prompts' KV cache (repeated per choice) instead of re-reading each
+        prompt once per choice. Positions count from each row's first real token, so padding
+        never shifts the model's view."""
+        import torch
+
+        m = len(choices)
+        ids, mask = self._left_pad(prompts)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.device
         with torch.inference_mode():
-            out = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=pos.to(self.device),
-                logits_to_keep=keep,
-            )
-        return torch.log_softmax(out.logits.float(), dim=-1).cpu()
+            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                             use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+            scores = first[:, [c[0] for c in choices]].clone()  # [B, m]
+            rest = max(len(c) for c in choices) - 1
+            if rest:
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(m)
+                b = len(prompts)
+                cont = torch.full((b * m, rest), self.tokenizer.pad_token_id, dtype=torch.long)
+                cont_mask = torch.zeros((b * m, rest), dtype=torch.long)
+                for j, c in enumerate(choices):
+                    if len(c) > 1:
+                        cont[j::m, : len(c) - 1] = torch.tensor(c[:-1])
+                        cont_mask[j::m, : len(c) - 1] = 1
+                lengths = mask.sum(-1).repeat_interleave(m)
+                cont_pos = lengths[:, None] + torch.arange(rest)[None, :]
+                full_mask = torch.cat([mask.repeat_interleave(m, dim=0), cont_mask], dim=1)
+                out2 = self.model(input_ids=cont.to(dev), attention_mask=full_mask.to(dev),
+                                  position_ids=cont_pos.to(dev), past_key_values=cache, use_cache=False)
+                lp = torch.log_softmax(out2.logits.float(), dim=-1).cpu()  # [B*m, rest, V]
+                for j, c in enumerate(choices):
+                    for k, tok in enumerate(c[1:]):
+                        scores[:, j] += lp[j::m, k, tok]
+        return scores.tolist()
 
 
 class HFBackend:
@@ -209,8 +237,8 @@ class HFBackend:
         return out
 
     def score_choices(self, conversations, choices) -> list[list[float]]:
-        """Sum of the choice tokens' log-probs after the generation prompt, softmax over choices.
-        Choices of one token each need only one forward pass per conversation."""
+        """Sum of the choice tokens' log-probs after the generation prompt, softmax over choices
+        (one pass over the prompts, plus one short pass on their cache for multi-token choices)."""
         if not conversations:
             return []
         eng, tok, bs = self.engine, self.engine.tokenizer, self.role.batch_size
@@ -220,23 +248,8 @@ class HFBackend:
         if any(not c for c in cids):
             raise BackendError(f"a choice tokenises to nothing: {choices!r}")
         rows: list[list[float]] = []
-        if all(len(c) == 1 for c in cids):
-            first = [c[0] for c in cids]
-            for s in range(0, len(prompts), bs):
-                lp = eng.forward_last(prompts[s: s + bs], keep=1)[:, -1, :]
-                rows += [_softmax([float(r[t]) for t in first]) for r in lp]
-        else:
-            seqs = [(p, c) for p in prompts for c in cids]
-            sums: list[float] = []
-            step = max(1, bs)
-            for s in range(0, len(seqs), step):
-                chunk = seqs[s: s + step]
-                keep = max(len(c) for _, c in chunk) + 1
-                lp = eng.forward_last([p + c for p, c in chunk], keep=keep)
-                for r, (_, c) in zip(lp, chunk):
-                    sums.append(sum(float(r[keep - len(c) + j - 1, t]) for j, t in enumerate(c)))
-            m = len(cids)
-            rows = [_softmax(sums[i * m: (i + 1) * m]) for i in range(len(prompts))]
+        for s in range(0, len(prompts), bs):
+            rows += [_softmax(r) for r in eng.choice_logprobs(prompts[s: s + bs], cids)]
         self.stats.calls += 1
         self.stats.conversations += len(conversations)
         self.stats.prompt_tokens += sum(len(p) for p in prompts)

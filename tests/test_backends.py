@@ -65,6 +65,26 @@ def test_hf_score_choices(tiny):
     assert fast[0] / fast[1] == pytest.approx(rows[0][1] / rows[0][2], rel=1e-4)
 
 
+def test_hf_score_choices_matches_a_plain_forward_pass(tiny):
+    """The cached multi-token path equals log p(choice | prompt) read off one unpadded pass."""
+    import torch
+
+    eng, tok = tiny.engine, tiny.engine.tokenizer
+    choices = ["worse", "Same", "better", "not at all"]
+    rows = tiny.score_choices([CONV_B, CONV_A], choices)
+    for conv, row in ((CONV_A, rows[1]), (CONV_B, rows[0])):
+        prompt = tok(eng.prompt_text(conv), add_special_tokens=False)["input_ids"]
+        logps = []
+        for c in choices:
+            cid = tok(c, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logits = eng.model(input_ids=torch.tensor([prompt + cid])).logits[0].float()
+            lp = torch.log_softmax(logits, -1)
+            logps.append(sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(cid)))
+        ref = torch.softmax(torch.tensor(logps), 0).tolist()
+        assert row == pytest.approx(ref, abs=1e-4)
+
+
 def test_engines_are_shared_between_roles(tiny):
     other = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.2, max_new_tokens=4, batch_size=4))
     assert other.engine is tiny.engine and other is not tiny and other.role.temperature == 0.2
