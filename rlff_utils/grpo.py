@@ -90,32 +90,8 @@ def format_reward(completions: list, **kwargs) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Future-oriented reward (the reward model of notebook 03)
+# Reward setup: R = R_fut + alpha * R_format
 # --------------------------------------------------------------------------------------------
-
-
-class FutureReward:
-    """R_fut as a picklable callable: holds only the params and the variant; the reward model is
-    loaded on first use in whichever process calls it (each rank under ``accelerate launch``)."""
-
-    def __init__(self, params: RunParams, variant: str | None = None):
-        self.params = params
-        self.variant = variant or params.grpo.reward_model
-        self.__name__ = "future_reward"  # TRL names the logged metrics `rewards/<__name__>/...`
-        self._fn: Callable | None = None
-
-    def load(self) -> "FutureReward":
-        if self._fn is None:
-            from .reward_model import load_reward_function
-
-            self._fn = load_reward_function(self.params, variant=self.variant)
-        return self
-
-    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
-        return list(self.load()._fn(prompts=prompts, completions=completions, **kwargs))
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fn": None}
 
 
 def reward_setup(params: RunParams) -> tuple[list[Callable], list[float]]:
@@ -125,8 +101,10 @@ def reward_setup(params: RunParams) -> tuple[list[Callable], list[float]]:
     with ``grpo.format_reward: false`` its weight is 0, which leaves R = R_fut exactly (TRL sums the
     weighted rewards before normalising them per group).
     """
+    from .reward_model import RewardFunction  # lazy and picklable: loads its model on first call
+
     g = params.grpo
-    return [FutureReward(params), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
+    return [RewardFunction(params, g.reward_model), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +349,7 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
     from trl import GRPOTrainer
 
     from .models import load_tokenizer, resolve_model
+    from .reward_model import load_reward_function
 
     out, adapter, ckpts = policy_dir(params), adapter_path(params), checkpoints_dir(params)
     if force and _is_main_process():
@@ -387,7 +366,7 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
 
     # Everything that can fail cheaply fails here, before the model loads.
     reward_funcs, weights = reward_setup(params)
-    reward_funcs[0].load()
+    reward_funcs[0] = load_reward_function(params)  # fails here if notebook 03 did not train this variant
     tokenizer = load_tokenizer(params.models.policy.name)
     dataset = build_prompt_dataset(params, tokenizer=tokenizer)
     config = build_grpo_config(params, weights)
@@ -572,7 +551,9 @@ def sample_before_after(params: RunParams, n: int = 3, score: bool = True):
         }
     )
     if score:
-        rm = FutureReward(params)
+        from .reward_model import load_reward_function
+
+        rm = load_reward_function(params)
         as_msgs = lambda xs: [[{"role": "assistant", "content": x}] for x in xs]  # noqa: E731
         frame["R_fut_before"] = rm(prompts=prompts, completions=as_msgs(before), history=history)
         frame["R_fut_after"] = rm(prompts=prompts, completions=as_msgs(after), history=history)

@@ -1,0 +1,269 @@
+"""GRPO stage: the format reward, the trainer's inputs, and one short real run (tiny random policy,
+the real reward functions with an untrained "random" reward model) that is then resumed, skipped
+and loaded for generation."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+
+from rlff_utils import grpo
+from rlff_utils.params import ParamsError, load_params
+
+
+# --------------------------------------------------------------------------------------------
+# Format reward
+# --------------------------------------------------------------------------------------------
+
+VALID = "<think>The seeker feels alone; reflect that first.</think> That sounds really lonely."
+CASES = {
+    "valid": (VALID, 1.0),
+    "valid, leading whitespace and newlines": ("\n <think>\nreasoning\n</think>\nA reply.\n", 1.0),
+    "missing think block": ("That sounds really lonely.", 0.0),
+    "unclosed think": ("<think>reasoning that never ends", 0.0),
+    "only a closing tag": ("reasoning</think> reply", 0.0),
+    "doubled think block": ("<think>a</think> reply <think>b</think> more", 0.0),
+    "nested think": ("<think>a <think>b</think> reply", 0.0),
+    "stray second closing tag": ("<think>a</think> reply</think>", 0.0),
+    "empty reply": ("<think>reasoning</think>", 0.0),
+    "whitespace-only reply": ("<think>reasoning</think>  \n ", 0.0),
+    "empty reasoning": ("<think> </think> reply", 0.0),
+    "text before the block": ("Sure! <think>reasoning</think> reply", 0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_format_reward_cases(name):
+    text, expected = CASES[name]
+    conversational = [[{"role": "assistant", "content": text}]]
+    assert grpo.format_reward(conversational) == [expected]
+    assert grpo.format_reward([text]) == [expected]  # plain-text completions too
+
+
+def test_trl_think_format_reward_is_looser_which_is_why_we_use_our_own():
+    from trl.rewards import think_format_reward
+
+    as_msgs = lambda t: [[{"content": t}]]  # noqa: E731
+    assert think_format_reward(as_msgs(CASES["empty reply"][0])) == [1.0]
+    assert think_format_reward(as_msgs(CASES["stray second closing tag"][0])) == [1.0]
+    assert grpo.format_reward(as_msgs(CASES["empty reply"][0])) == [0.0]
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer inputs (no model)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def prepared_ci(ci_params):
+    from rlff_utils.data import prepare_data
+
+    prepare_data(ci_params)
+    return ci_params
+
+
+def test_prompt_dataset_is_conversational_with_history_and_fits(prepared_ci):
+    from rlff_utils.models import load_tokenizer
+
+    p = prepared_ci
+    tok = load_tokenizer(p.models.policy.name)
+    ds = grpo.build_prompt_dataset(p, tokenizer=tok)
+    assert set(ds.column_names) == {"prompt", "history", "context_id"}
+    row = ds[0]
+    assert row["prompt"][0]["role"] == "system" and "<think>" in row["prompt"][0]["content"]
+    last = row["prompt"][-1]  # the seeker's turn(s) the policy answers
+    assert last["role"] == "user" and last["content"].endswith(row["history"][-1]["text"].strip())
+    for messages in ds["prompt"]:
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+        assert len(ids) <= p.grpo.max_prompt_length
+
+
+def test_prompt_longer_than_the_limit_is_cut_from_the_oldest_turns(prepared_ci):
+    from rlff_utils.data import load_contexts
+    from rlff_utils.models import load_tokenizer
+
+    tok = load_tokenizer(prepared_ci.models.policy.name)
+    ctx = max(load_contexts(prepared_ci), key=lambda c: len(c["history"]))
+    n_tokens = lambda m: len(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"])  # noqa: E731
+    full = grpo.prompt_messages(ctx, tok, 10_000, 50)
+    one_turn = grpo.prompt_messages(ctx, tok, 10_000, 1)
+    assert n_tokens(one_turn) < n_tokens(full)
+    limit = (n_tokens(one_turn) + n_tokens(full)) // 2
+    cut = grpo.prompt_messages(ctx, tok, limit, 50)
+    assert n_tokens(cut) <= limit and len(one_turn) <= len(cut) < len(full)
+    assert cut[0] == full[0] and cut[-1] == full[-1]  # system prompt and the seeker's last turn are kept
+    assert grpo.prompt_messages(ctx, tok, n_tokens(one_turn), 50) == one_turn
+    assert grpo.prompt_messages(ctx, tok, 20, 50) is None  # the system prompt alone is longer
+
+
+def test_grpo_config_carries_every_knob(ci_params):
+    p = load_params(
+        ci_params.source,
+        {"output_root": ci_params.output_root, "grpo.beta": 0.1, "grpo.loss_type": "dr_grpo", "grpo.format_weight": 0.3,
+         "grpo.temperature": 0.8, "grpo.scale_rewards": "none", "grpo.num_iterations": 2},
+    )
+    cfg = grpo.build_grpo_config(p)
+    g = p.grpo
+    assert (cfg.beta, cfg.loss_type, cfg.scale_rewards, cfg.num_iterations) == (0.1, "dr_grpo", "none", 2)
+    assert (cfg.num_generations, cfg.temperature, cfg.max_completion_length) == (g.num_generations, 0.8, g.max_completion_length)
+    assert (cfg.learning_rate, cfg.max_steps, cfg.save_steps, cfg.seed) == (g.learning_rate, g.max_steps, g.save_steps, p.seed)
+    assert cfg.reward_weights == [1.0, 0.3]
+    assert cfg.output_dir == str(grpo.checkpoints_dir(p))
+    assert not cfg.bf16 and not cfg.use_vllm and cfg.remove_unused_columns is False
+
+
+def test_ablations_change_the_reward_setup(ci_params):
+    funcs, weights = grpo.reward_setup(ci_params)
+    assert [f.__name__ for f in funcs] == ["future_reward", "format_reward"] and weights == [1.0, 0.5]
+    over = {"output_root": ci_params.output_root}
+    no_format = load_params(ci_params.source, {**over, "grpo.format_reward": False})
+    assert grpo.reward_setup(no_format)[1] == [1.0, 0.0]  # still computed, so compliance stays logged
+    ranking = load_params(ci_params.source, {**over, "grpo.reward_model": "ranking"})
+    assert grpo.reward_setup(ranking)[0][0].variant == "ranking"
+    assert grpo.protocol(no_format)["objective"]["alpha"] == 0.0
+
+
+def test_reward_functions_pickle(ci_params):
+    funcs, _ = grpo.reward_setup(ci_params)
+    copies = pickle.loads(pickle.dumps(funcs))
+    assert copies[0].variant == "classification" and copies[0]._scorer is None  # the model is not pickled
+    assert copies[1]([VALID]) == [1.0]
+
+
+def test_multi_gpu_launch_command(ci_params, project_root):
+    p = load_params(
+        ci_params.source,
+        {"output_root": ci_params.output_root, "grpo.num_processes": 2, "grpo.per_device_train_batch_size": 2,
+         "grpo.accelerate_config": "configs/accelerate/zero3.yaml"},
+    )
+    cmd = grpo.launch_command(p)
+    assert cmd[:2] == ["accelerate", "launch"]
+    assert cmd[cmd.index("--config_file") + 1] == str(project_root / "configs/accelerate/zero3.yaml")
+    assert cmd[cmd.index("--num_processes") + 1] == "2"
+    assert cmd[cmd.index("-m") + 1] == "rlff_utils.grpo"
+    # overrides are not in the params file, so the run is dumped and the dump reloads to the same run
+    dumped = load_params(cmd[cmd.index("--params") + 1])
+    assert dumped.model_dump() == p.model_dump()
+    with pytest.raises(ParamsError, match="accelerate_config"):
+        grpo.launch_command(load_params(ci_params.source, {**{"output_root": ci_params.output_root},
+                                                           "grpo.accelerate_config": "nope.yaml"}))
+
+
+def test_accelerate_configs_are_deepspeed(project_root):
+    import yaml
+
+    for name, stage in (("zero2.yaml", 2), ("zero3.yaml", 3)):
+        cfg = yaml.safe_load((project_root / "configs/accelerate" / name).read_text())
+        assert cfg["distributed_type"] == "DEEPSPEED" and cfg["deepspeed_config"]["zero_stage"] == stage
+
+
+def test_curves_from_log_history():
+    history = [
+        {"step": 1, "reward": 0.5, "reward_std": 0.1, "rewards/future_reward/mean": 0.25, "rewards/future_reward/std": 0.1,
+         "rewards/format_reward/mean": 0.5, "rewards/format_reward/std": 0.5, "frac_reward_zero_std": 0.0, "kl": 0.0,
+         "completions/mean_length": 12.0},
+        {"step": 2, "train_runtime": 3.0},
+    ]
+    frame = grpo.curves_frame(history)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert (row.total_reward, row.future_reward, row.format_compliance, row.completion_length) == (0.5, 0.25, 0.5, 12.0)
+
+
+# --------------------------------------------------------------------------------------------
+# A short real run
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir, project_root):
+    """Two GRPO steps on the tiny random policy, with the real reward functions: an untrained
+    ("random") reward-model head on the tiny backbone and the format reward."""
+    from rlff_utils.data import prepare_data
+
+    root = tmp_path_factory.mktemp("grpo")
+    p = load_params(project_root / "params" / "ci.yaml", {"output_root": str(root / "outputs"), "grpo.reward_model": "random"})
+    prepare_data(p)
+    result = grpo.train_policy(p)
+    return p, result
+
+
+def _lora_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_short_run_changes_the_adapter_and_logs_every_reward_component(trained):
+    p, result = trained
+    assert not result.skipped and result.global_step == p.grpo.max_steps
+    tensors = _lora_tensors(result.adapter_dir)
+    lora_b = [t for k, t in tensors.items() if "lora_B" in k]
+    assert lora_b, "no LoRA B matrices in the saved adapter"
+    # PEFT initialises B to zero, so any non-zero B entry was written by the GRPO updates
+    assert any(t.abs().max().item() > 0 for t in lora_b)
+
+    out = grpo.policy_dir(p)
+    curves = json.loads((out / "log_history.json").read_text())
+    steps = [h for h in curves if "reward" in h]
+    assert len(steps) == p.grpo.max_steps
+    for key in ("reward", "reward_std", "rewards/future_reward/mean", "rewards/future_reward/std",
+                "rewards/format_reward/mean", "rewards/format_reward/std", "frac_reward_zero_std", "kl",
+                "completions/mean_length"):
+        assert all(h.get(key) is not None for h in steps), key
+    frame = grpo.curves_frame(curves)
+    assert frame["format_compliance"].between(0, 1).all()
+    assert (out / "curves.csv").is_file()
+    card = json.loads((out / "protocol.json").read_text())
+    assert card["grpo"]["beta"] == p.grpo.beta and card["objective"]["loss_type"] == p.grpo.loss_type
+    assert json.loads((out / "grpo_config.json").read_text())["num_generations"] == p.grpo.num_generations
+
+
+def test_finished_run_is_skipped(trained):
+    p, result = trained
+    again = grpo.train_policy(p)
+    assert again.skipped and again.global_step == result.global_step
+
+
+def test_resume_from_last_checkpoint(trained, tmp_path):
+    """Simulate a run killed after step 1: only checkpoint-1 survives. The rerun resumes there,
+    trains the remaining step and keeps the first step's log."""
+    p, _ = trained
+    p2 = load_params(p.source, {"output_root": str(tmp_path / "outputs"), "grpo.reward_model": "random"})
+    shutil.copytree(p.run_dir / "data", p2.run_dir / "data")
+    src, dst = grpo.policy_dir(p), grpo.policy_dir(p2)
+    dst.mkdir(parents=True)
+    shutil.copy(src / "protocol.json", dst / "protocol.json")
+    shutil.copytree(src / "checkpoints" / "checkpoint-1", dst / "checkpoints" / "checkpoint-1")
+    first = json.loads((src / "log_history.json").read_text())[0]
+
+    # settings that change what is trained refuse to resume
+    changed = load_params(p.source, {"output_root": str(tmp_path / "outputs"), "grpo.reward_model": "random",
+                                     "grpo.learning_rate": 1.0})
+    with pytest.raises(ParamsError, match="learning_rate"):
+        grpo.train_policy(changed)
+
+    result = grpo.train_policy(p2)
+    assert result.global_step == p2.grpo.max_steps
+    summary = json.loads((dst / "train_summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-1")
+    history = json.loads((dst / "log_history.json").read_text())
+    assert history[0] == first  # step 1 comes from the checkpoint, not from a new step 1
+    assert [h["step"] for h in history if "reward" in h] == [1, 2]
+    assert (dst / "adapter" / "adapter_config.json").is_file()
+
+
+def test_saved_adapter_loads_and_generates(trained):
+    p, result = trained
+    model, tok = grpo.load_policy(p)
+    assert type(model).__name__.startswith("Peft")
+    prompts = [[{"role": "user", "content": "I feel lonely since I moved."}]]
+    texts = grpo.generate(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=0)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    merged, _ = grpo.load_policy(p, merge=True)
+    assert not type(merged).__name__.startswith("Peft")
+    with pytest.raises(FileNotFoundError, match="notebook 04"):
+        grpo.load_policy(p, adapter_dir=p.run_dir / "nowhere")
