@@ -113,11 +113,15 @@ def run_pipeline(
     stages = select_stages(discover_stages(notebooks_dir), only, start)
     executed = []
     t_all = time.perf_counter()
+    timing_file = params.run_dir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     for i, stage in enumerate(stages, 1):
         print(f"[{i}/{len(stages)}] {stage.name} ...", flush=True)
         t0 = time.perf_counter()
         executed.append(execute_stage(stage, params, overrides, html))
-        print(f"[{i}/{len(stages)}] {stage.name} done in {time.perf_counter() - t0:.0f}s -> {executed[-1]}", flush=True)
+        timing[stage.name] = round(time.perf_counter() - t0, 1)
+        timing_file.write_text(json.dumps(timing, indent=2))
+        print(f"[{i}/{len(stages)}] {stage.name} done in {timing[stage.name]:.0f}s -> {executed[-1]}", flush=True)
     print(f"pipeline {params.run_name}: {len(stages)} notebook(s) in {time.perf_counter() - t_all:.0f}s; outputs in {params.run_dir}")
     _print_summary(params)
     return executed
