@@ -194,6 +194,7 @@ def build_lora_config(params: RunParams):
 
 def build_grpo_config(params: RunParams, reward_weights: list[float] | None = None):
     """Every ``grpo.*`` knob mapped onto TRL's ``GRPOConfig`` (field names as of TRL 1.16)."""
+    import torch
     from trl import GRPOConfig
 
     g = params.grpo
@@ -244,6 +245,7 @@ def build_grpo_config(params: RunParams, reward_weights: list[float] | None = No
         report_to="none",
         remove_unused_columns=False,  # the reward model reads the `history` column
         disable_tqdm=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 

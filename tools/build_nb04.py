@@ -51,9 +51,10 @@ write_notebook(
         comparable), `reward_model: random` (an untrained reward head) or `reward_model: ranking`.
         """),
         ("code", """
+        pd.set_option("display.max_colwidth", None)
         card = grpo.protocol(params)
         display(pd.Series(card["objective"], name="objective").to_frame())
-        pd.Series(card["grpo"], name="grpo").to_frame().T
+        pd.Series(card["grpo"], name="value").to_frame()
         """),
         ("md", """
         ## The prompts
