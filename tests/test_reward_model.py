@@ -65,6 +65,18 @@ def _params(tmp: Path, **overrides):
     return load_params(ROOT / "params" / "ci.yaml", {**base, **overrides}, check_files=False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models train several times faster on one thread than on two busy-waiting ones when
+    other jobs share the cores; restored afterwards for the rest of the session."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---- input and data -------------------------------------------------------------------------
 
 
@@ -289,3 +301,34 @@ def test_human_validation_on_real_esconv(trained, data_dir, monkeypatch):
     assert not used & set(hv.frame["dialogue_id"])
     again = rm.validate_against_humans(params)  # cached: same numbers, no model call needed
     pd.testing.assert_frame_equal(again.frame, hv.frame, check_dtype=False)
+
+
+# ---- the notebook ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_notebook_03_runs_on_ci_params(tmp_path, data_dir, tiny_model_path, monkeypatch):
+    """Notebook 03 end to end on ci params, with notebook 01's outputs and a synthetic reward
+    dataset in place of notebook 02's (its numbers come from a learnable signal)."""
+    import json
+
+    from rlff_utils import pipeline
+    from rlff_utils.data import prepare_data
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the notebook's kernel (see _one_torch_thread)
+    overrides = {"output_root": str(tmp_path / "outputs"), "data.max_dialogues": 80,
+                 "reward_model.epochs": 2, "reward_model.learning_rate": 3e-3}
+    params = load_params(ROOT / "params" / "ci.yaml", overrides)
+    prepare_data(params)
+    sim = params.stage_dir("simulation")
+    with (sim / "reward_dataset.jsonl").open("w") as f:
+        for row in synthetic_frame(n_dialogues=12).to_dict("records"):
+            f.write(json.dumps(row) + "\n")
+    out = pipeline.run_pipeline(params.source, only=["03"], overrides=overrides, html=False)
+    assert out[0].exists()
+    stage = params.run_dir / "reward_model"
+    table = pd.read_csv(stage / "comparison.csv")
+    assert table["variant"].tolist() == ["classification", "regression", "ranking", "random"]
+    assert json.loads((stage / "human_validation.json").read_text())["dialogues"] == params.reward_model.human_validation_dialogues
+    for fig in ("learning_curves", "score_distributions", "calibration", "human_validation"):
+        assert (stage / f"{fig}.png").is_file(), fig
