@@ -434,6 +434,8 @@ class SimulationSummary:
     seconds: float
     out_dir: str
     generated_tokens: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
+    backend_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -523,6 +525,8 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
         seconds=round(seconds, 2),
         out_dir=str(out),
         generated_tokens={role: b.stats.generated_tokens for role, b in backends.items()},
+        prompt_tokens={role: b.stats.prompt_tokens for role, b in backends.items()},
+        backend_seconds={role: round(b.stats.seconds, 2) for role, b in backends.items()},
     )
     if summary.unparsed_answers:
         warnings.warn(f"critic: {summary.unparsed_answers} sampled answers named no label (see critic_unparsed)")

@@ -1,0 +1,131 @@
+"""Benchmark: lockstep batched rollouts vs a sequential PPDPP-style loop; critic probs vs votes.
+
+1. The same contexts, candidates per context, turn cap, model and seed, rolled out
+   (a) in lockstep: all trajectories advance together, one batched call per agent role per turn;
+   (b) sequentially: one trajectory at a time, one call per agent turn (PPDPP's loop).
+   Both go through ``simulate.run_rollouts`` (the sequential loop is batch size 1), so only the
+   batching differs. Prints trajectories/s, generated tokens/s and the ratio (target >= 4x).
+2. The critic on the same dialogues in ``probs`` mode (one scoring pass) and in ``votes`` mode
+   (n sampled answers, PPDPP: 10 at temperature 1.1): cost per judgement, the ratio (target >= 5x)
+   and how often the two agree on success.
+
+Not a timed test: numbers depend on the machine and on what else runs on it (the load average
+is printed with them). Run: ``python bench/bench_simulation.py [--contexts 6 --candidates 2 ...]``
+with RLFF_DATA_DIR pointing at the data (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default=str(ROOT / "params" / "smoke.yaml"), help="data paths and model names")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--contexts", type=int, default=6)
+    ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--max-turns", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--critic-mode", default="probs", choices=["probs", "votes"], help="critic in the rollout part")
+    ap.add_argument("--judgements", type=int, default=12, help="dialogues judged in the critic part")
+    ap.add_argument("--votes", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32, help="hf backend chunk size")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-rollouts", action="store_true")
+    ap.add_argument("--skip-critic", action="store_true")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from rlff_utils.agents import Critic
+    from rlff_utils.backends import get_backend
+    from rlff_utils.data import load_all
+    from rlff_utils.params import ModelRole, load_params
+    from rlff_utils.simulate import (
+        backend_seeker,
+        backend_supporter,
+        candidate_sampler,
+        run_rollouts,
+        simulation_trajectories,
+    )
+
+    params = load_params(args.params, {"data.max_contexts": max(args.contexts, args.judgements)})
+    contexts = load_all(params).contexts
+    turns = params.data.max_history_turns
+
+    def role(temperature: float) -> ModelRole:
+        return ModelRole(name=args.model, temperature=temperature, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size)
+
+    policy, system, user = get_backend(role(0.9)), get_backend(role(0.7)), get_backend(role(0.7))
+    critic_backend = get_backend(role(1.1))
+    backends = (policy, system, user, critic_backend)
+    print("settings:", {k: v for k, v in vars(args).items() if not k.startswith("skip")},
+          f"torch threads={torch.get_num_threads()}", f"cpus={os.cpu_count()}",
+          f"load average={os.getloadavg()[0]:.2f}", sep="\n  ")
+
+    if not args.skip_rollouts:
+        ctxs = contexts[: args.contexts]
+
+        def rollout(batch: int) -> tuple[float, int, int, float]:
+            for b in backends:
+                b.stats.reset()
+            critic = Critic(critic_backend, args.critic_mode, samples=args.votes, seed=args.seed,
+                            max_history_turns=turns)
+            trajs = simulation_trajectories(ctxs, args.candidates, args.max_turns)
+            t0 = time.perf_counter()
+            for start in range(0, len(trajs), batch):
+                run_rollouts(trajs[start: start + batch], candidate_sampler(policy, "vanilla", turns),
+                             backend_supporter(system, "vanilla", turns), backend_seeker(user, turns), critic,
+                             seed=args.seed)
+            secs = time.perf_counter() - t0
+            tokens = sum(b.stats.generated_tokens for b in backends)
+            calls = sum(b.stats.calls for b in backends)
+            goals = sum(t.goal_reached for t in trajs) / len(trajs)
+            return secs, tokens, calls, goals
+
+        n = args.contexts * args.candidates
+        results = {}
+        for name, batch in (("lockstep", n), ("sequential", 1)):
+            secs, tokens, calls, goals = rollout(batch)
+            results[name] = (n / secs, tokens / secs)
+            print(f"{name:>10}: {n} trajectories in {secs:7.1f} s = {n / secs:6.3f} traj/s, "
+                  f"{tokens} tokens = {tokens / secs:6.1f} tok/s, {calls} backend calls, success {goals:.0%}")
+        print(f"{'ratio':>10}: {results['lockstep'][0] / results['sequential'][0]:.1f}x trajectories/s, "
+              f"{results['lockstep'][1] / results['sequential'][1]:.1f}x tokens/s (target >= 4x)")
+
+    if not args.skip_critic:
+        dialogues = contexts[: args.judgements]
+        out = {}
+        for mode in ("probs", "votes"):
+            critic_backend.stats.reset()
+            critic = Critic(critic_backend, mode, samples=args.votes, temperature=1.1, seed=args.seed,
+                            max_history_turns=turns)
+            t0 = time.perf_counter()
+            res = critic.judge(dialogues)
+            secs = time.perf_counter() - t0
+            out[mode] = (secs / len(dialogues), res)
+            unparsed = sum(r.unparsed for r in res)
+            extra = f", {unparsed}/{len(res) * args.votes} answers named no label" if mode == "votes" else ""
+            print(f"critic {mode:>5}: {secs / len(dialogues):6.3f} s per judgement "
+                  f"({len(dialogues)} dialogues, {secs:.1f} s){extra}")
+        agree = sum(a.success == b.success for a, b in zip(out["probs"][1], out["votes"][1])) / len(dialogues)
+        print(f"critic ratio: votes/probs cost = {out['votes'][0] / out['probs'][0]:.1f}x (target >= 5x); "
+              f"agreement on success = {agree:.0%}; success probs {sum(r.success for r in out['probs'][1])}, "
+              f"votes {sum(r.success for r in out['votes'][1])} of {len(dialogues)}")
+
+
+if __name__ == "__main__":
+    main()
