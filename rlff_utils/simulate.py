@@ -157,12 +157,21 @@ class TrajectoryStore:
         return {self.key(r) for r in self.load()}
 
     def _cut_torn_tail(self) -> None:
+        """Before appending: drop a torn last line, or end a complete one that only lacks its
+        newline (``load`` already counted it, so it must not be lost)."""
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+            start = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[start:])
+            except json.JSONDecodeError:
+                with self.path.open("r+b") as f:
+                    f.truncate(start)
+            else:
+                with self.path.open("ab") as f:
+                    f.write(b"\n")
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
         """Write records as lines, then flush and fsync: after return they survive a kill."""

@@ -84,6 +84,14 @@ def test_store_torn_last_line_dropped_and_cut_before_append(tmp_path):
     assert store.done_keys() == {("a", 0), ("a", 1), ("b", 0)}
 
 
+def test_store_keeps_a_whole_last_record_that_lacks_its_newline(tmp_path):
+    store = TrajectoryStore(tmp_path / "t.jsonl")
+    store.path.write_text('{"context_id": "a", "candidate_index": 0}\n{"context_id": "a", "candidate_index": 1}')
+    assert len(store.load()) == 2
+    store.append([{"context_id": "b", "candidate_index": 0}])
+    assert store.done_keys() == {("a", 0), ("a", 1), ("b", 0)}
+
+
 def test_store_corruption_in_the_middle_raises(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"context_id": "a", "candidate_index": 0}\nnot json\n{"context_id": "b", "candidate_index": 0}\n')
