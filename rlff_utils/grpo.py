@@ -362,7 +362,8 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
         history = load_log_history(params)
         return GRPOResult(adapter, history, True, None, max((h.get("step", 0) for h in history), default=0))
 
-    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    # every rank decides the same way, even while rank 0 is still deleting a forced run's files
+    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() and not force else None
     if last and (out / "protocol.json").is_file():
         _check_resumable(params, out / "protocol.json")
 
@@ -392,9 +393,10 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
     t0 = time.monotonic()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.monotonic() - t0
-    trainer.save_model(str(adapter))  # a PEFT model saves only the adapter
+    # The adapter folder is the "finished" marker, so it appears last and whole: logs first, then
+    # the adapter saved aside (every rank takes part: ZeRO-3 gathers the weights) and renamed.
+    staging = out / ".adapter-staging"
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(adapter))
         history = trainer.state.log_history
         _write_json(out / "log_history.json", history)
         curves_frame(history).to_csv(out / "curves.csv", index=False)
@@ -403,6 +405,13 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
             {"global_step": trainer.state.global_step, "seconds_this_session": round(seconds, 1),
              "resumed_from": last, "prompts": len(dataset)},
         )
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # a PEFT model saves only the adapter
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(staging))
+        shutil.rmtree(adapter, ignore_errors=True)
+        staging.rename(adapter)
     return GRPOResult(adapter, trainer.state.log_history, False, seconds, trainer.state.global_step)
 
 
