@@ -141,6 +141,21 @@ class HFEngine:
             mask[i, width - len(r):] = 1
         return ids, mask
 
+    def generate_shared_prefix(self, enc, k: int, kwargs: dict[str, Any]):
+        """``generate`` with ``k`` samples per prompt, reading each prompt once: the prompts
+        (all but their last token) are run through the model a single time and their KV cache is
+        repeated k times, where ``num_return_sequences=k`` would re-read every prompt k times.
+        Same samples for the same seed (the RNG sees the same [rows x vocab] draws)."""
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True,
+                         logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(k)
+        kwargs = {**kwargs, "num_return_sequences": 1}
+        return self.model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0),
+                                   past_key_values=cache, **kwargs)
+
     def choice_logprobs(self, prompts: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
         """log p(choice | prompt) for every prompt x choice: one forward pass over the
         (left-padded) prompts, then, for choices of several tokens, one pass over the choice
@@ -221,7 +236,10 @@ class HFBackend:
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 if seed is not None:
                     torch.manual_seed(seed + 1_000_003 * ci)
-                gen = eng.model.generate(**enc, **kwargs)
+                if k > 1:
+                    gen = eng.generate_shared_prefix(enc, k, kwargs)
+                else:
+                    gen = eng.model.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1]:].cpu()
             self.stats.prompt_tokens += int(enc["attention_mask"].sum())
             self.stats.generated_tokens += _count_generated(new, eng.end_ids)

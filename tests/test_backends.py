@@ -41,6 +41,21 @@ def test_hf_generate_shape_and_seed_determinism(tiny):
     assert tiny.stats.generated_tokens > 0 and tiny.stats.calls >= 3
 
 
+def test_hf_samples_share_one_prompt_pass(tiny):
+    """n samples from one cached prompt pass = transformers' num_return_sequences, draw for draw."""
+    import torch
+
+    eng = tiny.engine
+    enc = eng.encode([eng.prompt_text(c) for c in (CONV_A, CONV_B)])
+    kw = dict(max_new_tokens=6, do_sample=True, top_k=0, eos_token_id=eng.end_ids, pad_token_id=eng.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        torch.manual_seed(3)
+        ref = eng.model.generate(**enc, num_return_sequences=3, **kw)
+        torch.manual_seed(3)
+        got = eng.generate_shared_prefix(enc, 3, {**kw, "num_return_sequences": 3})
+    assert torch.equal(ref, got)
+
+
 def test_hf_chunking_by_batch_size(tiny):
     convs = [CONV_A, CONV_B, CONV_A, CONV_B, CONV_A]
     out = tiny.generate(convs, n=2, seed=1)  # batch_size 4 / n 2: three chunks
