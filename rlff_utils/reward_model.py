@@ -409,6 +409,9 @@ def load_scorer(params: "RunParams", variant: str | None = None, device: str | N
     if key not in _SCORERS:
         from peft import PeftModel
 
+        for old in [k for k in _SCORERS if k[0] == str(adapter)]:  # a retrained model replaces its old copy
+            del _SCORERS[old]
+
         tok = load_rm_tokenizer(card["backbone"])
         base = load_backbone(card["backbone"], card["num_labels"], params.seed, tok.pad_token_id, dtype)
         model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(device)
