@@ -17,7 +17,9 @@ with RLFF_DATA_DIR pointing at the data (see README).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -121,10 +123,14 @@ def main() -> None:
             extra = f", {unparsed}/{len(res) * args.votes} answers named no label" if mode == "votes" else ""
             print(f"critic {mode:>5}: {secs / len(dialogues):6.3f} s per judgement "
                   f"({len(dialogues)} dialogues, {secs:.1f} s){extra}")
-        agree = sum(a.success == b.success for a, b in zip(out["probs"][1], out["votes"][1])) / len(dialogues)
+        pairs = [(a, b) for a, b in zip(out["probs"][1], out["votes"][1])]
+        agree = sum(a.success == b.success for a, b in pairs) / len(pairs)
+        scored = [(a.score, b.score) for a, b in pairs if math.isfinite(a.score) and math.isfinite(b.score)]
+        corr = statistics.correlation(*zip(*scored)) if len(scored) > 2 else math.nan
         print(f"critic ratio: votes/probs cost = {out['votes'][0] / out['probs'][0]:.1f}x (target >= 5x); "
-              f"agreement on success = {agree:.0%}; success probs {sum(r.success for r in out['probs'][1])}, "
-              f"votes {sum(r.success for r in out['votes'][1])} of {len(dialogues)}")
+              f"agreement on success = {agree:.0%} (success: probs {sum(a.success for a, _ in pairs)}, "
+              f"votes {sum(b.success for _, b in pairs)} of {len(pairs)}); score correlation {corr:.2f} "
+              f"over {len(scored)} dialogues both modes scored")
 
 
 if __name__ == "__main__":

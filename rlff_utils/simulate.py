@@ -280,12 +280,19 @@ def candidate_sampler(backend: "ChatBackend", style: PromptStyle, max_history_tu
     return sampler
 
 
+def first_line(text: str) -> str:
+    """The first non-empty line: a chat turn is one line, and small simulators that run on past
+    it start writing the other side's turn or their own instructions."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def backend_seeker(backend: "ChatBackend", max_history_turns: int) -> SeekerFn:
-    """The user simulator: the seeker's next turn from its persona and the dialogue so far."""
+    """The user simulator: the seeker's next turn (its first line) from its persona and the
+    dialogue so far."""
 
     def seeker(trajs: list[Trajectory], seed: int) -> list[str]:
         convs = [seeker_messages(t.context(), max_history_turns) for t in trajs]
-        return [s[0] for s in backend.generate(convs, n=1, seed=seed)]
+        return [first_line(s[0]) for s in backend.generate(convs, n=1, seed=seed)]
 
     return seeker
 

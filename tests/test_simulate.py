@@ -141,7 +141,7 @@ def test_lockstep_rollouts_goal_max_turns_and_visible_replies_only():
     # candidate j of every context: "GOAL" for j == 0 (critic says solved at once), else plain.
     policy = Scripted(lambda c, i: f"<think>secret plan {i}</think>{'GOAL' if i == 0 else 'plain'} reply {i}")
     system = Scripted(lambda c, i: "<think>hidden</think>later supporter turn")
-    seeker = Scripted(lambda c, i: "seeker answer")
+    seeker = Scripted(lambda c, i: "\nseeker answer\nSupporter: a turn the simulator should not write")
     critic_backend = Scripted(
         lambda c, i: "solved" if "GOAL" in c[-1]["content"] else ("better" if i % 2 else "same")
     )
@@ -163,6 +163,7 @@ def test_lockstep_rollouts_goal_max_turns_and_visible_replies_only():
     assert others[0]["turns"][0] == {"speaker": "supporter", "text": "plain reply 1",
                                      "raw": "<think>secret plan 1</think>plain reply 1"}
     assert [t["speaker"] for t in others[0]["turns"]] == ["supporter", "seeker"] * 3
+    assert others[0]["turns"][1] == {"speaker": "seeker", "text": "seeker answer"}  # its first line only
     assert finished_batches == [3, 3]  # goals after turn 1, the rest at the cap
 
     # lockstep: one batched call per role per turn; finished trajectories drop out
