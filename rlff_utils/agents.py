@@ -70,19 +70,12 @@ PROMPTS: dict[str, str] = {
         "supporter says, and reply with only one short sentence."
     ),
     "seeker_opening": "(The chat starts now. Say what is on your mind.)",
-    "critic_system": (
-        "You read a conversation between a help seeker and an emotional supporter and assess "
-        "whether the seeker's emotional problem has been solved by the end of it."
-    ),
+    "critic_system": "You judge whether a help seeker's emotional problem has been solved in a support conversation.",
     "critic_question": (
         "The seeker feels {emotion_type} because of {problem_type}.\n"
         "Conversation:\n{transcript}\n\n"
-        "Question: how does the seeker feel now, compared with the start of the conversation?\n"
-        "- worse: the seeker feels worse\n"
-        "- same: the seeker feels the same\n"
-        "- better: the seeker feels better, but the problem is not solved\n"
-        "- solved: the seeker's problem has been solved\n"
-        "Answer with one word: worse, same, better or solved."
+        "How does the seeker feel at the end, compared with the start: worse, same, better (but the "
+        "problem is not solved) or solved (the problem has been solved)? Answer with one word."
     ),
     "transcript_line": "{speaker}: {text}",
 }

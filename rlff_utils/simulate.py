@@ -214,9 +214,11 @@ class Trajectory:
     critic_unparsed: list[int] = field(default_factory=list)
     end_reason: str | None = None
 
-    def context(self) -> dict[str, Any]:
-        """What the agents see: the descriptive fields and the whole dialogue so far."""
-        return {**self.meta, "history": self.history + self.turns}
+    def context(self, context_turns: int | None = None) -> dict[str, Any]:
+        """What the agents see: the descriptive fields and the dialogue so far (with only the
+        last ``context_turns`` turns of the starting history, when given; all rollout turns)."""
+        history = self.history[-context_turns:] if context_turns else self.history
+        return {**self.meta, "history": history + self.turns}
 
     @property
     def goal_reached(self) -> bool:
@@ -306,6 +308,7 @@ def run_rollouts(
     seed: int = 0,
     on_finished: Callable[[list[Trajectory]], None] | None = None,
     on_turn: Callable[[int, list[Trajectory]], None] | None = None,
+    critic_context_turns: int | None = None,
 ) -> list[Trajectory]:
     """Advance ``trajectories`` in lockstep until each reaches the goal or its turn cap.
 
@@ -316,6 +319,8 @@ def run_rollouts(
     ``end_reason="goal"`` when the critic says success, ``"max_turns"`` at its cap.
     ``on_finished`` receives the trajectories that ended on each turn (write them there);
     seeds are derived from ``seed`` and the turn, so a rerun on the same inputs repeats itself.
+    The critic reads every rollout turn and the last ``critic_context_turns`` turns of the
+    starting history (all of it when None), so it always sees where the rollout started.
 
     Training rollouts: ``first_supporter=candidate_sampler(policy)``,
     ``later_supporter=backend_supporter(system, "vanilla")``. Evaluation: both
@@ -323,6 +328,8 @@ def run_rollouts(
     opening seeker turn.
     """
     live = [t for t in trajectories if t.end_reason is None]
+    if any(t.turns for t in live):
+        raise ValueError("run_rollouts starts fresh trajectories: some already have rollout turns")
     turn = 0
     while live:
         turn += 1
@@ -339,7 +346,8 @@ def run_rollouts(
         replies = seeker(live, derive_seed(seed, turn, "seeker"))
         for t, reply in zip(live, replies):
             t.turns.append({"speaker": SEEKER, "text": reply.strip()})
-        results: list[CriticResult] = critic.judge([t.context() for t in live], seed=derive_seed(seed, turn, "critic"))
+        results: list[CriticResult] = critic.judge([t.context(critic_context_turns) for t in live],
+                                                   seed=derive_seed(seed, turn, "critic"))
         finished, still = [], []
         for t, r in zip(live, results):
             t.critic_scores.append(r.score if math.isfinite(r.score) else None)
@@ -383,6 +391,7 @@ def rollout_to_store(
     seed: int = 0,
     desc: str = "rollouts",
     already: Sequence[dict[str, Any]] = (),
+    critic_context_turns: int | None = None,
 ) -> RolloutProgress:
     """Roll ``trajectories`` in lockstep batches of ``batch_size`` and append each one to
     ``store`` as it finishes (fsync per turn). Keys already in the store are skipped, so the
@@ -407,7 +416,8 @@ def rollout_to_store(
     try:
         for b, start in enumerate(range(0, len(pending), batch_size)):
             run_rollouts(pending[start: start + batch_size], first_supporter, later_supporter, seeker, critic,
-                         seed=derive_seed(seed, "batch", b), on_finished=finished, on_turn=turn_done)
+                         seed=derive_seed(seed, "batch", b), on_finished=finished, on_turn=turn_done,
+                         critic_context_turns=critic_context_turns)
     finally:
         bar.close()
     return progress
@@ -476,14 +486,15 @@ def check_contexts(contexts: Sequence[dict[str, Any]]) -> None:
 
 def simulation_agents(params: "RunParams"):
     """(candidate sampler, later supporter, seeker, critic, backends by role) for training
-    rollouts; roles that share a model share one engine."""
+    rollouts; roles that share a model share one engine. The critic's window is set per call
+    (``critic_context_turns``: the context's last ``data.max_history_turns`` turns + the rollout)."""
     from .backends import get_backend
 
     m, sim, turns = params.models, params.simulation, params.data.max_history_turns
     backends = {role: get_backend(getattr(m, role), seed=params.seed) for role in ("policy", "system", "user_sim", "critic")}
     style: PromptStyle = "reasoning" if sim.reasoning_format else "vanilla"
     critic = Critic(backends["critic"], sim.critic_mode, sim.critic_samples, sim.critic_temperature,
-                    sim.success_threshold, seed=params.seed, max_history_turns=turns)
+                    sim.success_threshold, seed=params.seed, max_history_turns=None)
     return (
         candidate_sampler(backends["policy"], style, turns),
         backend_supporter(backends["system"], "vanilla", turns),
@@ -519,7 +530,8 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
         for b in backends.values():
             b.stats.reset()
         progress = rollout_to_store(wanted, store, sim.batch_size, first, later, seeker, critic,
-                                    seed=params.seed, desc="simulation", already=previous)
+                                    seed=params.seed, desc="simulation", already=previous,
+                                    critic_context_turns=params.data.max_history_turns)
     seconds = time.perf_counter() - t0
 
     records = [r for r in store.load() if store.key(r) in wanted_keys]

@@ -178,6 +178,20 @@ def test_lockstep_rollouts_goal_max_turns_and_visible_replies_only():
     assert "I feel bad (2)" in _all_text(seeker.calls[0]["convs"])
 
 
+def test_critic_window_keeps_the_rollout_and_the_end_of_the_context():
+    critic_backend = Scripted(lambda c, i: "same")
+    same = Scripted(lambda c, i: "ok")
+    trajs = simulation_trajectories(CONTEXTS[:1], num_candidates=1, max_turns=2)
+    run_rollouts(trajs, backend_supporter(same, "vanilla", 8), backend_supporter(same, "vanilla", 8),
+                 backend_seeker(same, 8), Critic(critic_backend, "votes", samples=1), critic_context_turns=1)
+    last = critic_backend.calls[-1]["convs"][0][-1]["content"]
+    assert "I feel bad (0)" in last and "hello" not in last  # context: its last turn only
+    assert last.count("Supporter: ok") == 2 and last.count("Seeker: ok") == 2  # the whole rollout
+    with pytest.raises(ValueError, match="fresh"):
+        started = Trajectory(meta={}, history=[], max_turns=2, turns=[{"speaker": "seeker", "text": "x"}])
+        run_rollouts([started], same, same, same, None)
+
+
 def test_unparsable_critic_gives_no_score_and_no_success():
     critic = Critic(Scripted(lambda c, i: "no idea"), "votes", samples=3)
     trajs = simulation_trajectories(CONTEXTS[:1], num_candidates=1, max_turns=2)
