@@ -84,14 +84,13 @@ def main() -> None:
         def rollout(batch: int) -> tuple[float, int, int, float]:
             for b in backends:
                 b.stats.reset()
-            critic = Critic(critic_backend, args.critic_mode, samples=args.votes, seed=args.seed,
-                            max_history_turns=turns)
+            critic = Critic(critic_backend, args.critic_mode, samples=args.votes, seed=args.seed)
             trajs = simulation_trajectories(ctxs, args.candidates, args.max_turns)
             t0 = time.perf_counter()
             for start in range(0, len(trajs), batch):
                 run_rollouts(trajs[start: start + batch], candidate_sampler(policy, "vanilla", turns),
                              backend_supporter(system, "vanilla", turns), backend_seeker(user, turns), critic,
-                             seed=args.seed)
+                             seed=args.seed, critic_context_turns=turns)
             secs = time.perf_counter() - t0
             tokens = sum(b.stats.generated_tokens for b in backends)
             calls = sum(b.stats.calls for b in backends)
@@ -111,17 +110,20 @@ def main() -> None:
     if not args.skip_critic:
         dialogues = contexts[: args.judgements]
         out = {}
-        for mode in ("probs", "votes"):
+        for mode in ("probs", "votes", "votes-reread"):
             critic_backend.stats.reset()
-            critic = Critic(critic_backend, mode, samples=args.votes, temperature=1.1, seed=args.seed,
+            # votes-reread: the n samples each re-read the prompt (transformers' num_return_sequences),
+            # as a sampling loop without prefix sharing does; "votes" reads it once.
+            critic_backend.share_prompt_pass = mode != "votes-reread"
+            critic = Critic(critic_backend, mode.split("-")[0], samples=args.votes, temperature=1.1, seed=args.seed,
                             max_history_turns=turns)
             t0 = time.perf_counter()
             res = critic.judge(dialogues)
             secs = time.perf_counter() - t0
             out[mode] = (secs / len(dialogues), res)
             unparsed = sum(r.unparsed for r in res)
-            extra = f", {unparsed}/{len(res) * args.votes} answers named no label" if mode == "votes" else ""
-            print(f"critic {mode:>5}: {secs / len(dialogues):6.3f} s per judgement "
+            extra = f", {unparsed}/{len(res) * args.votes} answers named no label" if mode != "probs" else ""
+            print(f"critic {mode:>12}: {secs / len(dialogues):6.3f} s per judgement "
                   f"({len(dialogues)} dialogues, {secs:.1f} s){extra}")
         pairs = [(a, b) for a, b in zip(out["probs"][1], out["votes"][1])]
         agree = sum(a.success == b.success for a, b in pairs) / len(pairs)
@@ -131,6 +133,8 @@ def main() -> None:
               f"agreement on success = {agree:.0%} (success: probs {sum(a.success for a, _ in pairs)}, "
               f"votes {sum(b.success for _, b in pairs)} of {len(pairs)}); score correlation {corr:.2f} "
               f"over {len(scored)} dialogues both modes scored")
+        print(f"critic ratio: votes-reread/probs cost = {out['votes-reread'][0] / out['probs'][0]:.1f}x")
+        critic_backend.share_prompt_pass = True
 
 
 if __name__ == "__main__":

@@ -200,8 +200,9 @@ class HFBackend:
     """transformers ``generate`` with left padding; sampling seeded per chunk inside a forked RNG
     so same inputs and seed give the same outputs and no caller's RNG is disturbed."""
 
-    def __init__(self, role: "ModelRole", engine: HFEngine):
+    def __init__(self, role: "ModelRole", engine: HFEngine, share_prompt_pass: bool = True):
         self.role, self.engine = role, engine
+        self.share_prompt_pass = share_prompt_pass  # False: transformers' num_return_sequences (benchmarks)
         self.stats = BackendStats()
 
     def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
@@ -236,7 +237,7 @@ class HFBackend:
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 if seed is not None:
                     torch.manual_seed(seed + 1_000_003 * ci)
-                if k > 1:
+                if k > 1 and self.share_prompt_pass:
                     gen = eng.generate_shared_prefix(enc, k, kwargs)
                 else:
                     gen = eng.model.generate(**enc, **kwargs)
