@@ -27,6 +27,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cls, method: str, totals: dict[str, float]) -> None:
+    """Accumulate the wall time of ``cls.method`` (benchmark instrumentation only)."""
+    import functools
+
+    original = getattr(cls, method)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        t = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[method] = totals.get(method, 0.0) + time.monotonic() - t
+
+    setattr(cls, method, wrapper)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "params" / "smoke.yaml"))
@@ -47,13 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
+    from trl import GRPOTrainer
+
+    split: dict[str, float] = {}
+    _timed(GRPOTrainer, "_generate", split)  # sampling the G completions
+    _timed(GRPOTrainer, "_calculate_rewards", split)  # reward model + format reward
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         overrides["output_root"] = tmp
         params = load_params(args.params, overrides)
         prepare_data(params)
-        t0 = time.monotonic()
+        load_before = os.getloadavg()[0]
+        cpu0, t0 = _cpu_seconds(), time.monotonic()
         result = grpo.train_policy(params)
-        wall = time.monotonic() - t0
+        wall, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
+        load_after = os.getloadavg()[0]
     g = params.grpo
     steps = [h["step_time"] for h in result.log_history if "step_time" in h]
     rest = steps[1:] or steps
@@ -64,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         "reward_backbone": params.models.reward_backbone.name,
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
         "torch_threads": torch.get_num_threads(),
+        # other processes on the machine slow every step; the 1-minute load average says how busy it was
+        "load_avg_1min_before_after": [round(load_before, 1), round(load_after, 1)],
         "prompts_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations,
         "num_generations": g.num_generations,
         "completions_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps,
@@ -76,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         "first_step_s": round(steps[0], 2) if steps else None,
         "mean_step_s_after_first": round(statistics.mean(rest), 2) if rest else None,
         "train_wall_s_incl_model_load": round(wall, 1),
+        # CPU seconds over all threads: less sensitive to other processes than wall time
+        "train_cpu_s_incl_model_load": round(cpu, 1),
+        "generation_s_per_step": round(split.get("_generate", 0.0) / max(len(steps), 1), 2),
+        "rewards_s_per_step": round(split.get("_calculate_rewards", 0.0) / max(len(steps), 1), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "mean_completion_tokens": round(statistics.mean(
             h["completions/mean_length"] for h in result.log_history if "completions/mean_length" in h), 1),

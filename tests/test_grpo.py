@@ -216,16 +216,20 @@ def test_short_run_changes_the_adapter_and_logs_every_reward_component(trained):
         assert all(h.get(key) is not None for h in steps), key
     frame = grpo.curves_frame(curves)
     assert frame["format_compliance"].between(0, 1).all()
-    assert (out / "curves.csv").is_file()
+    assert (out / "curves.csv").is_file() and not (out / ".adapter-staging").exists()
     card = json.loads((out / "protocol.json").read_text())
     assert card["grpo"]["beta"] == p.grpo.beta and card["objective"]["loss_type"] == p.grpo.loss_type
     assert json.loads((out / "grpo_config.json").read_text())["num_generations"] == p.grpo.num_generations
 
 
-def test_finished_run_is_skipped(trained):
+def test_finished_run_is_skipped(trained, capsys):
     p, result = trained
     again = grpo.train_policy(p)
     assert again.skipped and again.global_step == result.global_step
+    # the module entry point (what `accelerate launch -m rlff_utils.grpo` runs) reaches the same run
+    argv = ["--params", p.source, "--set", f"output_root={p.output_root}", "--set", "grpo.reward_model=random"]
+    assert grpo.main(argv) == 0
+    assert "already trained" in capsys.readouterr().out
 
 
 def test_resume_from_last_checkpoint(trained, tmp_path):

@@ -101,7 +101,9 @@ write_notebook(
         ## Before and after
 
         The same prompts answered by the initial policy (adapter disabled) and by the trained one, with the same
-        sampling seed, with each answer's format reward and future-oriented reward.
+        sampling seed, with each answer's format reward and future-oriented reward. After only a handful of steps
+        (the smoke run) the adapter has barely moved (see the KL curve) and both columns can read the same; they
+        part as training proceeds.
         """),
         ("code", """
         samples = grpo.sample_before_after(params, n=3)
