@@ -13,12 +13,12 @@ checkpoints and resume, and turns its log history into curves.
 
 Why ``beta`` and ``loss_type`` are set explicitly. TRL's defaults (``beta=0``, ``loss_type="dapo"``)
 are DAPO's: no reference model and token-level normalisation over the whole batch. The paper
-trains with GRPO as introduced by DeepSeekMath, whose objective carries a KL term to the reference
-policy and averages each completion's token losses before averaging over the group. The paper
-files therefore set ``beta: 0.04`` (DeepSeekMath's value) and ``loss_type: grpo``; with LoRA the
-reference policy costs no memory (TRL disables the adapter to compute it). Both values are
-written into the run's protocol (``outputs/<run>/policy/protocol.json``) so a result is never
-read without them.
+trains with GRPO, and where it does not pin these two choices we follow GRPO as introduced by
+DeepSeekMath: a KL term to the reference policy (``beta: 0.04``, DeepSeekMath's value) and each
+completion's token losses averaged before averaging over the group (``loss_type: grpo``). With
+LoRA the reference policy costs no memory (TRL disables the adapter to compute it). Both values
+are written into the run's protocol (``outputs/<run>/policy/protocol.json``) so a result is never
+read without them; the DAPO-style alternatives stay one params line away.
 
 One process or several. ``run_grpo`` trains in the calling process when
 ``grpo.num_processes == 1`` and otherwise launches ``accelerate launch ... -m rlff_utils.grpo``
