@@ -218,10 +218,12 @@ class HFBackend:
         k = n if sample else 1  # greedy samples are identical: generate once, repeat
         per_chunk = max(1, role.batch_size // k)
         prompts = [eng.prompt_text(c) for c in conversations]
-        out: list[list[str]] = []
+        order = _by_length([len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]])
+        out: list[list[str] | None] = [None] * len(prompts)
         t0 = time.perf_counter()
         for ci, start in enumerate(range(0, len(prompts), per_chunk)):
-            enc = eng.encode(prompts[start: start + per_chunk])
+            rows_here = order[start: start + per_chunk]
+            enc = eng.encode([prompts[i] for i in rows_here])
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=max_new_tokens,
                 do_sample=sample,
@@ -246,9 +248,9 @@ class HFBackend:
             self.stats.generated_tokens += _count_generated(new, eng.end_ids)
             texts = tok.batch_decode(new, skip_special_tokens=True)
             texts = [trim_at_stop(t, stop) for t in texts]
-            for i in range(len(texts) // k):
-                row = texts[i * k: (i + 1) * k]
-                out.append(row if sample else row * n)
+            for j, i in enumerate(rows_here):
+                row = texts[j * k: (j + 1) * k]
+                out[i] = row if sample else row * n
         self.stats.calls += 1
         self.stats.conversations += len(conversations)
         self.stats.sequences += len(conversations) * k
@@ -266,14 +268,23 @@ class HFBackend:
         cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
         if any(not c for c in cids):
             raise BackendError(f"a choice tokenises to nothing: {choices!r}")
-        rows: list[list[float]] = []
+        rows: list[list[float]] = [[] for _ in prompts]
+        order = _by_length([len(p) for p in prompts])
         for s in range(0, len(prompts), bs):
-            rows += [_softmax(r) for r in eng.choice_logprobs(prompts[s: s + bs], cids)]
+            chunk = order[s: s + bs]
+            for i, r in zip(chunk, eng.choice_logprobs([prompts[i] for i in chunk], cids)):
+                rows[i] = _softmax(r)
         self.stats.calls += 1
         self.stats.conversations += len(conversations)
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
         self.stats.seconds += time.perf_counter() - t0
         return rows
+
+
+def _by_length(lengths: list[int]) -> list[int]:
+    """Row order for batching: similar lengths share a batch, so left padding wastes little
+    compute (on CPU the prompt pass is most of the cost). Results go back in input order."""
+    return sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
 
 
 def _count_generated(new, end_ids: list[int]) -> int:

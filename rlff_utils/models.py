@@ -62,6 +62,9 @@ REGISTRY: dict[str, EmbeddedGGUF | TinyFromConfig] = {
     ),
 }
 
+# Bumped whenever a build recipe changes, so stale caches are rebuilt rather than reused.
+BUILD_VERSION = "v2"
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -129,6 +132,12 @@ def _build_embedded(spec: EmbeddedGGUF, target: Path) -> None:
     if missing or unexpected:
         raise RuntimeError(f"GGUF rebuild mismatch: missing={missing} unexpected={unexpected}")
     plain.generation_config = quant.generation_config
+    # The GGUF metadata names <|im_start|> as end of sequence; a chat turn ends with <|im_end|>,
+    # as in the hub release. Without this, generation and TRL's completion masks run past the
+    # end of every reply.
+    tok.eos_token = tok.pad_token = "<|im_end|>"
+    for cfg in (plain.config, plain.generation_config):
+        cfg.eos_token_id = cfg.pad_token_id = tok.eos_token_id
 
     def save(tmp: Path) -> None:
         plain.save_pretrained(tmp)
@@ -166,7 +175,7 @@ def resolve_model(name: str) -> str:
             raise ValueError(problem)
         p = Path(name).expanduser()
         return str(p) if p.is_dir() else name
-    target = cache_root() / "models" / name
+    target = cache_root() / "models" / f"{name}-{BUILD_VERSION}"
     if not (target / "config.json").is_file():
         if isinstance(spec, EmbeddedGGUF):
             _build_embedded(spec, target)

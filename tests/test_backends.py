@@ -69,6 +69,22 @@ def test_hf_greedy_repeats_one_sample_and_left_padding_is_invisible(tiny):
     assert padded[0] == alone[0]
 
 
+def test_hf_rows_grouped_by_length_come_back_in_input_order(tiny_model_path):
+    """Batches are formed from length-sorted rows (little padding); answers keep the input order."""
+    from rlff_utils.backends import _by_length
+
+    assert _by_length([5, 2, 9, 2]) == [1, 3, 0, 2]
+    small = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.0, max_new_tokens=6, batch_size=1))
+    convs = [CONV_B, CONV_A, CONV_B[:2]]  # long, short, middle: sorted chunks run short first
+    together = small.generate(convs)
+    assert together == [small.generate([c])[0] for c in convs]
+    choices = ["worse", "same", "better", "solved"]
+    rows = small.score_choices(convs, choices)
+    for c, r in zip(convs, rows):
+        assert small.score_choices([c], choices)[0] == pytest.approx(r, abs=1e-6)
+    assert rows[0] != pytest.approx(rows[1], abs=1e-3)  # distinct inputs, so order is observable
+
+
 def test_hf_score_choices(tiny):
     choices = ["worse", "same", "better", "solved"]  # "worse" is two tokens: the general path
     rows = tiny.score_choices([CONV_A, CONV_B], choices)

@@ -30,6 +30,22 @@ def test_embedded_model_loads_from_cache_and_chats(smollm2_path):
     assert "Paris" in answer
 
 
+def test_embedded_model_ends_a_turn_at_im_end(smollm2_path):
+    """The GGUF metadata calls <|im_start|> the end of sequence; a reply must stop at <|im_end|>,
+    or generation (and TRL's completion mask) runs on past every answer."""
+    import torch
+
+    model, tok = models.load_causal_lm("smollm2-135m-instruct")
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|im_end|>"
+    assert model.generation_config.eos_token_id == tok.eos_token_id == model.config.eos_token_id
+    msgs = [{"role": "user", "content": "Say hello."}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=120, do_sample=False)
+    new = out[0, ids["input_ids"].shape[1]:].tolist()
+    assert new[-1] == tok.eos_token_id and len(new) < 120, tok.decode(new)
+
+
 def test_tiny_model_shares_the_real_tokenizer(tiny_model_path, smollm2_path):
     tiny, tok = models.load_causal_lm("tiny-random-smollm2")
     assert tiny.config.num_hidden_layers == 2
