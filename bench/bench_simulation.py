@@ -30,14 +30,16 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", default=str(ROOT / "params" / "smoke.yaml"), help="data paths and model names")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--contexts", type=int, default=4)
-    ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--contexts", type=int, default=8)
+    ap.add_argument("--candidates", type=int, default=4)
     ap.add_argument("--max-turns", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--critic-mode", default="probs", choices=["probs", "votes"], help="critic in the rollout part")
     ap.add_argument("--judgements", type=int, default=8, help="dialogues judged in the critic part")
     ap.add_argument("--votes", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=32, help="hf backend chunk size")
+    ap.add_argument("--batch-size", type=int, default=16, help="hf backend rows per generate call")
+    ap.add_argument("--critic-batch-size", type=int, default=8, help="hf backend rows per scoring pass")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-rollouts", action="store_true")
@@ -67,12 +69,12 @@ def main() -> None:
     contexts = load_all(params).contexts
     turns = params.data.max_history_turns
 
-    def role(temperature: float) -> ModelRole:
+    def role(temperature: float, batch_size: int) -> ModelRole:
         return ModelRole(name=args.model, temperature=temperature, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.batch_size)
+                         batch_size=batch_size, dtype=args.dtype)
 
-    policy, system, user = get_backend(role(0.9)), get_backend(role(0.7)), get_backend(role(0.7))
-    critic_backend = get_backend(role(1.1))
+    policy, system, user = (get_backend(role(t, args.batch_size)) for t in (0.9, 0.7, 0.7))
+    critic_backend = get_backend(role(1.1, args.critic_batch_size))
     backends = (policy, system, user, critic_backend)
     print("settings:", {k: v for k, v in vars(args).items() if not k.startswith("skip")},
           f"torch threads={torch.get_num_threads()}", f"cpus={os.cpu_count()}",

@@ -313,7 +313,14 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
     from .agents import Critic, write_prompts
     from .backends import get_backend
     from .data import load_eval_cases
-    from .simulate import TrajectoryStore, backend_seeker, backend_supporter, rollout_to_store
+    from .simulate import (
+        RoutedStore,
+        TrajectoryStore,
+        backend_seeker,
+        backend_supporter,
+        rollout_to_store,
+        routed_supporter,
+    )
 
     e, m = params.evaluation, params.models
     turns = params.data.max_history_turns
@@ -334,24 +341,32 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
             continue
         plan.append((s, adapter))
 
-    seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
-    critic = Critic(get_backend(m.eval_critic, seed=params.seed), e.critic_mode, e.critic_samples, e.critic_temperature,
-                    e.success_threshold, seed=params.seed, max_history_turns=None)
-    rows = []
+    # Every system advances in the same lockstep batches: one user-simulator and one critic call
+    # per turn serve all systems; each system's policy call covers its own conversations.
+    stores, supporters, trajs = {}, {}, []
     for s, adapter in plan:
-        folder = out / s.name
-        store = TrajectoryStore(folder / TRANSCRIPTS, CASE_KEY)
-        if force and store.path.exists():
-            store.path.unlink()
+        stores[s.name] = TrajectoryStore(out / s.name / TRANSCRIPTS, CASE_KEY)
+        if force and stores[s.name].path.exists():
+            stores[s.name].path.unlink()
         policy = get_backend(m.policy, adapter=str(adapter) if adapter else None, seed=params.seed)
-        supporter = backend_supporter(policy, s.prompt, turns)
-        trajs = eval_trajectories(cases, s.name, e.max_turns)
-        rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, critic, seed=params.seed,
-                         desc=f"eval {s.name}", already=[r for r in store.load()])
-        records = [r for r in store.load() if r["case_id"] in {c["case_id"] for c in cases}]
+        supporters[s.name] = backend_supporter(policy, s.prompt, turns)
+        trajs += eval_trajectories(cases, s.name, e.max_turns)
+    if plan:
+        seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
+        critic = Critic(get_backend(m.eval_critic, seed=params.seed), e.critic_mode, e.critic_samples,
+                        e.critic_temperature, e.success_threshold, seed=params.seed, max_history_turns=None)
+        supporter = routed_supporter(supporters, "system")
+        rollout_to_store(trajs, RoutedStore(stores, "system"), e.batch_size, supporter, supporter, seeker, critic,
+                         seed=params.seed, desc=f"eval ({len(plan)} systems)",
+                         already=[r for st in stores.values() for r in st.load()])
+
+    rows = []
+    wanted = {c["case_id"] for c in cases}
+    for s, adapter in plan:
+        records = [r for r in stores[s.name].load() if r["case_id"] in wanted]
         result = {**system_metrics(records, params), "system": s.model_dump(),
                   "adapter": str(adapter) if adapter else None, "protocol": card}
-        write_json(result, folder / "metrics.json")
+        write_json(result, out / s.name / "metrics.json")
         rows.append({"system": s.name, "prompt": s.prompt, "adapter": bool(adapter), "cases": result["cases"],
                      "SR": result["SR"], "SR_ci95": result["SR_ci95"], "AT": result["AT"], "AT_ci95": result["AT_ci95"]})
     write_json(skipped, out / "skipped_systems.json")

@@ -187,6 +187,28 @@ class TrajectoryStore:
         return len(lines)
 
 
+class RoutedStore:
+    """Several stores behind one, chosen by a record field: evaluation rolls every system out in
+    the same lockstep batches (the user simulator and critic then serve all of them in one call)
+    yet keeps one transcripts file per system."""
+
+    def __init__(self, stores: dict[str, TrajectoryStore], field: str):
+        self.stores, self.field = stores, field
+
+    def key(self, record: dict[str, Any]) -> tuple:
+        name = record[self.field]
+        return (name, *self.stores[name].key(record))
+
+    def done_keys(self) -> set[tuple]:
+        return {(name, *k) for name, st in self.stores.items() for k in st.done_keys()}
+
+    def append(self, records: Iterable[dict[str, Any]]) -> int:
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in records:
+            groups[r[self.field]].append(r)
+        return sum(self.stores[name].append(rs) for name, rs in groups.items())
+
+
 def load_trajectories(run_dir: str | Path) -> list[dict[str, Any]]:
     """The simulation stage's finished trajectories of a run (``outputs/<run>``)."""
     path = Path(run_dir) / "simulation" / TRAJECTORIES
@@ -255,6 +277,23 @@ def backend_supporter(backend: "ChatBackend", style: PromptStyle, max_history_tu
     def supporter(trajs: list[Trajectory], seed: int) -> list[str]:
         convs = [policy_messages(t.context(), style, max_history_turns=max_history_turns) for t in trajs]
         return [s[0] for s in backend.generate(convs, n=1, max_new_tokens=max_new_tokens, seed=seed)]
+
+    return supporter
+
+
+def routed_supporter(supporters: dict[str, SupporterFn], field: str) -> SupporterFn:
+    """One supporter per value of ``meta[field]`` (evaluation: per system), called on its own
+    trajectories; the answers come back in the live trajectories' order."""
+
+    def supporter(trajs: list[Trajectory], seed: int) -> list[str]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, t in enumerate(trajs):
+            groups[t.meta[field]].append(i)
+        out = [""] * len(trajs)
+        for name, idx in groups.items():
+            for i, text in zip(idx, supporters[name]([trajs[i] for i in idx], seed)):
+                out[i] = text
+        return out
 
     return supporter
 
@@ -382,7 +421,7 @@ class RolloutProgress:
 
 def rollout_to_store(
     trajectories: list[Trajectory],
-    store: TrajectoryStore,
+    store: TrajectoryStore | RoutedStore,
     batch_size: int,
     first_supporter: SupporterFn,
     later_supporter: SupporterFn,

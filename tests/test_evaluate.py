@@ -156,6 +156,14 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
     again = ev.run_evaluation(ci_params)
     assert (out / "rlff-esc" / ev.TRANSCRIPTS).stat().st_size == size
     assert again.SR.tolist() == table.SR.tolist()
+    # systems share the lockstep batches but each keeps its own file; losing one file redoes
+    # only that system
+    for name in ("vanilla", "rlff-esc"):
+        assert {r["system"] for r in ev.load_transcripts(ci_params, name)} == {name}
+    (out / "vanilla" / ev.TRANSCRIPTS).unlink()
+    ev.run_evaluation(ci_params)
+    assert len(ev.load_transcripts(ci_params, "vanilla")) == ci_params.evaluation.num_cases
+    assert (out / "rlff-esc" / ev.TRANSCRIPTS).stat().st_size == size
     rates = ev.run_quality(ci_params)
     assert set(rates.criterion) == set(ev.CRITERIA) and set(rates.baseline) == {"vanilla"}
     assert (out / "human_sheet.csv").exists() and (out / "human_sheet_key" / "key.csv").exists()

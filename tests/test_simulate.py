@@ -18,6 +18,7 @@ from rlff_utils.params import SimulationParams
 from rlff_utils.simulate import (
     REWARD_DATASET,
     TRAJECTORIES,
+    RoutedStore,
     Trajectory,
     TrajectoryStore,
     backend_seeker,
@@ -28,6 +29,8 @@ from rlff_utils.simulate import (
     load_reward_dataset,
     load_trajectories,
     reward_frame,
+    rollout_to_store,
+    routed_supporter,
     run_rollouts,
     run_simulation,
     simulation_trajectories,
@@ -219,6 +222,26 @@ def test_evaluation_shape_policy_writes_every_turn():
     assert "[Question]" in policy.calls[0]["convs"][0][0]["content"] or "strateg" in policy.calls[0]["convs"][0][0]["content"]
     assert r["case_id"] == "ppdpp-test-0001"
     assert "policy turn 1" in format_transcript(r)
+
+
+def test_systems_share_lockstep_batches_but_keep_their_own_policy_and_file(tmp_path):
+    """Evaluation rolls several systems together: one seeker and one critic call per turn for
+    all, each system's policy sees only its own conversations, each system writes its own file."""
+    policies = {name: Scripted(lambda c, i, name=name: f"reply from {name}") for name in ("a", "b")}
+    user = Scripted(lambda c, i: "ok")
+    critic = Critic(Scripted(lambda c, i: "x", probs=lambda c: {"same": 1.0}), "probs")
+    trajs = [Trajectory(meta={"case_id": f"c{i}", "system": name}, history=[{"speaker": "seeker", "text": "hi"}],
+                        max_turns=2) for name in ("a", "b") for i in range(2)]
+    supporter = routed_supporter({k: backend_supporter(p, "vanilla", 8) for k, p in policies.items()}, "system")
+    stores = {k: TrajectoryStore(tmp_path / k / "t.jsonl", ("case_id",)) for k in policies}
+    rollout_to_store(trajs, RoutedStore(stores, "system"), 8, supporter, supporter, backend_seeker(user, 8), critic)
+    assert len(user.calls) == 2 and all(len(c["convs"]) == 4 for c in user.calls)  # 2 turns, all 4 together
+    assert [len(c["convs"]) for c in policies["a"].calls] == [2, 2]
+    for name in ("a", "b"):
+        recs = stores[name].load()
+        assert [r["case_id"] for r in recs] == ["c0", "c1"] and {r["system"] for r in recs} == {name}
+        assert {t["text"] for r in recs for t in r["turns"] if t["speaker"] == "supporter"} == {f"reply from {name}"}
+    assert RoutedStore(stores, "system").done_keys() == {(n, c) for n in "ab" for c in ("c0", "c1")}
 
 
 def test_success_by_turn():
