@@ -215,6 +215,7 @@ def build_grpo_config(params: RunParams, reward_weights: list[float] | None = No
         model_init_kwargs={"dtype": "bfloat16" if g.bf16 else "float32"},
         bf16=g.bf16,
         fp16=False,
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on a GPU-less machine otherwise
         gradient_checkpointing=g.gradient_checkpointing,
         # sampling: G completions per prompt
         num_generations=g.num_generations,

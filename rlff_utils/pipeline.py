@@ -122,9 +122,23 @@ def run_pipeline(
         timing[stage.name] = round(time.perf_counter() - t0, 1)
         timing_file.write_text(json.dumps(timing, indent=2))
         print(f"[{i}/{len(stages)}] {stage.name} done in {timing[stage.name]:.0f}s -> {executed[-1]}", flush=True)
-    print(f"pipeline {params.run_name}: {len(stages)} notebook(s) in {time.perf_counter() - t_all:.0f}s; outputs in {params.run_dir}")
+    wall = time.perf_counter() - t_all
+    peak = _peak_child_rss_mib()
+    resources = {"notebooks": [s.name for s in stages], "wall_seconds": round(wall, 1), "peak_kernel_rss_mib": peak}
+    (params.run_dir / "resources.json").write_text(json.dumps(resources, indent=2))
+    print(f"pipeline {params.run_name}: {len(stages)} notebook(s) in {wall:.0f}s, peak kernel memory "
+          f"{peak / 1024:.1f} GiB; outputs in {params.run_dir}")
     _print_summary(params)
     return executed
+
+
+def _peak_child_rss_mib() -> float:
+    """Largest resident set of any finished child process (each notebook ran in its own kernel,
+    a child of this process): the run's peak memory, as the budget in the README counts it."""
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(kib / 1024 / (1024 if sys.platform == "darwin" else 1), 1)
 
 
 def _print_summary(params: RunParams) -> None:

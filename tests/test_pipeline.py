@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ def test_notebook_01_runs_and_renders(ci_params, tmp_path):
     out = pipeline.run_pipeline(ci_params.source, only=["01"], overrides={"output_root": str(tmp_path / "outputs")})
     assert out[0].exists() and out[0].with_suffix(".html").exists()
     assert (tmp_path / "outputs" / "ci" / "data" / "contexts").is_dir()
+    res = json.loads((tmp_path / "outputs" / "ci" / "resources.json").read_text())
+    # the kernel loads torch, pandas and the data: more than a bare interpreter, far below the budget
+    assert res["notebooks"] == ["01_data_prep"] and 100 < res["peak_kernel_rss_mib"] < 8 * 1024
 
 
 def test_failing_notebook_names_the_executed_copy(tmp_path, ci_params):

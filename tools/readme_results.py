@@ -33,6 +33,11 @@ def section(run: Path) -> str:
     if timing.is_file():
         t = json.loads(timing.read_text())
         parts.append("**Wall time per notebook (s)**: " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
+    resources = run / "resources.json"
+    if resources.is_file():
+        r = json.loads(resources.read_text())
+        parts.append(f"**Whole run**: {len(r['notebooks'])} notebooks in {r['wall_seconds'] / 60:.1f} min wall, "
+                     f"peak kernel memory {r['peak_kernel_rss_mib'] / 1024:.1f} GiB.")
     return "\n\n".join(parts)
 
 
