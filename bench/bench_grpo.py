@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "lora_r": g.lora_r,
         "beta": g.beta,
         "loss_type": g.loss_type,
+        "bf16": g.bf16,
         "steps": len(steps),
         "first_step_s": round(steps[0], 2) if steps else None,
         "mean_step_s_after_first": round(statistics.mean(rest), 2) if rest else None,
