@@ -115,6 +115,16 @@ def test_grpo_config_carries_every_knob(ci_params):
     assert not cfg.bf16 and not cfg.use_vllm and cfg.remove_unused_columns is False
 
 
+def test_bf16_config_builds_without_a_gpu(ci_params):
+    """The smoke params train in bf16 on CPU; transformers refuses that unless told it is on CPU."""
+    import torch
+
+    p = load_params(ci_params.source, {"output_root": ci_params.output_root, "grpo.bf16": True})
+    cfg = grpo.build_grpo_config(p)
+    assert cfg.bf16 and cfg.model_init_kwargs["dtype"] == "bfloat16"
+    assert cfg.use_cpu == (not torch.cuda.is_available())
+
+
 def test_ablations_change_the_reward_setup(ci_params):
     funcs, weights = grpo.reward_setup(ci_params)
     assert [f.__name__ for f in funcs] == ["future_reward", "format_reward"] and weights == [1.0, 0.5]
