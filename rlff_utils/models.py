@@ -63,7 +63,7 @@ REGISTRY: dict[str, EmbeddedGGUF | TinyFromConfig] = {
 }
 
 # Bumped whenever a build recipe changes, so stale caches are rebuilt rather than reused.
-BUILD_VERSION = "v2"
+BUILD_VERSION = "v3"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -136,6 +136,7 @@ def _build_embedded(spec: EmbeddedGGUF, target: Path) -> None:
     # as in the hub release. Without this, generation and TRL's completion masks run past the
     # end of every reply.
     tok.eos_token = tok.pad_token = "<|im_end|>"
+    tok.clean_up_tokenization_spaces = False  # a WordPiece-era option; transformers ignores it for BPE, noisily
     for cfg in (plain.config, plain.generation_config):
         cfg.eos_token_id = cfg.pad_token_id = tok.eos_token_id
 

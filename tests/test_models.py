@@ -37,6 +37,7 @@ def test_embedded_model_ends_a_turn_at_im_end(smollm2_path):
 
     model, tok = models.load_causal_lm("smollm2-135m-instruct")
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|im_end|>"
+    assert tok.clean_up_tokenization_spaces is False
     assert model.generation_config.eos_token_id == tok.eos_token_id == model.config.eos_token_id
     msgs = [{"role": "user", "content": "Say hello."}]
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
