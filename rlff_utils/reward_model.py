@@ -619,7 +619,6 @@ def _training_args(rm, params: "RunParams", out: Path, n_train: int, has_valid: 
     use_cuda, bf16, fp16 = _precision(params)
     steps_per_epoch = max(1, math.ceil(n_train / (rm.batch_size * rm.gradient_accumulation_steps)))
     total = max(1, int(steps_per_epoch * rm.epochs))
-    strategy = "epoch" if has_valid else "no"
     return (config_cls or TrainingArguments)(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=rm.epochs,
@@ -627,10 +626,9 @@ def _training_args(rm, params: "RunParams", out: Path, n_train: int, has_valid: 
         per_device_eval_batch_size=rm.batch_size,
         gradient_accumulation_steps=rm.gradient_accumulation_steps,
         learning_rate=rm.learning_rate,
-        eval_strategy=strategy,
-        save_strategy=strategy,
-        save_only_model=True,
-        save_total_limit=1,
+        eval_strategy="epoch" if has_valid else "no",
+        save_strategy="epoch",  # full state every epoch: an interrupted variant resumes there
+        save_total_limit=1,  # (plus the best one, kept while it is not the last)
         load_best_model_at_end=has_valid,
         metric_for_best_model="eval_loss" if has_valid else None,
         greater_is_better=False if has_valid else None,
@@ -741,8 +739,10 @@ def _fit(params: "RunParams", variant: str, splits: RMSplits, out: Path) -> tupl
             processing_class=tok,
             callbacks=callbacks,
         )
+    resume = _resume_point(out / "checkpoints", _fingerprint(params, variant, train, valid))
+    facts["resumed_from"] = Path(resume).name if resume else None
     t0 = time.monotonic()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     facts["train_seconds"] = round(time.monotonic() - t0, 1)
     state = trainer.state
     facts["epochs_run"] = round(float(state.epoch or 0), 2)
@@ -750,12 +750,45 @@ def _fit(params: "RunParams", variant: str, splits: RMSplits, out: Path) -> tupl
     return trainer.model, state.log_history, facts
 
 
+def _fingerprint(params: "RunParams", variant: str, train, valid) -> dict[str, Any]:
+    """What a checkpoint was trained on: a checkpoint is resumed only for the same variant,
+    backbone, knobs and data (rows hashed), never silently mixed with a changed setup."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for ds in (train, valid):
+        digest.update(json.dumps(ds.to_dict(), sort_keys=True).encode())
+    return {
+        "variant": variant,
+        "backbone": params.models.reward_backbone.model_dump(),
+        "reward_model": params.reward_model.model_dump(exclude={"retrain", "variants"}),
+        "seed": params.seed,
+        "data_sha256": digest.hexdigest(),
+    }
+
+
+def _resume_point(ckpt_dir: Path, fingerprint: dict[str, Any]) -> str | None:
+    """The last checkpoint of an interrupted run with the same fingerprint, else None (stale
+    checkpoints are removed and the fingerprint written for the run about to start)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp = ckpt_dir / "fingerprint.json"
+    same = stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(fingerprint))
+    last = get_last_checkpoint(str(ckpt_dir)) if same and ckpt_dir.is_dir() else None
+    if not last:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpt_dir.mkdir(parents=True)
+        stamp.write_text(json.dumps(fingerprint, indent=2))
+    return last
+
+
 def train_variant(params: "RunParams", variant: str, splits: RMSplits, force: bool = False) -> VariantResult:
     """Train (or reuse) one variant and evaluate it on the test split.
 
     A variant whose ``metrics.json`` exists is reused unless ``force``; its saved predictions are
-    read back. Training writes the adapter, the card, the log history, then predictions and
-    metrics last, so an interrupted run never looks finished.
+    read back. Training checkpoints every epoch and an interrupted variant resumes from its last
+    checkpoint (same setup and data only); it writes the adapter, the card, the log history, then
+    predictions and metrics last, so an interrupted run never looks finished.
     """
     if variant not in VARIANTS:
         raise RewardModelError(f"cannot train variant {variant!r}: use one of {', '.join(VARIANTS)}")
@@ -766,6 +799,8 @@ def train_variant(params: "RunParams", variant: str, splits: RMSplits, force: bo
         return VariantResult(variant, _read_metrics(metrics_path), _read_predictions(pred_path), log, reused=True)
     for stale in (metrics_path, pred_path, out / "skipped.json"):
         stale.unlink(missing_ok=True)
+    if force:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
     rm = params.reward_model
     model, log, facts = _fit(params, variant, splits, out)

@@ -332,3 +332,49 @@ def test_notebook_03_runs_on_ci_params(tmp_path, data_dir, tiny_model_path, monk
     assert json.loads((stage / "human_validation.json").read_text())["dialogues"] == params.reward_model.human_validation_dialogues
     for fig in ("learning_curves", "score_distributions", "calibration", "human_validation"):
         assert (stage / f"{fig}.png").is_file(), fig
+
+
+def test_interrupted_variant_resumes_from_its_last_checkpoint(tmp_path, tiny_model_path, monkeypatch):
+    """Killed after epoch 1 of 3, a rerun continues from that checkpoint instead of retraining;
+    a changed setup starts over rather than mixing runs."""
+    import json
+
+    from transformers import Trainer
+
+    params = _params(tmp_path)
+    frame = synthetic_frame(n_dialogues=12)
+    splits = rm.split_by_context(frame, params.reward_model.valid_fraction, params.reward_model.test_fraction, params.seed)
+    original = Trainer._save_checkpoint
+
+    def save_then_die(self, *a, **k):
+        original(self, *a, **k)
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        rm.train_variant(params, "classification", splits)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", original)
+    out = rm.reward_model_dir(params, "classification")
+    first = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert len(first) == 1 and not (out / "metrics.json").exists()
+
+    calls = []
+    step = Trainer.training_step
+    monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    result = rm.train_variant(params, "classification", splits)
+    monkeypatch.setattr(Trainer, "training_step", step)
+    done_before = int(first[0].split("-")[1])  # one epoch's optimiser steps
+    assert result.metrics["resumed_from"] == first[0]
+    assert result.metrics["epochs_run"] == pytest.approx(params.reward_model.epochs)
+    assert len(calls) == done_before * (params.reward_model.epochs - 1)  # only the remaining epochs ran
+    assert (out / "metrics.json").is_file() and not (out / "checkpoints").exists()
+
+    # the same interruption, then a different learning rate: the stale checkpoint is not reused
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        rm.train_variant(params, "classification", splits, force=True)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", original)
+    changed = _params(tmp_path, **{"reward_model.learning_rate": 1e-3})
+    again = rm.train_variant(changed, "classification", splits)
+    assert again.metrics["resumed_from"] is None
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"] is None
