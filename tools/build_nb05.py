@@ -36,7 +36,10 @@ write_notebook(
         print(json.dumps({k: v for k, v in params.evaluation.model_dump().items() if k != "systems"}, indent=1))
         pd.DataFrame([s.model_dump() for s in params.evaluation.systems])
         """),
-        ("md", "## Run every system through the protocol (resumes per case)"),
+        ("md", "## Run every system through the protocol (resumes per case)\n\n"
+               "All systems advance together, turn by turn: one user-simulator call and one critic call per turn\n"
+               "serve every system's conversations, while each system's own policy (prompt style, adapter) writes\n"
+               "its supporter turns. Each system keeps its own `transcripts.jsonl` and `metrics.json`."),
         ("code", """
         table = evaluate.run_evaluation(params)
         for s in table.attrs["skipped"]:
