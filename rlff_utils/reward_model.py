@@ -989,12 +989,32 @@ def survey_dialogues(params: "RunParams") -> tuple[list, list[str]]:
     return sorted(sample, key=lambda d: d.id), notes
 
 
-def _spearman_row(signal: str, x: pd.Series, y: pd.Series) -> dict[str, Any]:
+def spearman_bootstrap_ci(x, y, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of Spearman's rho, resampling (x, y) pairs: with a few dozen
+    dialogues the p-value alone hides how wide the plausible range is. Resamples whose ranks are
+    constant (rho undefined) are left out."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))
+    rx, ry = rankdata(x[idx], axis=1), rankdata(y[idx], axis=1)
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    denom = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
+    rho = np.divide((rx * ry).sum(1), denom, out=np.full(samples, np.nan), where=denom > 0)
+    rho = rho[np.isfinite(rho)]
+    if not len(rho):
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(rho, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _spearman_row(signal: str, x: pd.Series, y: pd.Series, seed: int = 0) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     ok = x.notna() & y.notna()
     x, y = x[ok], y[ok]
-    row = {"signal": signal, "n": int(ok.sum()), "spearman": math.nan, "p_value": math.nan, "note": ""}
+    row = {"signal": signal, "n": int(ok.sum()), "spearman": math.nan, "p_value": math.nan,
+           "ci95_low": math.nan, "ci95_high": math.nan, "note": ""}
     if len(x) < 3:
         row["note"] = "fewer than 3 dialogues with both values"
     elif x.nunique() < 2 or y.nunique() < 2:
@@ -1002,6 +1022,7 @@ def _spearman_row(signal: str, x: pd.Series, y: pd.Series) -> dict[str, Any]:
     else:
         res = spearmanr(x, y)
         row["spearman"], row["p_value"] = float(res.statistic), float(res.pvalue)
+        row["ci95_low"], row["ci95_high"] = spearman_bootstrap_ci(x, y, seed=seed)
     return row
 
 
@@ -1091,9 +1112,9 @@ def validate_against_humans(params: "RunParams", variant: str | None = None, for
             notes.append(f"critic named no label for {unparsed} dialogue(s): left out of its correlation")
     correlations = pd.DataFrame(
         [
-            _spearman_row(f"reward model ({variant})", frame["rm_score"], frame["intensity_drop"]),
-            _spearman_row("critic", frame["critic_score"], frame["intensity_drop"]),
-            _spearman_row("reward model vs critic", frame["rm_score"], frame["critic_score"]),
+            _spearman_row(f"reward model ({variant})", frame["rm_score"], frame["intensity_drop"], params.seed),
+            _spearman_row("critic", frame["critic_score"], frame["intensity_drop"], params.seed),
+            _spearman_row("reward model vs critic", frame["rm_score"], frame["critic_score"], params.seed),
         ]
     )
     frame.to_csv(csv_path, index=False)
@@ -1102,8 +1123,12 @@ def validate_against_humans(params: "RunParams", variant: str | None = None, for
         "variant": variant,
         "dialogues": int(len(frame)),
         "rm_spearman": rho["spearman"].iloc[0],
+        "rm_ci95_low": rho["ci95_low"].iloc[0],
+        "rm_ci95_high": rho["ci95_high"].iloc[0],
         "rm_p_value": rho["p_value"].iloc[0],
         "critic_spearman": rho["spearman"].iloc[1],
+        "critic_ci95_low": rho["ci95_low"].iloc[1],
+        "critic_ci95_high": rho["ci95_high"].iloc[1],
         "critic_p_value": rho["p_value"].iloc[1],
         "n_critic": int(rho["n"].iloc[1]),
     }

@@ -143,6 +143,25 @@ def test_dataset_builders():
     assert rank["chosen"][0] == rm.format_input(frame.loc[pairs["chosen"][0], "history"], frame.loc[pairs["chosen"][0], "candidate_reply"], 4)
 
 
+def test_spearman_bootstrap_interval():
+    """A perfect monotone relation gives [1, 1]; a noisy one an interval around its estimate that
+    narrows with more data."""
+    from scipy.stats import spearmanr
+
+    x = np.arange(20.0)
+    assert rm.spearman_bootstrap_ci(x, x**3) == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (20, 400):
+        a = rng.normal(size=n)
+        b = a + rng.normal(scale=1.5, size=n)
+        lo, hi = rm.spearman_bootstrap_ci(a, b, seed=1)
+        assert lo < spearmanr(a, b).statistic < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+    assert all(math.isnan(v) for v in rm.spearman_bootstrap_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+
+
 def test_metrics_perfect_and_degenerate():
     frame = synthetic_frame(n_dialogues=3)
     perfect = frame.assign(score=frame["r_fut"].rank() / len(frame))
@@ -299,6 +318,9 @@ def test_human_validation_on_real_esconv(trained, data_dir, monkeypatch):
     assert list(hv.correlations["n"])[0] == 5 and len(hv.correlations) == 3
     used = {c["dialogue_id"] for c in load_contexts(params)}
     assert not used & set(hv.frame["dialogue_id"])
+    c = hv.correlations.iloc[0]
+    if math.isfinite(c["spearman"]):
+        assert c["ci95_low"] <= c["spearman"] <= c["ci95_high"]
     again = rm.validate_against_humans(params)  # cached: same numbers, no model call needed
     pd.testing.assert_frame_equal(again.frame, hv.frame, check_dtype=False)
 
