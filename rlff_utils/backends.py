@@ -127,19 +127,9 @@ class HFEngine:
     def prompt_text(self, conversation: Conversation) -> str:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
-    def encode(self, texts: list[str]):
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-
-    def _left_pad(self, batch: list[list[int]]):
-        import torch
-
-        width = max(len(r) for r in batch)
-        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-        return ids, mask
+    def encode(self, token_ids: list[list[int]]):
+        """Left-padded batch tensors on the model's device from already tokenised rows."""
+        return self.tokenizer.pad({"input_ids": token_ids}, padding=True, return_tensors="pt").to(self.device)
 
     def generate_shared_prefix(self, enc, k: int, kwargs: dict[str, Any]):
         """``generate`` with ``k`` samples per prompt, reading each prompt once: the prompts
@@ -165,35 +155,35 @@ class HFEngine:
         import torch
 
         m = len(choices)
-        ids, mask = self._left_pad(prompts)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         dev = self.device
+        enc = self.encode(prompts)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                             use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
             scores = first[:, [c[0] for c in choices]].clone()  # [B, m]
             rest = max(len(c) for c in choices) - 1
             if rest:
                 cache = out.past_key_values
                 cache.batch_repeat_interleave(m)
                 b = len(prompts)
-                cont = torch.full((b * m, rest), self.tokenizer.pad_token_id, dtype=torch.long)
-                cont_mask = torch.zeros((b * m, rest), dtype=torch.long)
+                cont = torch.full((b * m, rest), self.tokenizer.pad_token_id, dtype=torch.long, device=dev)
+                cont_mask = torch.zeros((b * m, rest), dtype=torch.long, device=dev)
                 for j, c in enumerate(choices):
                     if len(c) > 1:
-                        cont[j::m, : len(c) - 1] = torch.tensor(c[:-1])
+                        cont[j::m, : len(c) - 1] = torch.tensor(c[:-1], device=dev)
                         cont_mask[j::m, : len(c) - 1] = 1
                 lengths = mask.sum(-1).repeat_interleave(m)
-                cont_pos = lengths[:, None] + torch.arange(rest)[None, :]
+                cont_pos = lengths[:, None] + torch.arange(rest, device=dev)[None, :]
                 full_mask = torch.cat([mask.repeat_interleave(m, dim=0), cont_mask], dim=1)
-                out2 = self.model(input_ids=cont.to(dev), attention_mask=full_mask.to(dev),
-                                  position_ids=cont_pos.to(dev), past_key_values=cache, use_cache=False)
-                lp = torch.log_softmax(out2.logits.float(), dim=-1).cpu()  # [B*m, rest, V]
+                out2 = self.model(input_ids=cont, attention_mask=full_mask, position_ids=cont_pos,
+                                  past_key_values=cache, use_cache=False)
+                lp = torch.log_softmax(out2.logits.float(), dim=-1)  # [B*m, rest, V]
                 for j, c in enumerate(choices):
                     for k, tok in enumerate(c[1:]):
                         scores[:, j] += lp[j::m, k, tok]
-        return scores.tolist()
+        return scores.cpu().tolist()
 
 
 class HFBackend:
@@ -217,8 +207,8 @@ class HFBackend:
         sample = temperature > 0
         k = n if sample else 1  # greedy samples are identical: generate once, repeat
         per_chunk = max(1, role.batch_size // k)
-        prompts = [eng.prompt_text(c) for c in conversations]
-        order = _by_length([len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]])
+        prompts = tok([eng.prompt_text(c) for c in conversations], add_special_tokens=False)["input_ids"]
+        order = _by_length([len(ids) for ids in prompts])
         out: list[list[str] | None] = [None] * len(prompts)
         t0 = time.perf_counter()
         for ci, start in enumerate(range(0, len(prompts), per_chunk)):

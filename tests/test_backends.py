@@ -46,7 +46,7 @@ def test_hf_samples_share_one_prompt_pass(tiny):
     import torch
 
     eng = tiny.engine
-    enc = eng.encode([eng.prompt_text(c) for c in (CONV_A, CONV_B)])
+    enc = eng.encode(eng.tokenizer([eng.prompt_text(c) for c in (CONV_A, CONV_B)], add_special_tokens=False)["input_ids"])
     kw = dict(max_new_tokens=6, do_sample=True, top_k=0, eos_token_id=eng.end_ids, pad_token_id=eng.tokenizer.pad_token_id)
     with torch.inference_mode():
         torch.manual_seed(3)
