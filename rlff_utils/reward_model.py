@@ -992,7 +992,8 @@ def survey_dialogues(params: "RunParams") -> tuple[list, list[str]]:
 def spearman_bootstrap_ci(x, y, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of Spearman's rho, resampling (x, y) pairs: with a few dozen
     dialogues the p-value alone hides how wide the plausible range is. Resamples whose ranks are
-    constant (rho undefined) are left out."""
+    constant (rho undefined) are left out; ``scipy.stats.bootstrap`` would instead return NaN for
+    the whole interval as soon as one resample is constant, which small samples hit often."""
     from scipy.stats import rankdata
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
