@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -73,8 +74,22 @@ def render_html(notebook: Path) -> Path:
     return out
 
 
+# Headless kernels render tqdm's text bars, the right form for executed copies and HTML reports;
+# tqdm's hint to install ipywidgets for graphical bars is noise there (in JupyterLab it stays).
+_KERNEL_WARNINGS = "ignore:IProgress not found"
+
+
+def _kernel_env() -> None:
+    """Environment the notebook kernels inherit from this process."""
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if _KERNEL_WARNINGS not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, _KERNEL_WARNINGS]))
+
+
 def execute_stage(stage: Stage, params: RunParams, overrides: dict[str, Any], html: bool = True) -> Path:
     import papermill as pm
+
+    _kernel_env()
 
     out = params.run_dir / f"{stage.name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ def test_notebook_01_runs_and_renders(ci_params, tmp_path):
     out = pipeline.run_pipeline(ci_params.source, only=["01"], overrides={"output_root": str(tmp_path / "outputs")})
     assert out[0].exists() and out[0].with_suffix(".html").exists()
     assert (tmp_path / "outputs" / "ci" / "data" / "contexts").is_dir()
+    assert "IProgress not found" not in out[0].read_text()  # headless kernels: no ipywidgets hint
     res = json.loads((tmp_path / "outputs" / "ci" / "resources.json").read_text())
     # the kernel loads torch, pandas and the data: more than a bare interpreter, far below the budget
     assert res["notebooks"] == ["01_data_prep"] and 100 < res["peak_kernel_rss_mib"] < 8 * 1024
