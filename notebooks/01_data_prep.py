@@ -1,0 +1,82 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Data preparation
+#
+# RLFF-ESC learns from **contexts**: prefixes of real emotional-support dialogues that end in a
+# seeker turn. In the next notebook the policy answers each context several times and every answer
+# is rolled forward by simulated agents to see where it leads.
+#
+# This notebook loads ESConv (and ExTES when configured) into one dialogue schema, samples the
+# contexts, builds the evaluation cases (ESConv: PPDPP's 130-case test split, where the seeker opens
+# with the case's situation) and writes everything to `outputs/<run>/data/`.
+
+# %% tags=["parameters"]
+params_file = "../params/smoke.yaml"
+overrides = {}
+
+# %%
+from IPython.display import display
+import pandas as pd
+
+from rlff_utils import data, plots
+from rlff_utils.params import load_params
+
+params = load_params(params_file, overrides)
+print(f"run {params.run_name!r} -> {params.run_dir}")
+
+# %% [markdown]
+# ## Load, build contexts and evaluation cases, save
+
+# %%
+prepared = data.prepare_data(params)
+for report in prepared.reports:
+    print(report)
+pd.DataFrame(
+    {"dialogues": [len(prepared.dialogues)], "evaluation dialogues": [len(prepared.eval_dialogues)],
+     "contexts": [len(prepared.contexts)], "evaluation cases": [len(prepared.eval_cases)]}
+)
+
+# %% [markdown]
+# ## The corpus at a glance
+
+# %%
+frame = data.dialogues_frame(prepared.dialogues)
+display(frame.groupby(["dataset", "split"]).agg(dialogues=("id", "count"), mean_turns=("turns", "mean")).round(1))
+strategies = pd.DataFrame(
+    [{"dataset": ds, "strategy": s, "count": n} for (ds, s), n in data.strategy_counts(prepared.dialogues).items()]
+).sort_values("count", ascending=False)
+fig = plots.plot_data_overview(frame, strategies, params.run_dir / "data" / "overview.png")
+
+# %% [markdown]
+# The seeker's own survey (ESConv) gives a **human signal** of how much a conversation helped:
+# initial minus final emotion intensity. Notebook 03 checks the reward model and the critic against it.
+
+# %%
+survey = frame.dropna(subset=["intensity_drop"])
+print(f"{len(survey)} dialogues report both intensities; mean drop {survey.intensity_drop.mean():.2f}")
+survey.groupby("emotion_type").intensity_drop.agg(["count", "mean"]).round(2).sort_values("count", ascending=False)
+
+# %% [markdown]
+# ## A context and an evaluation case
+
+# %%
+ctx = prepared.contexts[0]
+print(f"context {ctx['context_id']} ({ctx['emotion_type']}, {ctx['problem_type']})\nsituation: {ctx['situation']}\n")
+for turn in ctx["history"][-6:]:
+    print(f"{turn['speaker']:>9}: {turn['text']}")
+print(f"\nreal reply ({ctx['reference_strategy']}): {ctx['reference_reply']}")
+pd.DataFrame(prepared.eval_cases[:5])

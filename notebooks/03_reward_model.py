@@ -1,0 +1,159 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · The future-oriented reward model
+#
+# Stage 2 of RLFF-ESC. Notebook 02 rolled every candidate reply $a$ of a context $s$ forward with a
+# simulated seeker and scored where the conversation ended up:
+#
+# $$R_\text{fut}(s, a) = v_\text{end} + \lambda\,\frac{T - t_\text{end}}{T}\,\mathbb 1[\text{goal reached}],$$
+#
+# the critic's final judgement $v_\text{end}\in[-1, 1]$ plus a bonus for reaching the goal early. Simulating
+# is far too slow to score the thousands of samples GRPO draws, so a model $r_\phi(s, a)$ learns to predict it
+# from the context and the reply alone. Three ways to learn it, all on the same backbone with LoRA and a
+# fresh score head:
+#
+# | variant | target | loss | score given to GRPO |
+# |---|---|---|---|
+# | **classification** (the paper's) | $y = \mathbb 1[R_\text{fut} \ge \delta]$ | $-\,y\log p_\phi - (1-y)\log(1-p_\phi)$ | $p_\phi(y{=}1 \mid s, a)$ |
+# | **regression** | $R_\text{fut}$ | $(r_\phi - R_\text{fut})^2$ | $r_\phi$ |
+# | **ranking** (Bradley–Terry) | pairs $a^+ \succ a^-$ of one context | $-\log\sigma\big(r_\phi(s,a^+) - r_\phi(s,a^-)\big)$ | $r_\phi$ |
+#
+# The paper found classification far better than ranking after GRPO (success rate 41.5 % vs 26.9 %) and a
+# **random**, untrained reward model collapsing training (18.5 %); the random head is scored here as a
+# reference. The classifier hands GRPO a *probability*, not the 0/1 label: with hard labels most groups of
+# answers would tie, and a group without reward variance teaches nothing.
+
+# %% tags=["parameters"]
+params_file = "../params/smoke.yaml"
+overrides = {}
+
+# %%
+from IPython.display import display
+import pandas as pd
+
+from rlff_utils import reward_model as rm
+from rlff_utils.params import load_params
+
+params = load_params(params_file, overrides)
+print(f"run {params.run_name!r}: backbone {params.models.reward_backbone.name}, "
+      f"variants {params.reward_model.variants} -> {params.run_dir / 'reward_model'}")
+
+# %% [markdown]
+# ## The reward dataset and its split
+#
+# One row per simulated candidate. The split is by **dialogue** (so no context, and no shared history, is on
+# two sides): held-out numbers then measure judging new conversations, not remembering old ones. The ranking
+# pairs are all candidate pairs of one context whose $R_\text{fut}$ differ, the higher one preferred.
+
+# %%
+frame = rm.load_reward_frame(params)
+splits = rm.split_by_context(frame, params.reward_model.valid_fraction, params.reward_model.test_fraction, params.seed)
+splits.summary().round(3)
+
+# %% [markdown]
+# Every input goes through one function, `format_input`, in training and when GRPO scores: the last
+# turns of the context and the reply's *visible* part (a `<think>…</think>` block and a strategy tag are
+# removed, since the seeker never reads them). Too-long inputs lose their oldest turns, never the reply.
+
+# %%
+row = splits.train.iloc[0]
+print(rm.format_input(row["history"], row["candidate_reply"], rm.history_turns(params)))
+print(f"\nR_fut = {row['r_fut']:.3f}, label = {row['label']}")
+
+# %% [markdown]
+# ## Training and the comparison
+#
+# Classification and regression: `AutoModelForSequenceClassification` + LoRA with transformers' `Trainer`;
+# ranking: TRL's `RewardTrainer` on pre-tokenised pairs. All with early stopping on the validation loss and
+# the run's seed. A variant already trained for this run is reused (`reward_model.retrain: true` trains
+# again). Held-out metrics: accuracy and F1 of the classifier at $p = 0.5$; ROC-AUC against the label and
+# Spearman $\rho$ against $R_\text{fut}$ for every variant (both ignore the score's scale); pairwise accuracy on
+# the test split's ranking pairs (ties count ½). Values that are undefined on this split (for example AUC when
+# every test label is equal) are NaN, with the reason in `notes`.
+
+# %%
+report = rm.train_reward_models(params, frame=frame)
+report.comparison.round(3)
+
+# %%
+rm.plot_learning_curves(report.log_frame(), params.run_dir / "reward_model" / "learning_curves.png");
+
+# %% [markdown]
+# ### Scores by label
+#
+# A useful reward model separates the candidates the simulation judged good ($R_\text{fut} \ge \delta$) from the
+# others; overlap is noise in GRPO's advantages.
+
+# %%
+rm.plot_score_distributions(report.predictions, params.run_dir / "reward_model" / "score_distributions.png");
+
+# %% [markdown]
+# ### Calibration of the classifier
+#
+# GRPO normalises rewards within a group, so calibration is not needed for training; it matters for reading
+# $p_\phi$ as "chance this reply leads to a good outcome".
+
+# %%
+rm.plot_calibration(report.predictions, params.run_dir / "reward_model" / "calibration.png");
+
+# %% [markdown]
+# ## The reward function GRPO uses
+#
+# `rm.load_reward_function(params)` returns a picklable callable with TRL's reward-function signature
+# `f(prompts, completions, history=..., **kwargs) -> list[float]` for the variant in `grpo.reward_model`. It
+# loads the saved adapter once per process, scores in batches without gradients and strips reasoning before
+# scoring. Here it scores all candidates of two held-out contexts, next to their simulated $R_\text{fut}$:
+
+# %%
+rm.reward_examples(params, splits.test, n_contexts=2).style.set_properties(
+    subset=["candidate_reply"], **{"white-space": "pre-wrap", "text-align": "left"}).format(precision=3)
+
+# %% [markdown]
+# ## Validation against human signals
+#
+# Everything above checks the reward model against the *simulator*. ESConv also has a human signal: after each
+# conversation the seeker reported their emotional intensity before and after (1–5). On real ESConv dialogues
+# that the simulation never used we compute
+#
+# * the reward model's mean score of the real supporter's replies, each given its history
+#   (`reward_model.human_validation_turns` evenly spaced replies per dialogue);
+# * the critic's judgement of the real dialogue, seeing its last `data.max_history_turns` turns as it does at
+#   the end of a simulated rollout (the judge behind $v_\text{end}$);
+#
+# and their Spearman correlation with the seeker's **intensity drop** (initial − final). Neither was trained on
+# this signal; whatever the numbers are, they say how far the simulated reward tracks what seekers felt. With the
+# small embedded model, expect little.
+
+# %%
+hv = rm.validate_against_humans(params)
+for note in hv.notes:
+    print("note:", note)
+hv.correlations.round(3)
+
+# %%
+rm.plot_human_validation(hv, params.run_dir / "reward_model" / "human_validation.png");
+
+# %% [markdown]
+# ## Artefacts
+#
+# Under `reward_model/`: per variant `adapter/` (LoRA + score head), `rm_config.json`, `metrics.json`,
+# `test_predictions.csv`, `log_history.json`; `comparison.csv`, `splits.csv`, `human_validation.{csv,json}`
+# and the figures. Notebook 04 reads the adapter of `grpo.reward_model` through `load_reward_function`.
+
+# %%
+sorted(str(p.relative_to(params.run_dir)) for p in (params.run_dir / "reward_model").rglob("*")
+       if p.is_file() and "adapter" not in p.parts)

@@ -1,0 +1,107 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Evaluation: success rate, turns, response quality
+#
+# The interactive protocol of PPDPP (used by RLFF-ESC): every evaluation case starts with the seeker
+# stating their situation. The system under test answers (its reasoning is stripped: the seeker only
+# sees the reply), the **evaluation** user simulator answers as the seeker, and the **evaluation** critic
+# judges after every seeker turn whether the problem is solved (worse / same / better / solved →
+# −1 / −0.5 / 0.5 / 1). A conversation succeeds when the critic's score exceeds the threshold (0.5) and
+# ends at the turn cap (paper: 8) otherwise.
+#
+# - **SR** — share of cases solved; **AT** — mean turns, failures counted as the cap;
+# - **SR@k** — share solved within k turns; 95% intervals by bootstrap over cases.
+#
+# The evaluation simulator and critic are separate roles from the training ones (paper: GPT-4o), so the
+# policy is not judged by the model whose judgements it was trained on. Systems compared: the vanilla
+# prompt, chain-of-strategy prompting, the base model with the reasoning prompt, the RLFF-ESC policy
+# (base + the adapter from notebook 04), and ablation adapters when they exist.
+
+# %% tags=["parameters"]
+params_file = "../params/smoke.yaml"
+overrides = {}
+
+# %%
+import json
+from IPython.display import display
+import pandas as pd
+
+from rlff_utils import evaluate, plots
+from rlff_utils.params import load_params
+from rlff_utils.simulate import format_transcript
+
+params = load_params(params_file, overrides)
+out = params.stage_dir("evaluation")
+print(json.dumps({k: v for k, v in params.evaluation.model_dump().items() if k != "systems"}, indent=1))
+pd.DataFrame([s.model_dump() for s in params.evaluation.systems])
+
+# %% [markdown]
+# ## Run every system through the protocol (resumes per case)
+#
+# All systems advance together, turn by turn: one user-simulator call and one critic call per turn
+# serve every system's conversations, while each system's own policy (prompt style, adapter) writes
+# its supporter turns. Each system keeps its own `transcripts.jsonl` and `metrics.json`.
+
+# %%
+table = evaluate.run_evaluation(params)
+for s in table.attrs["skipped"]:
+    print(f"skipped {s['system']}: {s['reason']}")
+display(table.round(3))
+fig = plots.plot_system_bars(table, out / "sr_at.png")
+
+# %% [markdown]
+# ## SR@k and success per emotion type
+
+# %%
+long = pd.DataFrame(
+    [{"system": s, "k": k, "SR@k": v}
+     for s in table.system
+     for k, v in enumerate(json.loads((out / s / "metrics.json").read_text())["SR_at_k"], 1)]
+)
+fig = plots.plot_sr_at_k(long, out / "sr_at_k.png")
+per_emotion = pd.DataFrame(
+    {s: {e: v["SR"] for e, v in json.loads((out / s / "metrics.json").read_text())["SR_by_emotion"].items()}
+     for s in table.system}
+)
+per_emotion.round(2)
+
+# %% [markdown]
+# ## A conversation of the RLFF-ESC policy and of the vanilla baseline
+
+# %%
+main = evaluate.main_system(params)
+for system in dict.fromkeys([main, table.system.iloc[0]]):
+    record = evaluate.load_transcripts(params, system)[0]
+    print(f"=== {system} | case {record['case_id']} | {record['end_reason']} after {record['turns_used']} turns")
+    print(format_transcript(record, context_turns=1), "\n")
+
+# %% [markdown]
+# ## Response quality: pairwise judge and a blind sheet for human annotators
+#
+# The paper's human-evaluation criteria (fluency, empathy, identification, suggestion, overall). An LLM
+# judge compares the main system with each baseline on the same case **in both orders**; a win needs
+# the preference in both orders, so position bias turns into ties instead of fake wins. Unparsable
+# answers are counted, not guessed. The same pairs go to `human_sheet.csv` with randomised sides; the
+# key is written apart (`human_sheet_key/key.csv`) and `evaluate.score_human_sheet` scores a filled sheet.
+
+# %%
+rates = evaluate.run_quality(params)
+if len(rates):
+    display(rates.round(2))
+    fig = plots.plot_win_rates(rates, out / "win_rates.png")
+else:
+    print("no baseline to compare with")

@@ -1,0 +1,464 @@
+"""The run folder contract: where every artefact of a run lives, what each stage ran with, and
+who is writing it.
+
+    outputs/<run>/
+      data/           01  dialogues/ contexts/ eval_cases/ stats.json overview.png
+      simulation/     02  trajectories.jsonl reward_dataset.jsonl reward_dataset_meta.json summary.json prompts.json
+      reward_model/   03  <variant>/{adapter,metrics.json,...} comparison.csv splits.csv human_validation.json
+      policy/         04  adapter/ checkpoints/ curves.csv log_history.json train_summary.json grpo_config.json
+      evaluation/     05  <system>/{transcripts.jsonl,metrics.json} judgements.csv win_rates.csv human_sheet.csv
+      report/         06  tables, figures, index
+      NN_name.ipynb / .html    executed notebooks; timing.json, resources.json, summary.json
+
+Every stage folder holds ``stage.json``: the settings the stage ran with (the params sections it
+depends on, see :data:`SETTINGS`) and a hash of each upstream stage's settings. Before a stage
+reuses or resumes anything, :func:`begin_stage` compares that record with the current params:
+same → reuse/resume; different → :class:`StaleStageError` naming the changed fields; an upstream
+stage that changed invalidates everything downstream. ``.lock`` (pid and host of the holder)
+refuses a second writer on the same stage folder. Fields that change how fast a stage runs but
+not what it computes (batch sizes, timeouts, devices, ...) are left out of the comparison.
+
+All JSON goes through :func:`write_json` (atomic; NaN/inf written as ``null``) and
+:func:`read_json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .params import RunParams
+
+# --------------------------------------------------------------------------------------------
+# Stages and their dependencies
+# --------------------------------------------------------------------------------------------
+
+DATA, SIMULATION, REWARD_MODEL, POLICY, EVALUATION, REPORT = (
+    "data", "simulation", "reward_model", "policy", "evaluation", "report")
+STAGES = (DATA, SIMULATION, REWARD_MODEL, POLICY, EVALUATION, REPORT)
+NOTEBOOK_STAGE = {"01": DATA, "02": SIMULATION, "03": REWARD_MODEL, "04": POLICY, "05": EVALUATION, "06": REPORT}
+
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    DATA: (),
+    SIMULATION: (DATA,),
+    REWARD_MODEL: (DATA, SIMULATION),
+    POLICY: (DATA, REWARD_MODEL),
+    EVALUATION: (DATA, POLICY),
+    REPORT: (),
+}
+
+# The params (dotted paths) whose values decide what a stage computes.
+SETTINGS: dict[str, tuple[str, ...]] = {
+    DATA: ("seed", "data"),
+    SIMULATION: ("seed", "models.policy", "models.system", "models.user_sim", "models.critic", "simulation"),
+    REWARD_MODEL: ("seed", "models.reward_backbone", "models.critic", "reward_model", "validation"),
+    POLICY: ("seed", "models.policy", "grpo"),
+    EVALUATION: ("seed", "models.policy", "models.eval_user_sim", "models.eval_critic", "models.judge", "evaluation"),
+    REPORT: (),
+}
+
+# Leaf names that change speed, resources or bookkeeping, not results: never compared.
+EXECUTION_FIELDS = frozenset({
+    "batch_size", "device", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
+    "tensor_parallel_size", "enable_prefix_caching", "max_model_len", "enable_lora", "max_lora_rank",
+    "api_key_env", "retrain", "save_steps", "save_total_limit", "logging_steps", "num_processes",
+    "accelerate_config", "vllm_gpu_memory_utilization", "max_steps", "variants", "systems", "judge_pairs",
+    "human_sheet_rows", "bootstrap_samples", "trainer_execution",
+})
+
+STAGE_RECORD = "stage.json"
+LOCK = ".lock"
+
+
+class StaleStageError(RuntimeError):
+    """A stage folder holds results computed with other settings; the message names them."""
+
+
+class StageLockedError(RuntimeError):
+    """Another live process is writing the same stage folder."""
+
+
+class MissingStageError(FileNotFoundError):
+    """A stage needs an upstream stage that has not finished."""
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+
+class RunLayout:
+    """Every artefact path of one run folder. Writers and readers both go through these names."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.root = Path(run_dir)
+
+    def stage(self, stage: str) -> Path:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+        return self.root / stage
+
+    # run level
+    @property
+    def timing(self) -> Path: return self.root / "timing.json"
+    @property
+    def resources(self) -> Path: return self.root / "resources.json"
+    @property
+    def summary(self) -> Path: return self.root / "summary.json"
+    def notebook(self, name: str) -> Path: return self.root / f"{name}.ipynb"
+
+    # 01 data
+    @property
+    def dialogues(self) -> Path: return self.stage(DATA) / "dialogues"
+    @property
+    def contexts(self) -> Path: return self.stage(DATA) / "contexts"
+    @property
+    def eval_cases(self) -> Path: return self.stage(DATA) / "eval_cases"
+    @property
+    def data_stats(self) -> Path: return self.stage(DATA) / "stats.json"
+    @property
+    def data_overview_png(self) -> Path: return self.stage(DATA) / "overview.png"
+
+    # 02 simulation
+    @property
+    def trajectories(self) -> Path: return self.stage(SIMULATION) / "trajectories.jsonl"
+    @property
+    def reward_dataset(self) -> Path: return self.stage(SIMULATION) / "reward_dataset.jsonl"
+    @property
+    def reward_dataset_meta(self) -> Path: return self.stage(SIMULATION) / "reward_dataset_meta.json"
+    @property
+    def simulation_summary(self) -> Path: return self.stage(SIMULATION) / "summary.json"
+    @property
+    def simulation_png(self) -> Path: return self.stage(SIMULATION) / "simulation.png"
+    def prompts(self, stage: str = SIMULATION) -> Path: return self.stage(stage) / "prompts.json"
+
+    # 03 reward model
+    def variant_dir(self, variant: str) -> Path: return self.stage(REWARD_MODEL) / variant
+    def rm_adapter(self, variant: str) -> Path: return self.variant_dir(variant) / "adapter"
+    def rm_metrics(self, variant: str) -> Path: return self.variant_dir(variant) / "metrics.json"
+    def rm_predictions(self, variant: str) -> Path: return self.variant_dir(variant) / "test_predictions.csv"
+    def rm_config(self, variant: str) -> Path: return self.variant_dir(variant) / "rm_config.json"
+    def rm_log_history(self, variant: str) -> Path: return self.variant_dir(variant) / "log_history.json"
+    def rm_skipped(self, variant: str) -> Path: return self.variant_dir(variant) / "skipped.json"
+    def rm_checkpoints(self, variant: str) -> Path: return self.variant_dir(variant) / "checkpoints"
+    @property
+    def rm_splits(self) -> Path: return self.stage(REWARD_MODEL) / "splits.csv"
+    @property
+    def rm_comparison(self) -> Path: return self.stage(REWARD_MODEL) / "comparison.csv"
+    @property
+    def human_validation_csv(self) -> Path: return self.stage(REWARD_MODEL) / "human_validation.csv"
+    @property
+    def human_validation(self) -> Path: return self.stage(REWARD_MODEL) / "human_validation.json"
+    def rm_figure(self, name: str) -> Path: return self.stage(REWARD_MODEL) / f"{name}.png"
+
+    # 04 policy
+    @property
+    def adapter(self) -> Path: return self.stage(POLICY) / "adapter"
+    @property
+    def grpo_checkpoints(self) -> Path: return self.stage(POLICY) / "checkpoints"
+    @property
+    def grpo_config(self) -> Path: return self.stage(POLICY) / "grpo_config.json"
+    @property
+    def grpo_log_history(self) -> Path: return self.stage(POLICY) / "log_history.json"
+    @property
+    def grpo_curves(self) -> Path: return self.stage(POLICY) / "curves.csv"
+    @property
+    def grpo_curves_png(self) -> Path: return self.stage(POLICY) / "curves.png"
+    @property
+    def train_summary(self) -> Path: return self.stage(POLICY) / "train_summary.json"
+    @property
+    def samples_before_after(self) -> Path: return self.stage(POLICY) / "samples_before_after.jsonl"
+    @property
+    def subprocess_params(self) -> Path: return self.stage(POLICY) / "run_params.yaml"
+
+    # 05 evaluation
+    def system_dir(self, system: str) -> Path: return self.stage(EVALUATION) / system
+    def transcripts(self, system: str) -> Path: return self.system_dir(system) / "transcripts.jsonl"
+    def system_metrics(self, system: str) -> Path: return self.system_dir(system) / "metrics.json"
+    def all_system_metrics(self) -> list[Path]: return sorted(self.stage(EVALUATION).glob("*/metrics.json"))
+    @property
+    def skipped_systems(self) -> Path: return self.stage(EVALUATION) / "skipped_systems.json"
+    @property
+    def judgements(self) -> Path: return self.stage(EVALUATION) / "judgements.csv"
+    @property
+    def win_rates(self) -> Path: return self.stage(EVALUATION) / "win_rates.csv"
+    @property
+    def human_sheet(self) -> Path: return self.stage(EVALUATION) / "human_sheet.csv"
+    @property
+    def human_sheet_key(self) -> Path: return self.stage(EVALUATION) / "human_sheet_key" / "key.csv"
+
+    # 06 report
+    @property
+    def report(self) -> Path: return self.stage(REPORT)
+
+    def record(self, stage: str) -> Path: return self.stage(stage) / STAGE_RECORD
+    def lock(self, stage: str) -> Path: return self.stage(stage) / LOCK
+
+
+def layout(params: "RunParams") -> RunLayout:
+    return RunLayout(params.run_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON: one writer, one NaN policy (null)
+# --------------------------------------------------------------------------------------------
+
+
+def json_ready(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars unwrapped, NaN/inf → None, paths and tuples as str/list."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return json_ready(obj.item())
+    if hasattr(obj, "model_dump"):
+        return json_ready(obj.model_dump(mode="json"))
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    return str(obj)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(json_ready(obj), indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: str | os.PathLike, default: Any = ...) -> Any:
+    """The JSON at ``path``; ``default`` when the file is absent (given), else FileNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        if default is ...:
+            raise FileNotFoundError(f"{path} not found")
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage records
+# --------------------------------------------------------------------------------------------
+
+
+def _get(obj: dict[str, Any], dotted: str) -> Any:
+    node: Any = obj
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _strip_execution(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_execution(v) for k, v in value.items() if k not in EXECUTION_FIELDS}
+    return value
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: value}
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(json_ready(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_settings(params: "RunParams", stage: str) -> dict[str, Any]:
+    """The params values the stage's results depend on (execution-only fields left out)."""
+    dumped = params.model_dump(mode="json")
+    return {path: _strip_execution(_get(dumped, path)) for path in SETTINGS[stage]}
+
+
+def read_record(run_dir: str | os.PathLike, stage: str) -> dict[str, Any] | None:
+    return read_json(RunLayout(run_dir).record(stage), default=None)
+
+
+def _upstream_hashes(params: "RunParams", stage: str, require: bool) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    lay = layout(params)
+    for up in UPSTREAM[stage]:
+        rec = read_record(lay.root, up)
+        if rec is None or not rec.get("complete"):
+            if require:
+                number = next(n for n, s in NOTEBOOK_STAGE.items() if s == up)
+                raise MissingStageError(
+                    f"stage {stage!r} needs stage {up!r}, which has not finished in {lay.root}: "
+                    f"run notebook {number} first (python -m rlff_utils.pipeline <params> --from {number})")
+            out[up] = None
+        else:
+            out[up] = rec["hash"]
+    return out
+
+
+def stage_differences(params: "RunParams", stage: str, record: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a stored record and the current params."""
+    diffs = []
+    old = _flatten(record.get("settings", {}), "")
+    new = _flatten(json_ready(stage_settings(params, stage)), "")
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    current_up = _upstream_hashes(params, stage, require=False)
+    for up, h in (record.get("upstream") or {}).items():
+        if current_up.get(up) != h:
+            diffs.append(f"upstream stage {up!r} was rerun with other settings")
+    return diffs
+
+
+def check_stage(params: "RunParams", stage: str) -> dict[str, Any] | None:
+    """The stored record when it matches the current params (None when the stage never ran);
+    :class:`StaleStageError` naming the changed fields otherwise."""
+    lay = layout(params)
+    record = read_record(lay.root, stage)
+    if record is None:
+        return None
+    diffs = stage_differences(params, stage, record)
+    if diffs:
+        number = next(n for n, s in NOTEBOOK_STAGE.items() if s == stage)
+        shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
+        raise StaleStageError(
+            f"{lay.stage(stage)} holds results computed with other settings ({shown}). Nothing was "
+            f"mixed or overwritten. To redo this stage and what depends on it: "
+            f"python -m rlff_utils.pipeline {params.source or '<params>'} --from {number} --force; "
+            f"to keep both, give the run another run_name.")
+    return record
+
+
+def _write_record(params: "RunParams", stage: str, complete: bool, upstream: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    settings = stage_settings(params, stage)
+    record = {
+        "stage": stage,
+        "run_name": params.run_name,
+        "params_file": params.source,
+        "settings": settings,
+        "upstream": upstream,
+        "hash": settings_hash({"settings": settings, "upstream": upstream}),
+        "complete": complete,
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    write_json(record, layout(params).record(stage))
+    return record
+
+
+def reset_stage(params: "RunParams", stage: str) -> None:
+    """Delete a stage's folder (``--force``), after making sure nobody is writing it."""
+    folder = layout(params).stage(stage)
+    if not folder.exists():
+        return
+    with stage_lock(folder):
+        for child in folder.iterdir():
+            if child.name == LOCK:
+                continue
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+@contextlib.contextmanager
+def begin_stage(params: "RunParams", stage: str, force: bool = False, require_upstream: bool = True) -> Iterator[Path]:
+    """Open a stage folder for writing: lock it, check its record against the params (stale →
+    :class:`StaleStageError`; ``force`` → start over), record the settings, yield the folder; on
+    a clean exit mark the record complete. Results already in the folder are valid to reuse."""
+    folder = layout(params).stage(stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    upstream = _upstream_hashes(params, stage, require=require_upstream)
+    with stage_lock(folder):
+        if force:
+            for child in folder.iterdir():
+                if child.name != LOCK:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        else:
+            check_stage(params, stage)
+        _write_record(params, stage, complete=False, upstream=upstream)
+        yield folder
+        _write_record(params, stage, complete=True, upstream=upstream)
+
+
+def stage_is_complete(params: "RunParams", stage: str) -> bool:
+    """The stage finished with the current settings (a stale record raises)."""
+    record = check_stage(params, stage)
+    return bool(record and record.get("complete"))
+
+
+# --------------------------------------------------------------------------------------------
+# Lock
+# --------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def stage_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Exclusive writer lock on a stage folder: ``.lock`` holds the holder's pid and host. A lock
+    left by a dead process on this host is taken over; a live holder → :class:`StageLockedError`.
+    Re-entrant within one process."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    if _held_by_me(path, me):
+        yield
+        return
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            same_host = holder.get("host") == me["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+                path.unlink(missing_ok=True)  # its writer died: take over
+                continue
+            raise StageLockedError(
+                f"{folder} is being written by pid {holder.get('pid')} on {holder.get('host')} "
+                f"(since {holder.get('since')}); wait for it, or remove {path} if that process is gone") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({**me, "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}  # being written, or torn: treated as held by an unknown process
+
+
+def _held_by_me(path: Path, me: dict[str, Any]) -> bool:
+    holder = _read_lock(path)
+    return bool(holder) and holder.get("pid") == me["pid"] and holder.get("host") == me["host"]
