@@ -1,0 +1,97 @@
+"""The run-folder contract: one JSON policy, stage records that refuse stale results, one writer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rlff_utils import runs
+from rlff_utils.params import load_params
+
+
+@pytest.fixture()
+def params(tmp_path, project_root, data_dir):
+    return load_params(project_root / "params" / "ci.yaml", {"output_root": str(tmp_path / "out")})
+
+
+def with_(p, **over):
+    return load_params(p.source, {"output_root": p.output_root, **over})
+
+
+def test_write_json_has_one_nan_policy_and_is_atomic(tmp_path):
+    path = runs.write_json({"a": math.nan, "b": np.float32(1.5), "c": [np.int64(2), math.inf], "d": tmp_path}, tmp_path / "x.json")
+    assert json.loads(path.read_text()) == {"a": None, "b": 1.5, "c": [2, None], "d": str(tmp_path)}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary file left behind
+    assert runs.read_json(tmp_path / "missing.json", default={}) == {}
+    with pytest.raises(FileNotFoundError):
+        runs.read_json(tmp_path / "missing.json")
+
+
+def test_record_reuse_and_stale_detection(params):
+    with runs.begin_stage(params, runs.DATA) as folder:
+        (folder / "result.txt").write_text("kept")
+    assert runs.stage_is_complete(params, runs.DATA)
+    # an execution-only field (batch size) changes nothing
+    same = with_(params, **{"models.policy.batch_size": 3})
+    with runs.begin_stage(same, runs.DATA):
+        pass
+    changed = with_(params, seed=7, **{"data.max_contexts": 5})
+    with pytest.raises(runs.StaleStageError) as err:
+        with runs.begin_stage(changed, runs.DATA):
+            pass
+    msg = str(err.value)
+    assert "seed: 0 -> 7" in msg and "data.max_contexts: 12 -> 5" in msg and "--force" in msg
+    assert (runs.layout(params).stage(runs.DATA) / "result.txt").read_text() == "kept"
+    with runs.begin_stage(changed, runs.DATA, force=True) as folder:
+        assert not (folder / "result.txt").exists()
+
+
+def test_upstream_change_invalidates_downstream(params):
+    with pytest.raises(runs.MissingStageError, match="run notebook 01 first"):
+        with runs.begin_stage(params, runs.SIMULATION):
+            pass
+    with runs.begin_stage(params, runs.DATA):
+        pass
+    with runs.begin_stage(params, runs.SIMULATION):
+        pass
+    other = with_(params, **{"data.max_history_turns": 3})
+    with runs.begin_stage(other, runs.DATA, force=True):
+        pass
+    with pytest.raises(runs.StaleStageError, match="upstream stage 'data'"):
+        runs.check_stage(other, runs.SIMULATION)
+
+
+_HOLD = """
+import sys, time
+from rlff_utils import runs
+with runs.stage_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+    folder = tmp_path / "stage"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(runs.StageLockedError, match=f"pid {proc.pid}"):
+            with runs.stage_lock(folder):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    # the holder died without releasing: its lock is stale and taken over
+    assert (folder / runs.LOCK).exists()
+    with runs.stage_lock(folder):
+        assert json.loads((folder / runs.LOCK).read_text())["pid"] == os.getpid()
+        with runs.stage_lock(folder):  # re-entrant in one process
+            pass
+    assert not (folder / runs.LOCK).exists()
