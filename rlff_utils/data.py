@@ -424,7 +424,8 @@ def load_all(params) -> PreparedData:
     eval_dialogues: list[Dialogue] = []
     reports: list[LoadReport] = []
     if "esconv" in p.datasets:
-        esc, rep = load_esconv(params.resolve(p.esconv_dir) if p.esconv_source == "local" else None, p.esconv_source, p.esconv_hub_id)
+        source = ("local" if p.esconv_dir else "hub") if p.esconv_source == "auto" else p.esconv_source
+        esc, rep = load_esconv(p.esconv_dir if source == "local" else None, source, p.esconv_hub_id)
         reports += rep
         if p.eval_split == "test":
             eval_dialogues += [d for d in esc if d.split == "test"]

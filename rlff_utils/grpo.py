@@ -17,8 +17,8 @@ trains with GRPO, and where it does not pin these two choices we follow GRPO as 
 DeepSeekMath: a KL term to the reference policy (``beta: 0.04``, DeepSeekMath's value) and each
 completion's token losses averaged before averaging over the group (``loss_type: grpo``). With
 LoRA the reference policy costs no memory (TRL disables the adapter to compute it). Both values
-are written into the run's protocol (``outputs/<run>/policy/protocol.json``) so a result is never
-read without them; the DAPO-style alternatives stay one params line away.
+are written into the stage's record (``outputs/<run>/policy/stage.json``) so a result is never
+read without them; the DAPO-style alternatives stay one params line away (``grpo.trainer``).
 
 One process or several. ``run_grpo`` trains in the calling process when
 ``grpo.num_processes == 1`` and otherwise launches ``accelerate launch ... -m rlff_utils.grpo``
@@ -28,7 +28,7 @@ reward functions from the params file, so nothing unpicklable crosses a process 
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import shlex
@@ -42,12 +42,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from .params import ParamsError, RunParams, load_params
-
-STAGE = "policy"
-
-# Fields that may change between a checkpoint and its resumption without changing what was trained.
-_RESUMABLE_CHANGES = {"max_steps", "save_steps", "save_total_limit", "logging_steps", "num_processes", "accelerate_config"}
+from . import runs
+from .params import ParamsError, RunParams, build_trainer_config, load_params, parse_set, write_resolved
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,18 +163,6 @@ def build_prompt_dataset(params: RunParams, contexts: list[dict[str, Any]] | Non
 # --------------------------------------------------------------------------------------------
 
 
-def policy_dir(params: RunParams) -> Path:
-    return params.run_dir / STAGE
-
-
-def adapter_path(params: RunParams) -> Path:
-    return policy_dir(params) / "adapter"
-
-
-def checkpoints_dir(params: RunParams) -> Path:
-    return policy_dir(params) / "checkpoints"
-
-
 def build_lora_config(params: RunParams):
     from peft import LoraConfig
 
@@ -193,61 +177,11 @@ def build_lora_config(params: RunParams):
 
 
 def build_grpo_config(params: RunParams, reward_weights: list[float] | None = None):
-    """Every ``grpo.*`` knob mapped onto TRL's ``GRPOConfig`` (field names as of TRL 1.16)."""
-    import torch
-    from trl import GRPOConfig
-
-    g = params.grpo
+    """TRL's ``GRPOConfig`` for this run (``grpo.trainer`` over the project's defaults; see
+    :func:`rlff_utils.params.build_trainer_config`), checkpointing into the run folder."""
     if reward_weights is None:
         reward_weights = reward_setup(params)[1]
-    vllm = {}
-    if g.use_vllm:
-        vllm = {
-            "vllm_mode": g.vllm_mode,
-            "vllm_gpu_memory_utilization": g.vllm_gpu_memory_utilization,
-            "vllm_max_model_length": g.max_prompt_length + g.max_completion_length,
-        }
-    return GRPOConfig(
-        output_dir=str(checkpoints_dir(params)),
-        seed=params.seed,
-        data_seed=params.seed,
-        # the policy
-        model_init_kwargs={"dtype": "bfloat16" if g.bf16 else "float32"},
-        bf16=g.bf16,
-        fp16=False,
-        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on a GPU-less machine otherwise
-        gradient_checkpointing=g.gradient_checkpointing,
-        # sampling: G completions per prompt
-        num_generations=g.num_generations,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        max_completion_length=g.max_completion_length,
-        use_vllm=g.use_vllm,
-        **vllm,
-        # objective
-        reward_weights=reward_weights,
-        beta=g.beta,
-        loss_type=g.loss_type,
-        scale_rewards=g.scale_rewards,
-        num_iterations=g.num_iterations,
-        epsilon=g.epsilon,
-        # optimisation
-        learning_rate=g.learning_rate,
-        warmup_steps=g.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps (transformers 5)
-        max_grad_norm=g.max_grad_norm,
-        max_steps=g.max_steps,
-        per_device_train_batch_size=g.per_device_train_batch_size,
-        gradient_accumulation_steps=g.gradient_accumulation_steps,
-        # bookkeeping
-        logging_steps=g.logging_steps,
-        save_strategy="steps",
-        save_steps=g.save_steps,
-        save_total_limit=g.save_total_limit,
-        report_to="none",
-        remove_unused_columns=False,  # the reward model reads the `history` column
-        disable_tqdm=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
+    return build_trainer_config(params, str(runs.layout(params).grpo_checkpoints), reward_weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,74 +233,60 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str))
-
-
 def protocol(params: RunParams) -> dict[str, Any]:
-    """The protocol card plus what the trainer will actually optimise."""
+    """What the trainer optimises, beside the settings record: the reward, and library versions."""
     import peft
     import transformers
     import trl
 
-    g = params.grpo
-    card = params.protocol_card("grpo")
-    card["objective"] = {
-        "reward": "R_fut + alpha * R_format" if g.format_reward else "R_fut (format reward logged, weight 0)",
-        "reward_model": g.reward_model,
-        "alpha": g.format_weight if g.format_reward else 0.0,
-        "beta_kl": g.beta,
-        "loss_type": g.loss_type,
-        "scale_rewards": g.scale_rewards,
-        "note": "beta and loss_type set explicitly: TRL's defaults are beta=0.0, loss_type='dapo'",
+    g, cfg = params.grpo, params.grpo.config
+    return {
+        "objective": {
+            "reward": "R_fut + alpha * R_format" if g.format_reward else "R_fut (format reward logged, weight 0)",
+            "reward_model": g.reward_model,
+            "alpha": g.format_weight if g.format_reward else 0.0,
+            "beta_kl": cfg.beta,
+            "loss_type": cfg.loss_type,
+            "scale_rewards": cfg.scale_rewards,
+            "num_generations": cfg.num_generations,
+            "temperature": cfg.temperature,
+            "precision": "bfloat16" if cfg.bf16 else "float16" if cfg.fp16 else "float32",
+            "note": "beta and loss_type set explicitly: TRL's defaults are beta=0.0, loss_type='dapo'",
+        },
+        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
-    card["versions"] = {"trl": trl.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-    return card
 
 
-def _check_resumable(params: RunParams, previous: Path) -> None:
-    """Refuse to resume checkpoints trained under other settings: the curves would splice two runs."""
-    old = json.loads(previous.read_text())
-    new = json.loads(json.dumps(protocol(params), default=str))
-    diffs = []
-    for section in ("grpo", "models"):
-        a, b = old.get(section, {}), new.get(section, {})
-        if section == "models":
-            a, b = a.get("policy", {}), b.get("policy", {})
-        for k in sorted(set(a) | set(b)):
-            if k not in _RESUMABLE_CHANGES and a.get(k) != b.get(k):
-                diffs.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    if old.get("seed") != new.get("seed"):
-        diffs.append(f"seed: {old.get('seed')!r} -> {new.get('seed')!r}")
-    if diffs:
-        raise ParamsError(
-            f"{checkpoints_dir(params)} holds checkpoints trained with other settings ({'; '.join(diffs)}); "
-            "run with force=True (CLI: --force) to start over"
-        )
+def _stage(params: RunParams, force: bool):
+    """The policy stage folder, locked and checked against its record (stale checkpoints or
+    adapter from other settings -> StaleStageError). Under ``accelerate launch`` only rank 0 takes
+    the lock (the notebook that launched it may hold it already); other ranks only check."""
+    if _is_main_process():
+        return runs.begin_stage(params, runs.POLICY, force=force, extra=protocol(params))
+    runs.check_stage(params, runs.POLICY)
+    return contextlib.nullcontext(runs.layout(params).stage(runs.POLICY))
 
 
 def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
     """Train (or resume, or skip) in this process; under ``accelerate launch`` every rank calls it."""
+    with _stage(params, force):
+        return _train(params)
+
+
+def _train(params: RunParams) -> GRPOResult:
     from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
     from .models import load_tokenizer, resolve_model
     from .reward_model import load_reward_function
 
-    out, adapter, ckpts = policy_dir(params), adapter_path(params), checkpoints_dir(params)
-    if force and _is_main_process():
-        shutil.rmtree(adapter, ignore_errors=True)
-        shutil.rmtree(ckpts, ignore_errors=True)
-    if (adapter / "adapter_config.json").is_file() and not force:
-        print(f"policy adapter already trained: {adapter} (force=True to retrain)")
+    lay = runs.layout(params)
+    out, adapter, ckpts = lay.stage(runs.POLICY), lay.adapter, lay.grpo_checkpoints
+    if (adapter / "adapter_config.json").is_file():
+        print(f"policy adapter already trained with these settings: {adapter} (--force to retrain)")
         history = load_log_history(params)
         return GRPOResult(adapter, history, True, None, max((h.get("step", 0) for h in history), default=0))
-
-    # every rank decides the same way, even while rank 0 is still deleting a forced run's files
-    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() and not force else None
-    if last and (out / "protocol.json").is_file():
-        _check_resumable(params, out / "protocol.json")
+    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
 
     # Everything that can fail cheaply fails here, before the model loads.
     reward_funcs, weights = reward_setup(params)
@@ -375,9 +295,8 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
     dataset = build_prompt_dataset(params, tokenizer=tokenizer)
     config = build_grpo_config(params, weights)
     if _is_main_process():
-        _write_json(out / "protocol.json", protocol(params))
-        _write_json(out / "grpo_config.json", config.to_dict())
-        print(f"GRPO: {len(dataset)} prompts, {params.grpo.max_steps} steps, G={params.grpo.num_generations}, "
+        runs.write_json(config.to_dict(), lay.grpo_config)
+        print(f"GRPO: {len(dataset)} prompts, {config.max_steps} steps, G={config.num_generations}, "
               f"rewards {[getattr(f, '__name__', f) for f in reward_funcs]} x {weights}")
         if last:
             print(f"resuming from {last}")
@@ -399,13 +318,10 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
     staging = out / ".adapter-staging"
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        _write_json(out / "log_history.json", history)
-        curves_frame(history).to_csv(out / "curves.csv", index=False)
-        _write_json(
-            out / "train_summary.json",
-            {"global_step": trainer.state.global_step, "seconds_this_session": round(seconds, 1),
-             "resumed_from": last, "prompts": len(dataset)},
-        )
+        runs.write_json(history, lay.grpo_log_history)
+        curves_frame(history).to_csv(lay.grpo_curves, index=False)
+        runs.write_json({"global_step": trainer.state.global_step, "seconds": round(seconds, 1),
+                         "resumed_from": last, "prompts": len(dataset)}, lay.train_summary)
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))  # a PEFT model saves only the adapter
@@ -417,18 +333,8 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
 
 
 def _params_file_for_subprocess(params: RunParams) -> str:
-    """The params file itself when it describes this run exactly, else a JSON dump of the run
-    (overrides included) written next to the outputs; JSON is YAML, so load_params reads it."""
-    if params.source:
-        try:
-            if load_params(params.source, check_files=False).model_dump() == params.model_dump():
-                return params.source
-        except ParamsError:
-            pass
-    path = policy_dir(params) / "run_params.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(params.model_dump(mode="json"), indent=2))
-    return str(path)
+    """The run, resolved (absolute paths, variables expanded, overrides applied), for the ranks."""
+    return str(write_resolved(params, runs.layout(params).subprocess_params))
 
 
 def launch_command(params: RunParams, force: bool = False) -> list[str]:
@@ -445,18 +351,21 @@ def launch_command(params: RunParams, force: bool = False) -> list[str]:
 
 
 def run_grpo(params: RunParams, force: bool = False) -> GRPOResult:
-    """Notebook 04's stage: train in-process on one device, or as a multi-process subprocess."""
+    """Notebook 04's stage: train in-process on one device, or as a multi-process subprocess
+    (which this process holds the stage lock for)."""
     if params.grpo.num_processes == 1:
         return train_policy(params, force=force)
-    cmd = launch_command(params, force=force)
-    print("running:", shlex.join(cmd), flush=True)
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=params.project_root or None)
-    if proc.returncode:
-        raise RuntimeError(f"GRPO subprocess failed with exit code {proc.returncode}: {shlex.join(cmd)}")
+    with runs.begin_stage(params, runs.POLICY, force=force, extra=protocol(params)):
+        cmd = launch_command(params)
+        print("running:", shlex.join(cmd), flush=True)
+        t0 = time.monotonic()
+        env = {**os.environ, runs.LOCK_OWNER_ENV: str(os.getpid())}
+        proc = subprocess.run(cmd, cwd=params.project_root or None, env=env)
+        if proc.returncode:
+            raise RuntimeError(f"GRPO subprocess failed with exit code {proc.returncode}: {shlex.join(cmd)}")
     history = load_log_history(params)
     step = max((h.get("step", 0) for h in history), default=0)
-    return GRPOResult(adapter_path(params), history, False, time.monotonic() - t0, step)
+    return GRPOResult(runs.layout(params).adapter, history, False, time.monotonic() - t0, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,10 +391,10 @@ CURVE_COLUMNS = {
 
 
 def load_log_history(params: RunParams) -> list[dict[str, Any]]:
-    path = policy_dir(params) / "log_history.json"
+    path = runs.layout(params).grpo_log_history
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train the policy first (notebook 04)")
-    return json.loads(path.read_text())
+    return runs.read_json(path)
 
 
 def curves_frame(log_history: list[dict[str, Any]]):
@@ -514,7 +423,7 @@ def load_policy(params: RunParams, adapter_dir: str | Path | None = None, merge:
     the adapter into the weights (faster generation, no way back to the base model)."""
     from .models import load_causal_lm
 
-    folder = Path(adapter_dir) if adapter_dir else adapter_path(params)
+    folder = Path(adapter_dir) if adapter_dir else runs.layout(params).adapter
     if not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no LoRA adapter in {folder}: train the policy first (notebook 04)")
     role = params.models.policy
@@ -546,9 +455,10 @@ def sample_before_after(params: RunParams, n: int = 3, score: bool = True):
     import pandas as pd
 
     dataset = build_prompt_dataset(params).select(range(min(n, params.grpo.num_train_prompts or n)))
+    cfg = params.grpo.config
     prompts, history = dataset["prompt"], dataset["history"]
     model, tok = load_policy(params)
-    kw = dict(max_new_tokens=params.grpo.max_completion_length, temperature=params.grpo.temperature, seed=params.seed)
+    kw = dict(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=params.seed)
     with model.disable_adapter():
         before = generate(model, tok, prompts, **kw)
     after = generate(model, tok, prompts, **kw)
@@ -569,7 +479,7 @@ def sample_before_after(params: RunParams, n: int = 3, score: bool = True):
         as_msgs = lambda xs: [[{"role": "assistant", "content": x}] for x in xs]  # noqa: E731
         frame["R_fut_before"] = rm(prompts=prompts, completions=as_msgs(before), history=history)
         frame["R_fut_after"] = rm(prompts=prompts, completions=as_msgs(after), history=history)
-    frame.to_json(policy_dir(params) / "samples_before_after.jsonl", orient="records", lines=True, force_ascii=False)
+    frame.to_json(runs.layout(params).samples_before_after, orient="records", lines=True, force_ascii=False)
     return frame
 
 
@@ -586,15 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, YAML value")
     ap.add_argument("--force", action="store_true", help="retrain even if an adapter exists")
     args = ap.parse_args(argv)
-    import yaml
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
-    params = load_params(args.params, overrides)
+    try:
+        params = load_params(args.params, parse_set(args.set))
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result = train_policy(params, force=args.force)
     if _is_main_process():
         print(f"adapter: {result.adapter_dir} (step {result.global_step})")

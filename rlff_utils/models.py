@@ -227,3 +227,16 @@ def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto", adapter
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` that is neither an alias nor an existing local folder."""
+    return name not in REGISTRY and not Path(name).expanduser().exists() and bool(_HUB_ID.match(name))
+
+
+def in_hub_cache(name: str) -> bool:
+    """Whether a Hugging Face id can load offline: its config is in the local hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name, "config.json")
+    return isinstance(found, str)

@@ -4,22 +4,37 @@ A params file is validated completely before any model or dataset is loaded, so 
 paper-scale file fails in a second instead of after an hour of vLLM start-up. Errors name the
 file and the dotted field (``simulation.num_candidates``) and say what was expected.
 
-Relative paths inside a params file are resolved against the project root (the folder holding
-``pyproject.toml`` above the params file), so a notebook executed from ``notebooks/`` and a CLI
-call from the repository root read the same files. ``${VAR}`` in strings is expanded from the
-environment (``${RLFF_DATA_DIR}``), with ``${VAR:-default}`` for a fallback.
+Loading, in order (:func:`load_params`):
+
+1. YAML, refusing duplicate keys; an empty file is refused (it would run paper-size defaults).
+2. ``extends: other.yaml`` (relative to the file): the file holds only its differences from its
+   base; mappings merge key by key, the file wins, chains are allowed.
+3. Overrides (dotted keys: ``--set simulation.num_candidates=2``), parsed by :func:`parse_set`.
+4. ``${VAR}`` / ``${VAR:-default}`` expanded in every string, naming file and field when unset.
+5. Relative paths (data folders, output root, local model folders, adapters) resolved once,
+   against the directory the user ran from (``base_dir``); what is stored is absolute.
+6. pydantic validation (unknown keys, types, ranges; NaN/inf and booleans-as-numbers refused);
+   TRL's ``GRPOConfig`` is built from ``grpo.trainer`` so a bad trainer knob fails here.
+7. Environment checks (``check_files``): data folders, API keys of openai roles, Hugging Face
+   ids present in the local cache when offline.
+
+Files the project writes for a subprocess or a notebook kernel (:func:`write_resolved`) hold the
+resolved values, so every process reads the same absolute paths.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from . import models as model_registry
 
@@ -30,8 +45,24 @@ class ParamsError(ValueError):
     """A params file that cannot describe a run; the message names the file and the field."""
 
 
+def _allows_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    return any(_allows_bool(a) for a in typing.get_args(annotation))
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's ``true`` is not a count: pydantic would read it as 1."""
+        if isinstance(value, bool) and info.field_name:
+            annotation = cls.model_fields[info.field_name].annotation
+            if not _allows_bool(annotation) and annotation is not Any:
+                raise ValueError(f"expected a number or text, got the boolean {str(value).lower()}")
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,11 +136,14 @@ class ModelRoles(_Strict):
 
 class DataParams(_Strict):
     datasets: list[Literal["esconv", "extes"]] = Field(default_factory=lambda: ["esconv"], min_length=1)
-    esconv_source: Literal["local", "hub"] = "local"
-    esconv_dir: str = "${RLFF_DATA_DIR}/esconv"
+    esconv_source: Literal["auto", "local", "hub"] = Field(
+        "auto", description="auto: the local folder when it exists, else the Hugging Face hub")
+    # Local copies. Unset, they default to $RLFF_DATA_DIR/... when that variable is set (DATA_DIR_DEFAULTS).
+    esconv_dir: str | None = None
     esconv_hub_id: str = "thu-coai/esconv"
-    ppdpp_dir: str = "${RLFF_DATA_DIR}/esconv/ppdpp"
-    extes_path: str = "${RLFF_DATA_DIR}/extes/ExTES.json"
+    ppdpp_dir: str | None = Field(None, description="None: PPDPP's split rebuilt from ESConv by the shipped ids")
+    extes_path: str | None = None
+    esconv_failed_path: str | None = Field(None, description="ESConv's failed conversations (original layout)")
     extes_test_fraction: float = Field(0.1, gt=0, lt=1)
     context_splits: list[Literal["train", "valid", "test"]] = Field(default_factory=lambda: ["train"])
     max_dialogues: int | None = Field(None, ge=1, description="cap per dataset, before sampling contexts")
@@ -175,51 +209,73 @@ class RewardModelParams(_Strict):
     )
 
 
+# TRL GRPOConfig values the project chooses (the paper's settings); ``grpo.trainer`` overrides
+# them key by key and may set any other GRPOConfig field.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "num_generations": 4,         # G
+    "temperature": 1.1,
+    "beta": 0.04,                 # KL to the initial policy, as in GRPO (TRL's default is 0.0)
+    "loss_type": "grpo",          # sequence-normalised GRPO loss (TRL's default is "dapo")
+    "scale_rewards": "group",
+    "learning_rate": 1e-5,
+    "max_steps": 100,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "max_completion_length": 256,
+    "save_steps": 25,
+    "save_total_limit": 2,
+    "logging_steps": 1,
+}
+# GRPOConfig fields the project sets from other params; refused in ``grpo.trainer``.
+TRAINER_SET_BY_PROJECT = {
+    "output_dir": "outputs/<run>/policy/checkpoints",
+    "seed": "seed", "data_seed": "seed",
+    "reward_weights": "grpo.format_reward / grpo.format_weight",
+    "bf16": "models.policy.dtype", "fp16": "models.policy.dtype", "model_init_kwargs": "models.policy.dtype",
+    "use_cpu": "the device", "report_to": "the project (logs go to the run folder)",
+    "remove_unused_columns": "the project (the reward model reads the history column)",
+}
+
+
 class GRPOParams(_Strict):
+    """The project's own GRPO settings. Every knob of TRL's ``GRPOConfig`` (sampling, objective,
+    optimiser, vLLM, logging) goes in ``trainer:``, merged over :data:`TRAINER_DEFAULTS` and
+    validated by constructing a ``GRPOConfig`` at load; ``params.grpo.config`` is that object."""
+
     reward_model: Literal["classification", "regression", "ranking", "random"] = "classification"
     format_reward: bool = True
     format_weight: float = Field(0.5, ge=0, description="alpha")
-    num_generations: int = Field(4, ge=2, description="G: completions per prompt")
-    temperature: float = Field(1.1, gt=0, le=2.0)
-    top_p: float = Field(1.0, gt=0, le=1.0)
-    beta: float = Field(0.04, ge=0, description="KL coefficient (TRL default 0.0)")
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("grpo", description="TRL default dapo")
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    num_iterations: int = Field(1, ge=1, description="mu: optimisation passes per generated batch")
-    epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range")
-    learning_rate: float = Field(1e-5, gt=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_steps: int = Field(100, ge=1)
-    per_device_train_batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_prompt_length: int = Field(512, ge=16)
-    max_completion_length: int = Field(256, ge=8)
+    max_prompt_length: int = Field(512, ge=16, description="tokens; the oldest turns are dropped to fit")
     num_train_prompts: int | None = Field(None, ge=1)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | str = "all-linear"
-    save_steps: int = Field(25, ge=1)
-    save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (None: all)")
-    logging_steps: int = Field(1, ge=1)
-    gradient_checkpointing: bool = False
-    bf16: bool = False
-    use_vllm: bool = False
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     num_processes: int = Field(1, ge=1, description=">1: run as `accelerate launch` subprocess")
     accelerate_config: str | None = Field(None, description="num_processes > 1; default configs/accelerate/zero2.yaml")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="any trl.GRPOConfig field")
 
-    @model_validator(mode="after")
-    def _batch_divisible(self) -> "GRPOParams":
-        total = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
-        if total % self.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size x gradient_accumulation_steps x num_processes = {total} "
-                f"must be divisible by num_generations = {self.num_generations}"
-            )
-        return self
+    _config: Any = PrivateAttr(default=None)
+    _config_key: str | None = PrivateAttr(default=None)
+
+    @field_validator("trainer")
+    @classmethod
+    def _not_set_by_project(cls, v: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(v) & set(TRAINER_SET_BY_PROJECT))
+        if clash:
+            where = "; ".join(f"{k} comes from {TRAINER_SET_BY_PROJECT[k]}" for k in clash)
+            raise ValueError(f"set by the project, not in grpo.trainer: {where}")
+        return v
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The GRPOConfig keyword arguments this run asks for (defaults updated by ``trainer``)."""
+        return {**TRAINER_DEFAULTS, **self.trainer}
+
+    @property
+    def config(self):
+        """The validated ``trl.GRPOConfig`` (its output_dir is a placeholder; see grpo.build_grpo_config)."""
+        return self._config
 
 
 class EvalSystem(_Strict):
@@ -302,11 +358,20 @@ class RunParams(_Strict):
             raise ValueError("models.reward_backbone must use backend 'hf': it is trained in-process")
         return self
 
+    @model_validator(mode="after")
+    def _grpo_config(self) -> "RunParams":
+        """Build TRL's GRPOConfig from ``grpo.trainer`` now: a bad knob fails before any model loads."""
+        if self.grpo._config is None or self.grpo._config_key != _config_key(self):
+            self.grpo._config = build_trainer_config(self, output_dir="<run>/policy/checkpoints", validate_only=True)
+            self.grpo._config_key = _config_key(self)
+        return self
+
     # ---- paths -----------------------------------------------------------------------------
 
     def resolve(self, path: str | os.PathLike) -> Path:
-        """A path from the file, with ${VARS} expanded and relative paths taken from the root."""
-        p = Path(_expand(str(path))).expanduser()
+        """A path value of this run (stored absolute at load); a relative one is taken from the
+        project root (project files such as configs/accelerate/zero2.yaml)."""
+        p = Path(str(path)).expanduser()
         if not p.is_absolute():
             p = Path(self.project_root or ".") / p
         return p
@@ -327,7 +392,65 @@ class RunParams(_Strict):
         sections = ["data", "simulation", "reward_model", "grpo", "evaluation"]
         for s in [stage] if stage in sections else sections:
             card[s] = getattr(self, s).model_dump()
+        if stage in (None, "grpo"):
+            card["grpo"]["effective_trainer"] = self.grpo.args
         return card
+
+
+def policy_precision(params: RunParams) -> str:
+    """The policy's one precision knob, ``models.policy.dtype``, as GRPO's training precision:
+    bfloat16 / float16 / float32; ``auto`` is bfloat16 on a GPU that supports it, else float32."""
+    dtype = params.models.policy.dtype
+    if dtype != "auto":
+        return dtype
+    try:
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    except ImportError:  # pragma: no cover
+        return "float32"
+
+
+def _config_key(params: RunParams) -> str:
+    return json.dumps([params.grpo.args, params.models.policy.dtype, params.seed], sort_keys=True, default=str)
+
+
+def build_trainer_config(params: RunParams, output_dir: str, reward_weights: list[float] | None = None,
+                         validate_only: bool = False):
+    """``trl.GRPOConfig`` for this run: ``grpo.trainer`` over the project's defaults, plus what the
+    project derives (seed, precision, device, reward weights, bookkeeping)."""
+    import torch
+    from trl import GRPOConfig
+
+    g = params.grpo
+    precision = policy_precision(params)
+    args = g.args
+    if args.get("use_vllm") and "vllm_max_model_length" not in args:
+        args["vllm_max_model_length"] = g.max_prompt_length + int(args.get("max_completion_length", 256))
+    derived = dict(
+        output_dir=output_dir,
+        seed=params.seed,
+        data_seed=params.seed,
+        model_init_kwargs={"dtype": precision},
+        bf16=precision == "bfloat16",
+        fp16=precision == "float16",
+        # transformers refuses bf16 on a GPU-less machine unless told it runs on the CPU
+        use_cpu=validate_only or not torch.cuda.is_available(),
+        report_to="none",
+        remove_unused_columns=False,  # the reward model reads the `history` column
+    )
+    if reward_weights is not None:
+        derived["reward_weights"] = reward_weights
+    args.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    args.setdefault("disable_tqdm", False)
+    try:
+        return GRPOConfig(**derived, **args)
+    except TypeError as e:
+        m = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+        what = f"unknown GRPOConfig field {m.group(1)!r} (TRL's GRPOConfig lists the valid ones)" if m else str(e)
+        raise ValueError(f"grpo.trainer: {what}") from None
+    except ValueError as e:
+        raise ValueError(f"grpo.trainer: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,24 +459,140 @@ class RunParams(_Strict):
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+# Data locations filled in from $RLFF_DATA_DIR when the file leaves them unset and the variable is set.
+DATA_DIR_DEFAULTS = {
+    "esconv_dir": "esconv",
+    "ppdpp_dir": "esconv/ppdpp",
+    "extes_path": "extes/ExTES.json",
+    "esconv_failed_path": "esconv/failed/FailedESConv_dev.json",
+}
+# Dotted fields holding paths (``*`` for any role / list item); relative values resolve against base_dir.
+PATH_FIELDS = ("output_root", "data.esconv_dir", "data.ppdpp_dir", "data.extes_path", "data.esconv_failed_path",
+               "grpo.accelerate_config")
 
-def _expand(s: str) -> str:
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: the params file is empty (a run must say what it runs; start from "
+                          "params/smoke.yaml or use `extends:`)")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file merged over the files it ``extends`` (relative to its own folder)."""
+    path = path.resolve()
+    if path in chain:
+        raise ParamsError(f"{path}: `extends` loops back: {' -> '.join(str(p) for p in (*chain, path))}")
+    raw = _read_yaml(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ParamsError(f"{path}: extends: expected the path of one params file")
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    try:
+        inherited = _with_bases(base_path, (*chain, path))
+    except ParamsError as e:
+        raise ParamsError(f"{path}: extends: {e}") from None
+    inherited.pop("run_name", None)  # a run is named by its own file
+    return _merge(inherited, raw)
+
+
+def _expand(s: str, where: str = "") -> str:
     def sub(m: re.Match) -> str:
         val = os.environ.get(m.group(1))
         if val is None:
             if m.group(2) is not None:
                 return m.group(2)
-            raise ParamsError(f"environment variable {m.group(1)} is not set (used in {s!r})")
+            raise ParamsError(f"{where + ': ' if where else ''}environment variable {m.group(1)} is not set "
+                              f"(used in {s!r})")
         return val
 
     return _VAR.sub(sub, s)
 
 
-def find_project_root(start: Path) -> Path:
-    for d in [start, *start.parents]:
-        if (d / "pyproject.toml").exists():
-            return d
-    return start
+def _expand_all(node: Any, src: str, dotted: str = "") -> Any:
+    """``${VAR}`` expanded in every string of the raw params, errors naming file and field."""
+    if isinstance(node, dict):
+        return {k: _expand_all(v, src, f"{dotted}.{k}" if dotted else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_all(v, src, f"{dotted}.{i}") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        try:
+            return _expand(node, dotted)
+        except ParamsError as e:
+            raise ParamsError(f"{src}: {e}") from None
+    return node
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _looks_like_path(name: str, base: Path) -> bool:
+    return name.startswith((".", "/", "~")) or (base / name).expanduser().is_dir()
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative paths become absolute against ``base`` (the directory the user ran from)."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else None
+    env_dir = os.environ.get("RLFF_DATA_DIR")
+    if env_dir:
+        data = raw.setdefault("data", {}) if data is None else data
+        if isinstance(data, dict):
+            for field, rel in DATA_DIR_DEFAULTS.items():
+                default = (base / env_dir / rel).resolve()
+                if data.get(field) is None and default.exists():
+                    data[field] = str(default)
+    for dotted in PATH_FIELDS:
+        section, _, leaf = dotted.rpartition(".")
+        node = raw.get(section) if section else raw
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = _absolute(node[leaf], base)
+    for role in (raw.get("models") or {}).values():
+        if isinstance(role, dict) and isinstance(role.get("name"), str) and role.get("backend", "hf") != "openai" \
+                and role["name"] not in model_registry.REGISTRY and _looks_like_path(role["name"], base):
+            role["name"] = _absolute(role["name"], base)
+    systems = (raw.get("evaluation") or {}).get("systems") if isinstance(raw.get("evaluation"), dict) else None
+    for system in systems or []:
+        if isinstance(system, dict) and system.get("adapter") not in (None, "policy"):
+            system["adapter"] = _absolute(system["adapter"], base)
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -366,6 +605,23 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``key.sub=value`` pairs (the ``--set`` of every command line); values are read as YAML so
+    numbers and lists keep their types. A malformed pair is a one-line ParamsError."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParamsError(f"--set {item!r}: expected key=value, e.g. simulation.num_candidates=2")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ParamsError(f"--set {item!r}: the value is not valid YAML ({problem}); quote text values") from None
+    return out
+
+
 def _format_errors(src: str, err: ValidationError) -> str:
     lines = [f"{src}: invalid parameters ({err.error_count()} problem(s))"]
     for e in err.errors():
@@ -375,7 +631,12 @@ def _format_errors(src: str, err: ValidationError) -> str:
             msg = "unknown key (check the spelling against rlff_utils/params.py)"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"  - {loc}: {msg}")
+        elif e["type"] == "finite_number":
+            msg = "must be a finite number (NaN and infinity are not allowed)"
+        if loc == "<top level>" and re.match(r"^[a-z_]+(\.[a-z_]+)+: ", msg):
+            lines.append(f"  - {msg}")  # a cross-field check that names its field itself
+        else:
+            lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -383,55 +644,139 @@ def load_params(
     path: str | os.PathLike,
     overrides: dict[str, Any] | None = None,
     check_files: bool = True,
+    base_dir: str | os.PathLike | None = None,
 ) -> RunParams:
-    """Read, override (dotted keys) and validate a params file; raise ParamsError on any problem.
+    """Read, extend, override, expand, resolve and validate a params file; ParamsError on any problem.
 
     ``run_name`` defaults to the file's stem so ``params/smoke.yaml`` writes ``outputs/smoke/``.
-    ``check_files`` also verifies that the data this run reads exists (off only for validating
-    paper files on a machine without the data).
+    ``base_dir`` (default: the current directory) is where relative paths start. ``check_files``
+    also checks the environment the run needs (data, API keys, offline model cache).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    src = str(path)
+    raw = _with_bases(path)
+    if "source" in raw:  # a resolved snapshot (write_resolved) remembers the file it came from
+        src_of_snapshot = raw.pop("source")
+    else:
+        src_of_snapshot = None
     raw.setdefault("run_name", path.stem)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
+    raw = _expand_all(raw, src)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    _resolve_paths(raw, base.resolve())
     try:
         params = RunParams.model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(_format_errors(str(path), e)) from None
-    params.source = str(path.resolve())
-    params.project_root = str(find_project_root(path.resolve().parent))
+        raise ParamsError(_format_errors(src, e)) from None
+    except ParamsError:
+        raise
+    params.source = src_of_snapshot or str(path.resolve())
+    params.project_root = str(project_root())
     if check_files:
-        check_data_files(params)
+        check_environment(params)
     return params
 
 
+def load_notebook_params(params_file: str | os.PathLike, overrides: dict[str, Any] | None = None) -> RunParams:
+    """What a notebook's first cell calls: relative paths start at the project root (the folder
+    JupyterLab opens), whether the kernel's current directory is the project or ``notebooks/``."""
+    return load_params(Path(params_file), overrides, base_dir=project_root_of(Path.cwd()))
+
+
+def project_root() -> Path:
+    """The project holding the notebooks: the installed package's parent when it is a checkout,
+    else the current directory's project."""
+    here = Path(__file__).resolve().parents[1]
+    if (here / "notebooks").is_dir():
+        return here
+    return project_root_of(Path.cwd())
+
+
+def project_root_of(start: Path) -> Path:
+    for d in [start.resolve(), *start.resolve().parents]:
+        if (d / "pyproject.toml").exists():
+            return d
+    return start
+
+
+find_project_root = project_root_of
+
+
+def write_resolved(params: RunParams, path: str | os.PathLike) -> Path:
+    """The run as a params file with every value resolved (absolute paths, variables expanded),
+    for notebook kernels and subprocesses; ``load_params`` reads it back to the same run."""
+    data = params.model_dump(mode="json")
+    data["source"] = params.source
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Environment checks (before any model loads)
+# --------------------------------------------------------------------------------------------
+
+ROLES_BY_STAGE = {
+    "simulation": ("policy", "system", "user_sim", "critic"),
+    "reward_model": ("reward_backbone", "critic"),
+    "evaluation": ("policy", "eval_user_sim", "eval_critic", "judge"),
+}
+
+
+def check_environment(params: RunParams) -> None:
+    check_data_files(params)
+    check_model_access(params)
+
+
 def check_data_files(params: RunParams) -> None:
-    """Fail before heavy work when a dataset the run reads is absent."""
-    d = params.data
-    needed: list[tuple[str, str, bool]] = []
+    """Fail before heavy work when a dataset the run reads is absent. Unset data locations fall
+    back to the hub (ESConv) and to the shipped identifiers (PPDPP's split)."""
+    d, src = params.data, params.source
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if "esconv" in d.datasets:
-        if d.esconv_source == "local":
-            needed.append(("data.esconv_dir", d.esconv_dir, True))
-        if d.eval_split.startswith("ppdpp"):
-            needed.append(("data.ppdpp_dir", d.ppdpp_dir, True))
+        if d.esconv_dir and not Path(d.esconv_dir).is_dir():
+            raise ParamsError(f"{src}: data.esconv_dir: folder not found: {d.esconv_dir}")
+        if d.esconv_source == "local" and not d.esconv_dir:
+            raise ParamsError(f"{src}: data.esconv_dir: not set (esconv_source is 'local'): set it, or RLFF_DATA_DIR")
+        if d.esconv_source == "hub" or (d.esconv_source == "auto" and not d.esconv_dir):
+            if offline:
+                raise ParamsError(
+                    f"{src}: data: no local ESConv and the hub is off (HF_HUB_OFFLINE=1). Either set "
+                    f"RLFF_DATA_DIR=<folder holding esconv/> (or data.esconv_dir) for a local copy, or go "
+                    f"online (unset HF_HUB_OFFLINE) to fetch {d.esconv_hub_id} from the Hugging Face hub.")
+        if d.ppdpp_dir and not Path(d.ppdpp_dir).is_dir():
+            raise ParamsError(f"{src}: data.ppdpp_dir: folder not found: {d.ppdpp_dir}")
+    if d.esconv_failed_path and not Path(d.esconv_failed_path).is_file():
+        raise ParamsError(f"{src}: data.esconv_failed_path: file not found: {d.esconv_failed_path}")
     if "extes" in d.datasets:
-        needed.append(("data.extes_path", d.extes_path, False))
-    for field, value, is_dir in needed:
-        try:
-            p = params.resolve(value)
-        except ParamsError as e:
-            raise ParamsError(f"{params.source}: {field}: {e}") from None
-        if not (p.is_dir() if is_dir else p.is_file()):
-            kind = "folder" if is_dir else "file"
-            raise ParamsError(f"{params.source}: {field}: {kind} not found: {p}")
+        if not d.extes_path:
+            raise ParamsError(f"{src}: data.extes_path: not set (set it, or RLFF_DATA_DIR holding extes/ExTES.json)")
+        if not Path(d.extes_path).is_file():
+            raise ParamsError(f"{src}: data.extes_path: file not found: {d.extes_path}")
+
+
+def check_model_access(params: RunParams) -> None:
+    """API keys of openai roles are set; offline, Hugging Face ids are in the local cache."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    problems = []
+    for role_name in ModelRoles.model_fields:
+        role: ModelRole = getattr(params.models, role_name)
+        if role.backend == "openai":
+            if not os.environ.get(role.api_key_env):
+                problems.append(f"models.{role_name}: backend openai needs an API key in ${role.api_key_env}, "
+                                f"which is not set (for a local `vllm serve` any value works, e.g. EMPTY)")
+            if role.base_url and not re.match(r"^https?://", role.base_url):
+                problems.append(f"models.{role_name}.base_url: {role.base_url!r} is not an http(s) URL")
+        elif offline and model_registry.is_hub_id(role.name) and not model_registry.in_hub_cache(role.name):
+            problems.append(f"models.{role_name}: {role.name!r} is not in the local Hugging Face cache and the hub "
+                            "is off (HF_HUB_OFFLINE=1): download it first, or use a local folder or an alias")
+    if problems:
+        raise ParamsError(f"{params.source}: the environment cannot serve this run's models:\n"
+                          + "\n".join(f"  - {x}" for x in problems))
 
 
 def dump_params(params: RunParams, path: str | os.PathLike) -> None:
@@ -445,12 +790,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("files", nargs="+")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-check-files", action="store_true")
     args = ap.parse_args(argv)
     status = 0
     for f in args.files:
         try:
-            p = load_params(f, check_files=not args.no_check_files)
+            p = load_params(f, parse_set(args.sets), check_files=not args.no_check_files)
             print(f"ok  {f} -> {p.run_dir}")
         except ParamsError as e:
             print(e, file=sys.stderr)

@@ -77,6 +77,9 @@ EXECUTION_FIELDS = frozenset({
 
 STAGE_RECORD = "stage.json"
 LOCK = ".lock"
+# A process that holds a stage lock and starts workers on the same stage (``accelerate launch``)
+# names itself here; the workers then count its lock as their own.
+LOCK_OWNER_ENV = "RLFF_STAGE_LOCK_OWNER"
 
 
 class StaleStageError(RuntimeError):
@@ -379,10 +382,12 @@ def reset_stage(params: "RunParams", stage: str) -> None:
 
 
 @contextlib.contextmanager
-def begin_stage(params: "RunParams", stage: str, force: bool = False, require_upstream: bool = True) -> Iterator[Path]:
+def begin_stage(params: "RunParams", stage: str, force: bool = False, require_upstream: bool = True,
+                extra: dict[str, Any] | None = None) -> Iterator[Path]:
     """Open a stage folder for writing: lock it, check its record against the params (stale →
-    :class:`StaleStageError`; ``force`` → start over), record the settings, yield the folder; on
-    a clean exit mark the record complete. Results already in the folder are valid to reuse."""
+    :class:`StaleStageError`; ``force`` → start over), record the settings (and ``extra``, e.g.
+    what the stage optimises), yield the folder; on a clean exit mark the record complete.
+    Results already in the folder are valid to reuse."""
     folder = layout(params).stage(stage)
     folder.mkdir(parents=True, exist_ok=True)
     upstream = _upstream_hashes(params, stage, require=require_upstream)
@@ -393,9 +398,9 @@ def begin_stage(params: "RunParams", stage: str, force: bool = False, require_up
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         else:
             check_stage(params, stage)
-        _write_record(params, stage, complete=False, upstream=upstream)
+        _write_record(params, stage, complete=False, upstream=upstream, extra=extra)
         yield folder
-        _write_record(params, stage, complete=True, upstream=upstream)
+        _write_record(params, stage, complete=True, upstream=upstream, extra=extra)
 
 
 def stage_is_complete(params: "RunParams", stage: str) -> bool:
@@ -461,4 +466,7 @@ def _read_lock(path: Path) -> dict[str, Any]:
 
 def _held_by_me(path: Path, me: dict[str, Any]) -> bool:
     holder = _read_lock(path)
-    return bool(holder) and holder.get("pid") == me["pid"] and holder.get("host") == me["host"]
+    owners = {me["pid"]}
+    if os.environ.get(LOCK_OWNER_ENV, "").isdigit():
+        owners.add(int(os.environ[LOCK_OWNER_ENV]))
+    return bool(holder) and holder.get("pid") in owners and holder.get("host") == me["host"]

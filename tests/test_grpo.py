@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from rlff_utils import grpo
+from rlff_utils import grpo, runs
 from rlff_utils.params import ParamsError, load_params
 
 
@@ -102,24 +102,39 @@ def test_prompt_longer_than_the_limit_is_cut_from_the_oldest_turns(prepared_ci):
 def test_grpo_config_carries_every_knob(ci_params):
     p = load_params(
         ci_params.source,
-        {"output_root": ci_params.output_root, "grpo.beta": 0.1, "grpo.loss_type": "dr_grpo", "grpo.format_weight": 0.3,
-         "grpo.temperature": 0.8, "grpo.scale_rewards": "none", "grpo.num_iterations": 2},
+        {"output_root": ci_params.output_root, "grpo.trainer.beta": 0.1, "grpo.trainer.loss_type": "dr_grpo",
+         "grpo.format_weight": 0.3, "grpo.trainer.temperature": 0.8, "grpo.trainer.scale_rewards": "none",
+         "grpo.trainer.num_iterations": 2, "grpo.trainer.weight_decay": 0.01},
     )
     cfg = grpo.build_grpo_config(p)
-    g = p.grpo
+    args = p.grpo.args
     assert (cfg.beta, cfg.loss_type, cfg.scale_rewards, cfg.num_iterations) == (0.1, "dr_grpo", "none", 2)
-    assert (cfg.num_generations, cfg.temperature, cfg.max_completion_length) == (g.num_generations, 0.8, g.max_completion_length)
-    assert (cfg.learning_rate, cfg.max_steps, cfg.save_steps, cfg.seed) == (g.learning_rate, g.max_steps, g.save_steps, p.seed)
+    assert cfg.weight_decay == 0.01  # any GRPOConfig field passes through, no code needed
+    assert (cfg.num_generations, cfg.temperature, cfg.max_completion_length) == (2, 0.8, args["max_completion_length"])
+    assert (cfg.learning_rate, cfg.max_steps, cfg.save_steps, cfg.seed) == (1e-5, 2, 1, p.seed)
     assert cfg.reward_weights == [1.0, 0.3]
-    assert cfg.output_dir == str(grpo.checkpoints_dir(p))
+    assert cfg.output_dir == str(runs.layout(p).grpo_checkpoints)
     assert not cfg.bf16 and not cfg.use_vllm and cfg.remove_unused_columns is False
 
 
+@pytest.mark.parametrize("trainer, words", [
+    ({"warmup_ratioo": 0.1}, "unknown GRPOConfig field 'warmup_ratioo'"),
+    ({"num_generations": 3}, "divisible by num_generations"),
+    ({"seed": 3}, "seed comes from seed"),
+    ({"bf16": True}, "models.policy.dtype"),
+])
+def test_bad_trainer_knobs_fail_at_load(ci_params, trainer, words):
+    with pytest.raises(ParamsError) as err:
+        load_params(ci_params.source, {"output_root": ci_params.output_root, "grpo.trainer": trainer})
+    assert "grpo.trainer" in str(err.value) and words in str(err.value), str(err.value)
+
+
 def test_bf16_config_builds_without_a_gpu(ci_params):
-    """The smoke params train in bf16 on CPU; transformers refuses that unless told it is on CPU."""
+    """The smoke params train in bf16 on CPU; transformers refuses that unless told it is on CPU.
+    The policy has one precision knob: models.policy.dtype."""
     import torch
 
-    p = load_params(ci_params.source, {"output_root": ci_params.output_root, "grpo.bf16": True})
+    p = load_params(ci_params.source, {"output_root": ci_params.output_root, "models.policy.dtype": "bfloat16"})
     cfg = grpo.build_grpo_config(p)
     assert cfg.bf16 and cfg.model_init_kwargs["dtype"] == "bfloat16"
     assert cfg.use_cpu == (not torch.cuda.is_available())
@@ -146,7 +161,7 @@ def test_reward_functions_pickle(ci_params):
 def test_multi_gpu_launch_command(ci_params, project_root):
     p = load_params(
         ci_params.source,
-        {"output_root": ci_params.output_root, "grpo.num_processes": 2, "grpo.per_device_train_batch_size": 2,
+        {"output_root": ci_params.output_root, "grpo.num_processes": 2, "grpo.trainer.per_device_train_batch_size": 2,
          "grpo.accelerate_config": "configs/accelerate/zero3.yaml"},
     )
     cmd = grpo.launch_command(p)
@@ -154,9 +169,10 @@ def test_multi_gpu_launch_command(ci_params, project_root):
     assert cmd[cmd.index("--config_file") + 1] == str(project_root / "configs/accelerate/zero3.yaml")
     assert cmd[cmd.index("--num_processes") + 1] == "2"
     assert cmd[cmd.index("-m") + 1] == "rlff_utils.grpo"
-    # overrides are not in the params file, so the run is dumped and the dump reloads to the same run
-    dumped = load_params(cmd[cmd.index("--params") + 1])
-    assert dumped.model_dump() == p.model_dump()
+    # the ranks read the resolved run (absolute paths, overrides applied), from any directory
+    dumped_file = cmd[cmd.index("--params") + 1]
+    elsewhere = load_params(dumped_file, base_dir=project_root / "notebooks")
+    assert elsewhere.model_dump() == p.model_dump() and elsewhere.source == p.source
     with pytest.raises(ParamsError, match="accelerate_config"):
         grpo.launch_command(load_params(ci_params.source, {**{"output_root": ci_params.output_root},
                                                            "grpo.accelerate_config": "nope.yaml"}))
@@ -209,17 +225,17 @@ def _lora_tensors(folder):
 
 def test_short_run_changes_the_adapter_and_logs_every_reward_component(trained):
     p, result = trained
-    assert not result.skipped and result.global_step == p.grpo.max_steps
+    assert not result.skipped and result.global_step == p.grpo.config.max_steps
     tensors = _lora_tensors(result.adapter_dir)
     lora_b = [t for k, t in tensors.items() if "lora_B" in k]
     assert lora_b, "no LoRA B matrices in the saved adapter"
     # PEFT initialises B to zero, so any non-zero B entry was written by the GRPO updates
     assert any(t.abs().max().item() > 0 for t in lora_b)
 
-    out = grpo.policy_dir(p)
+    out = runs.layout(p).stage(runs.POLICY)
     curves = json.loads((out / "log_history.json").read_text())
     steps = [h for h in curves if "reward" in h]
-    assert len(steps) == p.grpo.max_steps
+    assert len(steps) == p.grpo.config.max_steps
     for key in ("reward", "reward_std", "rewards/future_reward/mean", "rewards/future_reward/std",
                 "rewards/format_reward/mean", "rewards/format_reward/std", "frac_reward_zero_std", "kl",
                 "completions/mean_length"):
@@ -227,9 +243,10 @@ def test_short_run_changes_the_adapter_and_logs_every_reward_component(trained):
     frame = grpo.curves_frame(curves)
     assert frame["format_compliance"].between(0, 1).all()
     assert (out / "curves.csv").is_file() and not (out / ".adapter-staging").exists()
-    card = json.loads((out / "protocol.json").read_text())
-    assert card["grpo"]["beta"] == p.grpo.beta and card["objective"]["loss_type"] == p.grpo.loss_type
-    assert json.loads((out / "grpo_config.json").read_text())["num_generations"] == p.grpo.num_generations
+    record = json.loads((out / "stage.json").read_text())
+    assert record["complete"] and record["settings"]["grpo"]["reward_model"] == "random"
+    assert record["objective"]["beta_kl"] == p.grpo.config.beta == 0.04 and record["objective"]["loss_type"] == "grpo"
+    assert json.loads((out / "grpo_config.json").read_text())["num_generations"] == p.grpo.config.num_generations
 
 
 def test_finished_run_is_skipped(trained, capsys):
@@ -248,20 +265,21 @@ def test_resume_from_last_checkpoint(trained, tmp_path):
     p, _ = trained
     p2 = load_params(p.source, {"output_root": str(tmp_path / "outputs"), "grpo.reward_model": "random"})
     shutil.copytree(p.run_dir / "data", p2.run_dir / "data")
-    src, dst = grpo.policy_dir(p), grpo.policy_dir(p2)
+    src, dst = runs.layout(p).stage(runs.POLICY), runs.layout(p2).stage(runs.POLICY)
     dst.mkdir(parents=True)
-    shutil.copy(src / "protocol.json", dst / "protocol.json")
+    record = json.loads((src / "stage.json").read_text())
+    runs.write_json({**record, "complete": False}, dst / "stage.json")  # killed: never completed
     shutil.copytree(src / "checkpoints" / "checkpoint-1", dst / "checkpoints" / "checkpoint-1")
     first = json.loads((src / "log_history.json").read_text())[0]
 
     # settings that change what is trained refuse to resume
     changed = load_params(p.source, {"output_root": str(tmp_path / "outputs"), "grpo.reward_model": "random",
-                                     "grpo.learning_rate": 1.0})
-    with pytest.raises(ParamsError, match="learning_rate"):
+                                     "grpo.trainer.learning_rate": 1.0})
+    with pytest.raises(runs.StaleStageError, match="learning_rate"):
         grpo.train_policy(changed)
 
     result = grpo.train_policy(p2)
-    assert result.global_step == p2.grpo.max_steps
+    assert result.global_step == p2.grpo.config.max_steps
     summary = json.loads((dst / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-1")
     history = json.loads((dst / "log_history.json").read_text())
