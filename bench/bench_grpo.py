@@ -7,7 +7,7 @@ Per-step times come from the trainer's own ``step_time`` log; the first step is 
 because it includes one-off warm-up. Peak memory is the process's maximum resident set size.
 
     python bench/bench_grpo.py                          # smoke params, 3 steps
-    python bench/bench_grpo.py --params params/ci.yaml --steps 2 --set grpo.num_generations=4
+    python bench/bench_grpo.py --params params/ci.yaml --steps 2 --set grpo.trainer.num_generations=4
 """
 
 from __future__ import annotations
@@ -59,16 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    import yaml
 
     from rlff_utils import grpo
     from rlff_utils.data import prepare_data
-    from rlff_utils.params import load_params
+    from rlff_utils.params import load_params, parse_set
 
-    overrides = {"grpo.max_steps": args.steps, "grpo.save_steps": 10_000, "grpo.reward_model": args.reward_model}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    overrides = {"grpo.trainer.max_steps": args.steps, "grpo.trainer.save_steps": 10_000,
+                 "grpo.reward_model": args.reward_model, **parse_set(args.set)}
     from trl import GRPOTrainer
 
     split: dict[str, float] = {}
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         result = grpo.train_policy(params)
         wall, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
         load_after = os.getloadavg()[0]
-    g = params.grpo
+    g = params.grpo.config
     steps = [h["step_time"] for h in result.log_history if "step_time" in h]
     rest = steps[1:] or steps
     report = {
@@ -98,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         "prompts_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations,
         "num_generations": g.num_generations,
         "completions_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps,
-        "max_prompt_length": g.max_prompt_length,
+        "max_prompt_length": params.grpo.max_prompt_length,
         "max_completion_length": g.max_completion_length,
-        "lora_r": g.lora_r,
+        "lora_r": params.grpo.lora_r,
         "beta": g.beta,
         "loss_type": g.loss_type,
         "bf16": g.bf16,

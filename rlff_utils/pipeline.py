@@ -9,6 +9,14 @@ and are rendered to HTML next to them for sharing.
     python -m rlff_utils.pipeline params/smoke.yaml --only 01,03   # some
     python -m rlff_utils.pipeline params/smoke.yaml --from 02      # resume the chain
     python -m rlff_utils.pipeline params/smoke.yaml --set simulation.num_candidates=2
+    python -m rlff_utils.pipeline params/smoke.yaml --from 02 --force   # redo 02.. from scratch
+
+The params are loaded once, here (relative paths against the directory you ran from), and each
+kernel reads the resolved run (``outputs/<run>/params.yaml``: absolute paths, overrides applied),
+so a notebook sees exactly what was validated. A stage whose folder holds results computed with
+other settings stops with the changed fields named (``runs.StaleStageError``); ``--force`` clears
+the selected stages first. The notebooks are the project's (next to the installed package), so a
+params file may live anywhere.
 """
 
 from __future__ import annotations
@@ -23,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .params import ParamsError, RunParams, find_project_root, load_params
+from . import runs
+from .params import ParamsError, RunParams, load_params, parse_set, project_root, write_resolved
 
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 
@@ -86,7 +93,7 @@ def _kernel_env() -> None:
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, _KERNEL_WARNINGS]))
 
 
-def execute_stage(stage: Stage, params: RunParams, overrides: dict[str, Any], html: bool = True) -> Path:
+def execute_stage(stage: Stage, params: RunParams, resolved_file: Path, html: bool = True) -> Path:
     import papermill as pm
 
     _kernel_env()
@@ -97,7 +104,7 @@ def execute_stage(stage: Stage, params: RunParams, overrides: dict[str, Any], ht
         pm.execute_notebook(
             str(stage.path),
             str(out),
-            parameters={"params_file": params.source, "overrides": overrides},
+            parameters={"params_file": str(resolved_file), "overrides": {}},
             cwd=str(stage.path.parent),
             kernel_name="python3",
             progress_bar=False,
@@ -120,12 +127,21 @@ def run_pipeline(
     overrides: dict[str, Any] | None = None,
     html: bool = True,
     notebooks_dir: Path | None = None,
+    force: bool = False,
 ) -> list[Path]:
-    """Validate the params (before any model loads), then execute the selected notebooks in order."""
-    overrides = overrides or {}
-    params = load_params(params_file, overrides)
-    notebooks_dir = notebooks_dir or Path(params.project_root or find_project_root(Path.cwd())) / "notebooks"
+    """Validate the params (before any model loads), then execute the selected notebooks in order;
+    ``force`` first clears the selected stages' folders (their results are redone)."""
+    params = load_params(params_file, overrides or {})
+    notebooks_dir = notebooks_dir or project_root() / "notebooks"
     stages = select_stages(discover_stages(notebooks_dir), only, start)
+    for stage in stages:  # stale results stop the run now, before any kernel starts
+        name = runs.NOTEBOOK_STAGE.get(stage.number)
+        if name and force:
+            runs.reset_stage(params, name)
+            print(f"--force: cleared {runs.layout(params).stage(name)}", flush=True)
+        elif name:
+            runs.check_stage(params, name)
+    resolved = write_resolved(params, runs.layout(params).resolved_params)
     executed = []
     t_all = time.perf_counter()
     timing_file = params.run_dir / "timing.json"
@@ -133,7 +149,7 @@ def run_pipeline(
     for i, stage in enumerate(stages, 1):
         print(f"[{i}/{len(stages)}] {stage.name} ...", flush=True)
         t0 = time.perf_counter()
-        executed.append(execute_stage(stage, params, overrides, html))
+        executed.append(execute_stage(stage, params, resolved, html))
         timing[stage.name] = round(time.perf_counter() - t0, 1)
         timing_file.write_text(json.dumps(timing, indent=2))
         print(f"[{i}/{len(stages)}] {stage.name} done in {timing[stage.name]:.0f}s -> {executed[-1]}", flush=True)
@@ -163,29 +179,19 @@ def _print_summary(params: RunParams) -> None:
         print(json.dumps(json.loads(summary.read_text()), indent=2))
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """`key.sub=value` pairs; values are parsed as YAML so numbers and lists keep their types."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ParamsError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rlff_utils.pipeline", description="Run the numbered notebooks for one params file.")
     ap.add_argument("params_file")
     ap.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,03")
     ap.add_argument("--from", dest="start", help="start at this notebook number")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    ap.add_argument("--force", action="store_true", help="clear the selected stages' results first and redo them")
     ap.add_argument("--no-html", action="store_true")
     args = ap.parse_args(argv)
     try:
         only = [s.strip() for s in args.only.split(",")] if args.only else None
-        run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html)
-    except (ParamsError, PipelineError) as e:
+        run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force)
+    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

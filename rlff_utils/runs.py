@@ -117,6 +117,8 @@ class RunLayout:
     def resources(self) -> Path: return self.root / "resources.json"
     @property
     def summary(self) -> Path: return self.root / "summary.json"
+    @property
+    def resolved_params(self) -> Path: return self.root / "params.yaml"
     def notebook(self, name: str) -> Path: return self.root / f"{name}.ipynb"
 
     # 01 data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,14 +39,32 @@ def test_parse_set_keeps_types():
 
 
 @pytest.mark.slow
-def test_notebook_01_runs_and_renders(ci_params, tmp_path):
-    out = pipeline.run_pipeline(ci_params.source, only=["01"], overrides={"output_root": str(tmp_path / "outputs")})
-    assert out[0].exists() and out[0].with_suffix(".html").exists()
-    assert (tmp_path / "outputs" / "ci" / "data" / "contexts").is_dir()
-    assert "IProgress not found" not in out[0].read_text()  # headless kernels: no ipywidgets hint
-    res = json.loads((tmp_path / "outputs" / "ci" / "resources.json").read_text())
+def test_notebook_01_runs_from_anywhere_and_refuses_stale_results(tmp_path, data_dir, project_root):
+    """A params file outside the project, run from another directory with a relative data
+    folder: the project's notebooks run, every path resolves against where the user ran."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "run.yaml").write_text((project_root / "params" / "ci.yaml").read_text())
+    (tmp_path / "data").symlink_to(data_dir)
+    env = {**os.environ, "RLFF_DATA_DIR": "data"}
+    cmd = [sys.executable, "-m", "rlff_utils.pipeline", "exp/run.yaml", "--only", "01"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "outputs" / "run"
+    out = run / "01_data_prep.ipynb"
+    assert out.exists() and out.with_suffix(".html").exists() and (run / "data" / "contexts").is_dir()
+    assert "IProgress not found" not in out.read_text()  # headless kernels: no ipywidgets hint
+    res = json.loads((run / "resources.json").read_text())
     # the kernel loads torch, pandas and the data: more than a bare interpreter, far below the budget
     assert res["notebooks"] == ["01_data_prep"] and 100 < res["peak_kernel_rss_mib"] < 8 * 1024
+    record = json.loads((run / "data" / "stage.json").read_text())
+    assert record["complete"] and record["settings"]["data"]["esconv_dir"] == str((tmp_path / "data" / "esconv").resolve())
+
+    stale = subprocess.run([*cmd, "--set", "data.max_contexts=5"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert stale.returncode == 1 and "data.max_contexts: 12 -> 5" in stale.stderr and "--force" in stale.stderr
+    assert "[1/1]" not in stale.stdout  # refused before any kernel started
+    forced = subprocess.run([*cmd, "--set", "data.max_contexts=5", "--force"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert json.loads((run / "data" / "stage.json").read_text())["settings"]["data"]["max_contexts"] == 5
 
 
 def test_failing_notebook_names_the_executed_copy(tmp_path, ci_params):
@@ -73,6 +92,7 @@ def test_cli_rejects_bad_params_before_running(tmp_path):
 def test_all_notebooks_run_on_ci_params(ci_params, tmp_path):
     """The whole method end to end on the tiny model: every stage's artefacts and the summary."""
     import json
+import os
 
     root = tmp_path / "outputs"
     executed = pipeline.run_pipeline(ci_params.source, overrides={"output_root": str(root)})
