@@ -6,11 +6,13 @@ CPU smoke run with a paper-scale run produced elsewhere (copy its folder into ``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from . import runs as _runs
+from .runs import RunLayout, read_json
 
 
 def list_runs(output_root: Path, names: list[str] | None = None) -> list[Path]:
@@ -20,19 +22,20 @@ def list_runs(output_root: Path, names: list[str] | None = None) -> list[Path]:
         if missing:
             raise FileNotFoundError(f"no run folder for {missing} under {output_root}")
         return [output_root / n for n in names]
-    return sorted(p for p in output_root.iterdir() if p.is_dir() and any((p / s).is_dir() for s in ("data", "evaluation")))
+    return sorted(p for p in output_root.iterdir()
+                  if p.is_dir() and any(RunLayout(p).record(s).is_file() for s in _runs.STAGES))
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, default=None)
 
 
 def evaluation_table(runs: list[Path]) -> pd.DataFrame:
     """The paper's main table: one row per (run, dataset, system) with SR and AT (+ 95% CIs)."""
     rows = []
     for run in runs:
-        for metrics_file in sorted((run / "evaluation").glob("*/metrics.json")):
-            m = json.loads(metrics_file.read_text())
+        for metrics_file in RunLayout(run).all_system_metrics():
+            m = read_json(metrics_file)
             rows.append(
                 {
                     "run": run.name,
@@ -54,8 +57,8 @@ def sr_at_k_table(runs: list[Path]) -> pd.DataFrame:
     """Long table (run, system, k, SR@k) for the SR@k curves."""
     rows = []
     for run in runs:
-        for metrics_file in sorted((run / "evaluation").glob("*/metrics.json")):
-            m = json.loads(metrics_file.read_text())
+        for metrics_file in RunLayout(run).all_system_metrics():
+            m = read_json(metrics_file)
             rows += [{"run": run.name, "system": metrics_file.parent.name, "k": k, "SR@k": v} for k, v in enumerate(m["SR_at_k"], 1)]
     return pd.DataFrame(rows)
 
@@ -81,7 +84,7 @@ def simulation_table(runs: list[Path]) -> pd.DataFrame:
     """Simulation statistics per run (from ``simulation/summary.json``)."""
     rows = []
     for run in runs:
-        s = _read_json(run / "simulation" / "summary.json")
+        s = _read_json(RunLayout(run).simulation_summary)
         if s:
             rows.append({"run": run.name, **{k: s.get(k) for k in (
                 "contexts", "trajectories", "success_rate", "mean_turns", "positive_rate",
@@ -91,8 +94,8 @@ def simulation_table(runs: list[Path]) -> pd.DataFrame:
 
 def reward_model_table(runs: list[Path]) -> pd.DataFrame:
     """Reward-model variant comparison per run (from ``reward_model/comparison.csv``)."""
-    frames = [pd.read_csv(run / "reward_model" / "comparison.csv").assign(run=run.name)
-              for run in runs if (run / "reward_model" / "comparison.csv").is_file()]
+    frames = [pd.read_csv(RunLayout(run).rm_comparison).assign(run=run.name)
+              for run in runs if RunLayout(run).rm_comparison.is_file()]
     if not frames:
         return pd.DataFrame()
     t = pd.concat(frames, ignore_index=True)
@@ -103,7 +106,7 @@ def human_validation_table(runs: list[Path]) -> pd.DataFrame:
     """Spearman of reward-model and critic scores with the seekers' reported intensity drop."""
     rows = []
     for run in runs:
-        for path in sorted((run / "reward_model").glob("human_validation*.json")):
+        for path in [RunLayout(run).human_validation]:
             v = _read_json(path)
             if isinstance(v, dict):
                 rows.append({"run": run.name, **{k: x for k, x in v.items() if not isinstance(x, (list, dict))}})
@@ -112,8 +115,8 @@ def human_validation_table(runs: list[Path]) -> pd.DataFrame:
 
 def grpo_curves(runs: list[Path]) -> pd.DataFrame:
     """GRPO training curves of every run (from ``policy/curves.csv``), long by step."""
-    frames = [pd.read_csv(run / "policy" / "curves.csv").assign(run=run.name)
-              for run in runs if (run / "policy" / "curves.csv").is_file()]
+    frames = [pd.read_csv(RunLayout(run).grpo_curves).assign(run=run.name)
+              for run in runs if RunLayout(run).grpo_curves.is_file()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -133,14 +136,15 @@ def run_summary(run: Path) -> dict[str, Any]:
     (undefined metrics are null)."""
     ev = evaluation_table([run])
     rm = reward_model_table([run])
-    sim = _read_json(run / "simulation" / "summary.json") or {}
-    grpo = _read_json(run / "policy" / "train_summary.json") or {}
+    lay = RunLayout(run)
+    sim = _read_json(lay.simulation_summary) or {}
+    grpo = _read_json(lay.train_summary) or {}
     rm_cols = [c for c in ("variant", "accuracy", "f1", "roc_auc", "spearman", "pairwise_accuracy") if c in rm.columns]
     return _clean({
         "run": run.name,
         "evaluation": {r.system: {"SR": r.SR, "AT": r.AT, "cases": int(r.cases)} for r in ev.itertuples()},
         "reward_model": rm[rm_cols].to_dict("records") if len(rm) else [],
         "simulation": {k: sim.get(k) for k in ("trajectories", "success_rate", "positive_rate") if k in sim},
-        "grpo": {k: grpo.get(k) for k in ("global_step", "train_runtime", "seconds") if k in grpo},
-        "report": str(run / "06_analysis.html"),
+        "grpo": {k: grpo.get(k) for k in ("global_step", "seconds") if k in grpo},
+        "report": str(lay.notebook("06_analysis").with_suffix(".html").relative_to(run.parent)),
     })

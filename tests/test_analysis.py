@@ -18,6 +18,7 @@ def _run(root, name, systems):
             {"cases": 10, "dataset": "esconv", "SR": sr, "SR_ci95": [sr - 0.1, sr + 0.1], "AT": at,
              "AT_ci95": [at - 0.5, at + 0.5], "SR_at_k": [sr / 2, sr]}))
     (root / name / "reward_model").mkdir(parents=True)
+    (root / name / "evaluation" / "stage.json").write_text(json.dumps({"stage": "evaluation", "complete": True}))
     pd.DataFrame([{"variant": "classification", "accuracy": 0.7, "f1": 0.6, "roc_auc": math.nan, "spearman": 0.3,
                    "pairwise_accuracy": 0.6}]).to_csv(root / name / "reward_model" / "comparison.csv", index=False)
 
