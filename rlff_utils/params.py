@@ -325,6 +325,8 @@ class AnalysisParams(_Strict):
 class RunParams(_Strict):
     run_name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")
     description: str = ""
+    purpose: Literal["research", "smoke", "planted", "test"] = Field(
+        "research", description="smoke / planted / test runs carry a banner: their numbers say nothing about RLFF-ESC")
     seed: int = 0
     output_root: str = "outputs"
     models: ModelRoles = Field(default_factory=ModelRoles)

@@ -70,31 +70,64 @@ def select_stages(stages: list[Stage], only: list[str] | None = None, start: str
     return stages
 
 
-def render_html(notebook: Path) -> Path:
-    from nbconvert import HTMLExporter
-    import nbformat
-
-    nb = nbformat.read(notebook, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    out = notebook.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
-
-
-# Headless kernels render tqdm's text bars, the right form for executed copies and HTML reports;
-# tqdm's hint to install ipywidgets for graphical bars is noise there (in JupyterLab it stays).
+# Headless kernels: text progress bars and the ipywidgets hint are noise in executed copies, and
+# so are the libraries' own bars and one-off advisories; the project's per-stage bars stay.
 _KERNEL_WARNINGS = "ignore:IProgress not found"
+KERNEL_ENV = {
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",       # also transformers' weight-loading / GGUF bars
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def _kernel_env() -> None:
-    """Environment the notebook kernels inherit from this process."""
+    """Environment the notebook kernels inherit from this process (JupyterLab sessions keep theirs)."""
     current = os.environ.get("PYTHONWARNINGS", "")
     if _KERNEL_WARNINGS not in current.split(","):
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, _KERNEL_WARNINGS]))
+    for key, value in KERNEL_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+class _PeakMemory:
+    """Largest resident memory of this process's children (the kernel) while a notebook runs."""
+
+    def __init__(self, interval: float = 0.5):
+        import threading
+
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_mib = max(self.peak_mib, total / 2**20)
+            self._stop.wait(interval)
+
+    def __enter__(self) -> "_PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def execute_stage(stage: Stage, params: RunParams, resolved_file: Path, html: bool = True) -> Path:
     import papermill as pm
+
+    from .report import render_notebook
 
     _kernel_env()
 
@@ -111,12 +144,12 @@ def execute_stage(stage: Stage, params: RunParams, resolved_file: Path, html: bo
         )
     except pm.PapermillExecutionError as e:
         if html:
-            render_html(out)
+            render_notebook(out)
         raise PipelineError(
             f"{stage.name} failed ({e.ename}: {e.evalue}); the traceback is in the executed copy {out}"
         ) from None
     if html:
-        render_html(out)
+        render_notebook(out, runs.layout(params).report)
     return out
 
 
@@ -144,19 +177,27 @@ def run_pipeline(
     resolved = write_resolved(params, runs.layout(params).resolved_params)
     executed = []
     t_all = time.perf_counter()
-    timing_file = params.run_dir / "timing.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    lay = runs.layout(params)
+    timing = runs.read_json(lay.timing, default={})
+    peaks = runs.read_json(lay.resources, default={}).get("peak_rss_mib_per_notebook", {})
     for i, stage in enumerate(stages, 1):
         print(f"[{i}/{len(stages)}] {stage.name} ...", flush=True)
         t0 = time.perf_counter()
-        executed.append(execute_stage(stage, params, resolved, html))
+        with _PeakMemory() as mem:
+            executed.append(execute_stage(stage, params, resolved, html))
         timing[stage.name] = round(time.perf_counter() - t0, 1)
-        timing_file.write_text(json.dumps(timing, indent=2))
+        peaks[stage.name] = round(mem.peak_mib, 1)
+        runs.write_json(timing, lay.timing)
         print(f"[{i}/{len(stages)}] {stage.name} done in {timing[stage.name]:.0f}s -> {executed[-1]}", flush=True)
     wall = time.perf_counter() - t_all
-    peak = _peak_child_rss_mib()
-    resources = {"notebooks": [s.name for s in stages], "wall_seconds": round(wall, 1), "peak_kernel_rss_mib": peak}
-    (params.run_dir / "resources.json").write_text(json.dumps(resources, indent=2))
+    peak = max(_peak_child_rss_mib(), *[peaks.get(s.name, 0.0) for s in stages])
+    resources = {"notebooks": [s.name for s in stages], "wall_seconds": round(wall, 1), "peak_kernel_rss_mib": peak,
+                 "peak_rss_mib_per_notebook": peaks}
+    runs.write_json(resources, lay.resources)
+    if html:
+        from .report import write_index
+
+        print(f"report: {write_index(params)}")
     print(f"pipeline {params.run_name}: {len(stages)} notebook(s) in {wall:.0f}s, peak kernel memory "
           f"{peak / 1024:.1f} GiB; outputs in {params.run_dir}")
     _print_summary(params)
@@ -174,9 +215,9 @@ def _peak_child_rss_mib() -> float:
 
 def _print_summary(params: RunParams) -> None:
     """The few numbers a reader wants after a run, from what the stages wrote."""
-    summary = params.run_dir / "summary.json"
+    summary = runs.layout(params).summary
     if summary.is_file():
-        print(json.dumps(json.loads(summary.read_text()), indent=2))
+        print(json.dumps(runs.read_json(summary), indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,11 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     ap.add_argument("--force", action="store_true", help="clear the selected stages' results first and redo them")
     ap.add_argument("--no-html", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="re-render the executed notebooks and the report index")
     args = ap.parse_args(argv)
     try:
         only = [s.strip() for s in args.only.split(",")] if args.only else None
+        if args.render_only:
+            from .report import render_run
+
+            print(f"report: {render_run(load_params(args.params_file, parse_set(args.sets), check_files=False))}")
+            return 0
         run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force)
-    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError) as e:
+    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,320 @@
+"""Shareable renderings of a run: each executed notebook as a full page (code included, for the
+lab) and as a report page (no code, no stderr or progress output, the parameters shown once as a
+table), plus ``outputs/<run>/report/index.html`` headed by the run card.
+
+Pages are self-contained and work offline: images are embedded and formulas are converted to
+MathML at render time (browsers draw MathML natively), so no MathJax is fetched from a CDN.
+
+    python -m rlff_utils.pipeline params/smoke.yaml --render-only   # re-render, execute nothing
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import html
+import os
+import platform
+import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import runs
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "vllm", "papermill", "nbconvert")
+INTERNAL_RUNS = {"smoke": "a smoke run", "planted": "a planted-signal (positive control) run", "test": "a test run"}
+
+# --------------------------------------------------------------------------------------------
+# Math: LaTeX -> MathML, once, when rendering
+# --------------------------------------------------------------------------------------------
+
+_BLOCK = re.compile(r"\$\$(.+?)\$\$", re.DOTALL)
+_INLINE = re.compile(r"(?<![\\$])\$(?!\$)([^$\n]+?)(?<!\\)\$")
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
+
+
+def _mathml(tex: str, display: str) -> str:
+    from latex2mathml.converter import convert
+
+    try:
+        return convert(tex.strip(), display=display).replace("\n", "")
+    except Exception:  # noqa: BLE001 - an unsupported macro: show the source, marked as code
+        return f"<code>{html.escape(tex.strip())}</code>"
+
+
+def math_to_mathml(markdown: str) -> str:
+    """``$$...$$`` and ``$...$`` replaced by MathML; code spans and fences are left alone."""
+    parts = _CODE.split(markdown)
+    for i in range(0, len(parts), 2):
+        text = _BLOCK.sub(lambda m: "\n\n" + _mathml(m.group(1), "block") + "\n\n", parts[i])
+        parts[i] = _INLINE.sub(lambda m: _mathml(m.group(1), "inline"), text)
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook pages
+# --------------------------------------------------------------------------------------------
+
+
+def _parameters_table(nb) -> str | None:
+    injected = next((c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])), None)
+    if injected is None:
+        return None
+    values: dict[str, str] = {}
+    for line in injected.source.splitlines():
+        m = re.match(r"^(\w+)\s*=\s*(.+)$", line.strip())
+        if m:
+            value = m.group(2).strip().strip("\"'")
+            values[m.group(1)] = Path(value).name if m.group(1) == "params_file" else value
+    rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td><code>{html.escape(v)}</code></td></tr>"
+                   for k, v in values.items())
+    return f"**Parameters** (the resolved run is `params.yaml` in the run folder)\n\n<table>{rows}</table>"
+
+
+def report_notebook(nb):
+    """A copy of an executed notebook for readers: parameters once (as a table), no stderr and
+    no progress-bar output, math in MathML. Input cells are hidden by the exporter."""
+    import copy
+
+    import nbformat
+
+    nb = copy.deepcopy(nb)
+    table = _parameters_table(nb)
+    cells = []
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            if table and "injected-parameters" in tags:
+                cells.append(nbformat.v4.new_markdown_cell(table))
+            continue
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not _is_noise(o)]
+        cells.append(cell)
+    nb.cells = cells
+    return _with_mathml(nb)
+
+
+def _is_noise(output) -> bool:
+    if output.get("output_type") == "stream" and output.get("name") == "stderr":
+        return True
+    text = output.get("text", "") if output.get("output_type") == "stream" else ""
+    return "\r" in text and "%|" in text  # a text progress bar that went to stdout
+
+
+def _with_mathml(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = math_to_mathml(cell.source)
+    return nb
+
+
+def _exporter(report: bool):
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATE_DIR)], template_name="rlff", embed_images=True)
+    if report:
+        exporter.exclude_input = True
+        exporter.exclude_input_prompt = True
+        exporter.exclude_output_prompt = True
+    return exporter
+
+
+def render_notebook(notebook: Path, report_dir: Path | None = None) -> tuple[Path, Path | None]:
+    """Full page next to the executed notebook; report page in ``report_dir`` (when given)."""
+    import copy
+
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    full = notebook.with_suffix(".html")
+    body, _ = _exporter(report=False).from_notebook_node(_with_mathml(copy.deepcopy(nb)))
+    full.write_text(body, encoding="utf-8")
+    page = None
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        page = report_dir / f"{notebook.stem}.html"
+        body, _ = _exporter(report=True).from_notebook_node(report_notebook(nb))
+        page.write_text(body, encoding="utf-8")
+    return full, page
+
+
+# --------------------------------------------------------------------------------------------
+# Run card and index
+# --------------------------------------------------------------------------------------------
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    except ImportError:  # pragma: no cover
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu} ({os.cpu_count()} cores)"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def headline(run_dir: Path, main_system: str | None = None) -> dict[str, Any] | None:
+    """SR and AT of the main system with their intervals, and its difference to the best baseline."""
+    lay = runs.RunLayout(run_dir)
+    systems = {p.parent.name: runs.read_json(p) for p in lay.all_system_metrics()}
+    if not systems:
+        return None
+    main = main_system if main_system in systems else ("rlff-esc" if "rlff-esc" in systems else next(iter(systems)))
+    m = systems[main]
+    out: dict[str, Any] = {"system": main, "cases": m.get("cases"), "SR": m.get("SR"), "SR_ci95": m.get("SR_ci95"),
+                           "AT": m.get("AT"), "AT_ci95": m.get("AT_ci95")}
+    baselines = {k: v for k, v in systems.items() if k != main and v.get("SR") is not None}
+    if baselines:
+        best = max(baselines, key=lambda k: baselines[k]["SR"])
+        out["best_baseline"] = best
+        out["SR_minus_best_baseline"] = (m["SR"] - baselines[best]["SR"]) if m.get("SR") is not None else None
+        paired = (m.get("paired_vs") or {}).get(best) or {}
+        if paired.get("SR_diff_ci95"):
+            out["SR_diff_ci95"] = paired["SR_diff_ci95"]
+    return out
+
+
+def run_card(params, run_dir: Path | None = None) -> dict[str, Any]:
+    """What was run, where, with what, how long, and how it came out."""
+    run_dir = Path(run_dir or params.run_dir)
+    lay = runs.RunLayout(run_dir)
+    root = Path(params.project_root or ".")
+    source = Path(params.source) if params.source else None
+    timing = runs.read_json(lay.timing, default={})
+    resources = runs.read_json(lay.resources, default={})
+    commit = _git(root, "rev-parse", "--short=12", "HEAD")
+    dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no")) if commit else None
+    purpose = INTERNAL_RUNS.get(getattr(params, "purpose", "") or "")
+    return {
+        "run": params.run_name,
+        "description": params.description,
+        "purpose": getattr(params, "purpose", None),
+        "banner": (f"This is {purpose}: its numbers check that the code runs (or learns a planted signal); they "
+                   "say nothing about RLFF-ESC itself.") if purpose else None,
+        "params_file": str(source.relative_to(root)) if source and source.is_relative_to(root) else (source.name if source else None),
+        "params_sha256": hashlib.sha256(source.read_bytes()).hexdigest()[:16] if source and source.is_file() else None,
+        "git_commit": f"{commit}{' (with uncommitted changes)' if dirty else ''}" if commit else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": _device(),
+        "packages": _versions(),
+        "seconds_per_notebook": timing,
+        "peak_memory_mib_per_notebook": resources.get("peak_rss_mib_per_notebook", {}),
+        "wall_seconds": resources.get("wall_seconds"),
+        "peak_memory_mib": resources.get("peak_kernel_rss_mib"),
+        "headline": headline(run_dir),
+        "models": {role: getattr(params.models, role).name for role in type(params.models).model_fields},
+        "seed": params.seed,
+    }
+
+
+def _fmt_ci(ci: Any, scale: float = 1.0, digits: int = 1) -> str:
+    if not ci or ci[0] is None:
+        return ""
+    return f" [{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
+
+
+def _b64(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def write_index(params, run_dir: Path | None = None) -> Path:
+    """``report/index.html``: the run card, then links to the report pages, tables and figures."""
+    run_dir = Path(run_dir or params.run_dir)
+    lay = runs.RunLayout(run_dir)
+    report = lay.report
+    report.mkdir(parents=True, exist_ok=True)
+    card = run_card(params, run_dir)
+    runs.write_json(card, report / "run_card.json")
+    e = html.escape
+    rows = []
+    for key in ("run", "description", "params_file", "params_sha256", "git_commit", "date", "device", "seed"):
+        if card.get(key) not in (None, ""):
+            rows.append(f"<tr><th>{e(key.replace('_', ' '))}</th><td>{e(str(card[key]))}</td></tr>")
+    rows.append("<tr><th>models</th><td>" + ", ".join(f"{e(r)}: <code>{e(n)}</code>" for r, n in card["models"].items()) + "</td></tr>")
+    rows.append("<tr><th>packages</th><td>" + ", ".join(f"{e(k)} {e(v)}" for k, v in card["packages"].items()) + "</td></tr>")
+    if card["wall_seconds"] is not None:
+        rows.append(f"<tr><th>wall time</th><td>{card['wall_seconds'] / 60:.1f} min; peak memory "
+                    f"{(card['peak_memory_mib'] or 0) / 1024:.1f} GiB</td></tr>")
+    h = card["headline"]
+    headline_html = ""
+    if h:
+        sr = "n/a" if h["SR"] is None else f"{100 * h['SR']:.1f}%{_fmt_ci(h.get('SR_ci95'), 100)}"
+        at = "n/a" if h["AT"] is None else f"{h['AT']:.2f}{_fmt_ci(h.get('AT_ci95'), 1, 2)}"
+        diff = ""
+        if h.get("best_baseline") and h.get("SR_minus_best_baseline") is not None:
+            diff = (f"; vs the best baseline ({e(h['best_baseline'])}): {100 * h['SR_minus_best_baseline']:+.1f} points"
+                    f"{_fmt_ci(h.get('SR_diff_ci95'), 100)}")
+        headline_html = (f"<p class='headline'><b>{e(h['system'])}</b> on {h['cases']} cases: SR {sr}, AT {at}{diff} "
+                         "(95% bootstrap intervals; protocol in 05_evaluation)</p>")
+    stage_rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{secs:.0f} s</td><td>{card['peak_memory_mib_per_notebook'].get(name, float('nan')) / 1024:.2f} GiB</td></tr>"
+        for name, secs in card["seconds_per_notebook"].items())
+    pages = sorted(p for p in report.glob("[0-9][0-9]_*.html"))
+    tables = sorted(report.glob("*.csv"))
+    figures = sorted(report.glob("*.png"))
+    banner = f"<div class='banner'>{e(card['banner'])}</div>" if card["banner"] else ""
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>rlff-esc run {e(card['run'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }} th, td {{ text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; vertical-align: top; }}
+.banner {{ background: #fff3cd; border: 1px solid #e0c36a; padding: 0.8em 1em; margin: 1em 0; }}
+.headline {{ font-size: 1.15em; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Run <code>{e(card['run'])}</code></h1>
+{banner}
+{headline_html}
+<h2>Run card</h2><table>{''.join(rows)}</table>
+<h2>Stages</h2><table><tr><th>notebook</th><th>wall time</th><th>peak memory</th></tr>{stage_rows}</table>
+<h2>Pages</h2><ul>{''.join(f"<li><a href='{e(p.name)}'>{e(p.stem)}</a></li>" for p in pages)}</ul>
+<h2>Tables</h2><ul>{''.join(f"<li><a href='{e(t.name)}'>{e(t.name)}</a></li>" for t in tables) or '<li>none</li>'}</ul>
+<h2>Figures</h2>{''.join(f"<figure><img src='data:image/png;base64,{_b64(f)}' alt='{e(f.stem)}'><figcaption>{e(f.stem)} (<a href='{e(f.name)}'>{e(f.name)}</a>)</figcaption></figure>" for f in figures) or '<p>none</p>'}
+</body></html>
+"""
+    path = report / "index.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def render_run(params, run_dir: Path | None = None) -> Path:
+    """Re-render every executed notebook of a run and its index (``--render-only``)."""
+    run_dir = Path(run_dir or params.run_dir)
+    lay = runs.RunLayout(run_dir)
+    executed = sorted(run_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not executed:
+        raise FileNotFoundError(f"no executed notebooks in {run_dir}: run the pipeline first")
+    for nb in executed:
+        render_notebook(nb, lay.report)
+    return write_index(params, run_dir)
