@@ -1,0 +1,34 @@
+"""The planted rule: deterministic verdicts from the supporter's replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlff_utils.planted import asks_about_feelings, gives_advice, rule_label
+
+
+@pytest.mark.parametrize("reply, asks", [
+    ("That sounds hard. How do you feel about it now?", True),
+    ("How are you feeling today?", True),
+    ("What happened next?", False),                     # a question, but not about feelings
+    ("I feel you. Tell me more.", False),               # a feeling word, but no question
+    ("You seem upset. Is that right? I hope it gets better.", True),
+])
+def test_asks_about_feelings(reply, asks):
+    assert asks_about_feelings(reply) is asks
+
+
+@pytest.mark.parametrize("turns, label", [
+    (["How does that make you feel?"], "solved"),
+    (["You should talk to your boss.", "Okay."], "worse"),
+    (["I see.", "How do you feel now?"], "better"),
+    (["What happened?", "You should talk to him."], "same"),     # advice only after a question
+    (["I see."], "same"),
+    ([], "same"),
+])
+def test_rule_label(turns, label):
+    assert rule_label(turns) == label
+
+
+def test_advice_needs_no_question():
+    assert gives_advice("Try to get some sleep.") and not gives_advice("Have you tried to sleep?")
