@@ -12,7 +12,8 @@ from rlff_utils.planted import asks_about_feelings, gives_advice, rule_label
     ("How are you feeling today?", True),
     ("What happened next?", False),                     # a question, but not about feelings
     ("I feel you. Tell me more.", False),               # a feeling word, but no question
-    ("You seem upset. Is that right? I hope it gets better.", True),
+    ("You seem upset, is that right? I hope it gets better.", True),
+    ("You seem upset. Is that right?", False),             # the question itself names no feeling
 ])
 def test_asks_about_feelings(reply, asks):
     assert asks_about_feelings(reply) is asks
