@@ -45,12 +45,14 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import reward_model as rm
+from rlff_utils import plots, runs
 from rlff_utils.params import load_params
+from rlff_utils.reward import inputs, scorer, train, validation
 
 params = load_params(params_file, overrides)
+stage_dir = runs.layout(params).stage(runs.REWARD_MODEL)
 print(f"run {params.run_name!r}: backbone {params.models.reward_backbone.name}, "
-      f"variants {params.reward_model.variants} -> {params.run_dir / 'reward_model'}")
+      f"variants {params.reward_model.variants} -> {stage_dir}")
 
 # %% [markdown]
 # ## The reward dataset and its split
@@ -60,8 +62,7 @@ print(f"run {params.run_name!r}: backbone {params.models.reward_backbone.name}, 
 # pairs are all candidate pairs of one context whose $R_\text{fut}$ differ, the higher one preferred.
 
 # %%
-frame = rm.load_reward_frame(params)
-splits = rm.split_by_context(frame, params.reward_model.valid_fraction, params.reward_model.test_fraction, params.seed)
+splits = inputs.run_splits(params)
 splits.summary().round(3)
 
 # %% [markdown]
@@ -71,7 +72,7 @@ splits.summary().round(3)
 
 # %%
 row = splits.train.iloc[0]
-print(rm.format_input(row["history"], row["candidate_reply"], rm.history_turns(params)))
+print(inputs.format_input(row["history"], row["candidate_reply"], inputs.history_turns(params)))
 print(f"\nR_fut = {row['r_fut']:.3f}, label = {row['label']}")
 
 # %% [markdown]
@@ -79,18 +80,19 @@ print(f"\nR_fut = {row['r_fut']:.3f}, label = {row['label']}")
 #
 # Classification and regression: `AutoModelForSequenceClassification` + LoRA with transformers' `Trainer`;
 # ranking: TRL's `RewardTrainer` on pre-tokenised pairs. All with early stopping on the validation loss and
-# the run's seed. A variant already trained for this run is reused (`reward_model.retrain: true` trains
-# again). Held-out metrics: accuracy and F1 of the classifier at $p = 0.5$; ROC-AUC against the label and
+# the run's seed. A variant already trained for this run with the same settings is reused; changed settings
+# stop the stage with a message naming them (`reward_model.retrain: true` starts it over). Held-out metrics:
+# accuracy and F1 of the classifier at $p = 0.5$; ROC-AUC against the label and
 # Spearman $\rho$ against $R_\text{fut}$ for every variant (both ignore the score's scale); pairwise accuracy on
 # the test split's ranking pairs (ties count ½). Values that are undefined on this split (for example AUC when
 # every test label is equal) are NaN, with the reason in `notes`.
 
 # %%
-report = rm.train_reward_models(params, frame=frame)
+report = train.train_reward_models(params)
 report.comparison.round(3)
 
 # %%
-rm.plot_learning_curves(report.log_frame(), params.run_dir / "reward_model" / "learning_curves.png");
+plots.reward_learning_curves(report, params);
 
 # %% [markdown]
 # ### Scores by label
@@ -99,7 +101,7 @@ rm.plot_learning_curves(report.log_frame(), params.run_dir / "reward_model" / "l
 # others; overlap is noise in GRPO's advantages.
 
 # %%
-rm.plot_score_distributions(report.predictions, params.run_dir / "reward_model" / "score_distributions.png");
+plots.reward_score_distributions(report, params);
 
 # %% [markdown]
 # ### Calibration of the classifier
@@ -108,18 +110,20 @@ rm.plot_score_distributions(report.predictions, params.run_dir / "reward_model" 
 # $p_\phi$ as "chance this reply leads to a good outcome".
 
 # %%
-rm.plot_calibration(report.predictions, params.run_dir / "reward_model" / "calibration.png");
+plots.reward_calibration(report, params);
 
 # %% [markdown]
 # ## The reward function GRPO uses
 #
-# `rm.load_reward_function(params)` returns a picklable callable with TRL's reward-function signature
+# `scorer.load_reward_function(params)` returns a picklable callable with TRL's reward-function signature
 # `f(prompts, completions, history=..., **kwargs) -> list[float]` for the variant in `grpo.reward_model`. It
 # loads the saved adapter once per process, scores in batches without gradients and strips reasoning before
-# scoring. Here it scores all candidates of two held-out contexts, next to their simulated $R_\text{fut}$:
+# scoring. Here it scores all candidates of two held-out contexts, next to their simulated $R_\text{fut}$
+# (the loaded model is kept in `scorers` for the validation below):
 
 # %%
-rm.reward_examples(params, splits.test, n_contexts=2).style.set_properties(
+scorers = scorer.ScorerCache()
+scorer.reward_examples(params, splits.test, n_contexts=2, cache=scorers).style.set_properties(
     subset=["candidate_reply"], **{"white-space": "pre-wrap", "text-align": "left"}).format(precision=3)
 
 # %% [markdown]
@@ -139,21 +143,21 @@ rm.reward_examples(params, splits.test, n_contexts=2).style.set_properties(
 # small embedded model, expect little.
 
 # %%
-hv = rm.validate_against_humans(params)
+hv = validation.validate_against_humans(params, cache=scorers)
 for note in hv.notes:
     print("note:", note)
 hv.correlations.round(3)
 
 # %%
-rm.plot_human_validation(hv, params.run_dir / "reward_model" / "human_validation.png");
+plots.reward_human_validation(hv, params);
 
 # %% [markdown]
 # ## Artefacts
 #
 # Under `reward_model/`: per variant `adapter/` (LoRA + score head), `rm_config.json`, `metrics.json`,
 # `test_predictions.csv`, `log_history.json`; `comparison.csv`, `splits.csv`, `human_validation.{csv,json}`
-# and the figures. Notebook 04 reads the adapter of `grpo.reward_model` through `load_reward_function`.
+# the figures, and `stage.json` (the settings this stage ran with). Notebook 04 reads the adapter of
+# `grpo.reward_model` through `scorer.load_reward_function`.
 
 # %%
-sorted(str(p.relative_to(params.run_dir)) for p in (params.run_dir / "reward_model").rglob("*")
-       if p.is_file() and "adapter" not in p.parts)
+sorted(str(p.relative_to(params.run_dir)) for p in stage_dir.rglob("*") if p.is_file() and "adapter" not in p.parts)

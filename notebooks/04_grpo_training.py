@@ -49,7 +49,7 @@ import pandas as pd
 
 from rlff_utils import grpo
 from rlff_utils.params import load_params
-from rlff_utils.plots_grpo import plot_grpo_curves
+from rlff_utils.plots import plot_grpo_curves
 
 params = load_params(params_file, overrides)
 print(f"run {params.run_name!r} -> {grpo.policy_dir(params)}")

@@ -97,7 +97,7 @@ def reward_setup(params: RunParams) -> tuple[list[Callable], list[float]]:
     with ``grpo.format_reward: false`` its weight is 0, which leaves R = R_fut exactly (TRL sums the
     weighted rewards before normalising them per group).
     """
-    from .reward_model import RewardFunction  # lazy and picklable: loads its model on first call
+    from .reward.scorer import RewardFunction  # lazy and picklable: loads its model on first call
 
     g = params.grpo
     return [RewardFunction(params, g.reward_model), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
@@ -278,7 +278,7 @@ def _train(params: RunParams) -> GRPOResult:
     from trl import GRPOTrainer
 
     from .models import load_tokenizer, resolve_model
-    from .reward_model import load_reward_function
+    from .reward.scorer import load_reward_function
 
     lay = runs.layout(params)
     out, adapter, ckpts = lay.stage(runs.POLICY), lay.adapter, lay.grpo_checkpoints
@@ -473,7 +473,7 @@ def sample_before_after(params: RunParams, n: int = 3, score: bool = True):
         }
     )
     if score:
-        from .reward_model import load_reward_function
+        from .reward.scorer import load_reward_function
 
         rm = load_reward_function(params)
         as_msgs = lambda xs: [[{"role": "assistant", "content": x}] for x in xs]  # noqa: E731

@@ -207,6 +207,50 @@ class RewardModelParams(_Strict):
     human_validation_turns: int | None = Field(
         6, ge=1, description="supporter turns scored per dialogue, evenly spaced (None: all)"
     )
+    trainer: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra transformers TrainingArguments (weight_decay, lr_scheduler_type, warmup_steps, ...): "
+        "they override the project's defaults; keys the fields above or the run folder decide are refused",
+    )
+
+    @field_validator("trainer")
+    @classmethod
+    def _trainer_arguments(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Checked by building transformers' TrainingArguments (no model loads), so any of its
+        knobs works without code here and a misspelt one fails at load."""
+        epoch_wise = "the per-epoch evaluation and checkpoints behind early stopping and resume"
+        owned_by = {  # keys the project sets itself: a value here would contradict it
+            "output_dir": "the run folder", "num_train_epochs": "reward_model.epochs",
+            "per_device_train_batch_size": "reward_model.batch_size",
+            "gradient_accumulation_steps": "reward_model.gradient_accumulation_steps",
+            "learning_rate": "reward_model.learning_rate", "seed": "seed", "data_seed": "seed",
+            **dict.fromkeys(("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"), "models.reward_backbone.dtype"),
+            "use_cpu": "models.reward_backbone.device",
+            **dict.fromkeys(("eval_strategy", "save_strategy", "load_best_model_at_end", "metric_for_best_model",
+                             "greater_is_better"), epoch_wise),
+        }
+        owned = [k for k in v if k in owned_by]
+        if owned:
+            raise ValueError("; ".join(f"{k!r} is set by {owned_by[k]}, not here" for k in owned))
+        if not v:
+            return v
+        import difflib
+        import tempfile
+
+        from transformers import TrainingArguments
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                TrainingArguments(output_dir=tmp, **v)
+            except TypeError as e:
+                known = list(TrainingArguments.__dataclass_fields__)
+                bad = [k for k in v if k not in known]
+                hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
+                         for k in bad]
+                raise ValueError(f"not a transformers TrainingArguments setting: {', '.join(hints) or e}") from None
+            except ValueError as e:
+                raise ValueError(f"transformers TrainingArguments refuses these settings: {e}") from None
+        return v
 
 
 # TRL GRPOConfig values the project chooses (the paper's settings); ``grpo.trainer`` overrides

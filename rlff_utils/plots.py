@@ -1,14 +1,27 @@
-"""Figures the notebooks show. Each function takes tidy data, returns a matplotlib Figure and
-optionally saves it, so notebooks stay one call per figure and the analysis notebook can
-redraw any stage's figure from the files a run wrote."""
+"""Figures the notebooks show, every stage's in one place. Each ``plot_*`` function takes tidy
+data, returns a matplotlib Figure and optionally saves it, so the analysis notebook can redraw
+any stage's figure from the files a run wrote. Where a stage saves a figure into its run folder,
+a function named after the figure takes the stage's result and the params and saves it under its
+:class:`rlff_utils.runs.RunLayout` name, so a notebook makes each figure with one call.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+
+from . import runs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .params import RunParams
+    from .reward.train import RewardModelReport
+    from .reward.validation import HumanValidation
 
 
 def _save(fig, path: str | Path | None):
@@ -135,5 +148,148 @@ def plot_simulation(frame: pd.DataFrame, by_turn: pd.DataFrame, path: str | Path
         axes[2].invert_yaxis()
         axes[2].legend(loc="lower right", fontsize=8)
     axes[2].set_title("label balance per emotion type")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---- reward model (notebook 03) ---------------------------------------------------------------
+
+
+def plot_calibration(predictions: pd.DataFrame, path: str | Path | None = None, n_bins: int = 5):
+    """Reliability of P(positive) for the two-class heads (trained and random): mean predicted
+    probability per bin against the observed positive rate, with the bins' sizes underneath."""
+    from sklearn.calibration import calibration_curve
+
+    from .reward.variants import NUM_LABELS
+
+    probs = predictions[predictions["variant"].map(lambda v: NUM_LABELS.get(v) == 2)]
+    fig, (ax, ax_hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1.3], sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
+    for v, g in probs.groupby("variant"):
+        if g["label"].nunique() < 2:
+            continue
+        frac, mean_p = calibration_curve(g["label"], g["score"], n_bins=n_bins, strategy="uniform")
+        ax.plot(mean_p, frac, marker="o", label=v)
+    ax.set(ylabel="observed positive rate", title="calibration on the test split", xlim=(0, 1), ylim=(-0.02, 1.02))
+    ax.legend(loc="upper left", fontsize=8)
+    if len(probs):
+        sns.histplot(probs, x="score", hue="variant", bins=np.linspace(0, 1, 21), element="step", ax=ax_hist)
+    ax_hist.set(xlabel="predicted P(R_fut ≥ δ)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_score_distributions(predictions: pd.DataFrame, path: str | Path | None = None):
+    """Each variant's held-out scores split by the simulated label: separated boxes are what a
+    useful reward model looks like; overlapping ones give GRPO noise."""
+    variants = list(dict.fromkeys(predictions["variant"]))
+    fig, axes = plt.subplots(1, max(1, len(variants)), figsize=(3.6 * max(1, len(variants)), 3.8), squeeze=False)
+    order = ["R_fut < δ", "R_fut ≥ δ"]
+    for ax, v in zip(axes[0], variants):
+        g = predictions[predictions["variant"] == v].assign(label=lambda f: f["label"].map(dict(enumerate(order))))
+        sns.boxplot(g, x="label", y="score", order=order, ax=ax, color="white", showfliers=False)
+        sns.stripplot(g, x="label", y="score", order=order, ax=ax, hue="label", hue_order=order, legend=False, alpha=0.7)
+        ax.set(title=v, xlabel="", ylabel="score" if ax is axes[0][0] else "")
+    fig.suptitle("held-out scores by simulated label")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_learning_curves(log: pd.DataFrame, path: str | Path | None = None):
+    """Training and validation loss per variant (losses differ by variant: CE, MSE, BT)."""
+    variants = list(dict.fromkeys(log["variant"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(variants), figsize=(3.8 * len(variants), 3.4), squeeze=False)
+    for ax, v in zip(axes[0], variants):
+        g = log[log["variant"] == v]
+        if len(g):
+            sns.lineplot(g, x="epoch", y="loss", hue="split", marker="o", ax=ax)
+        ax.set(title=v)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_human_validation(hv: "HumanValidation", path: str | Path | None = None):
+    """The reward model's and the critic's view of real dialogues against the seeker's reported
+    intensity drop; ρ in each title."""
+    rho = {r["signal"]: r for r in hv.correlations.to_dict("records")}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, signal in (
+        (axes[0], "rm_score", f"reward model ({hv.variant})"),
+        (axes[1], "critic_score", "critic"),
+    ):
+        f = hv.frame.dropna(subset=[col, "intensity_drop"])
+        if len(f):
+            sns.regplot(f, x="intensity_drop", y=col, x_jitter=0.15, ax=ax, scatter_kws={"alpha": 0.6})
+        r = rho.get(signal, {})
+        value = r.get("spearman")
+        rho_txt = "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
+        ax.set(
+            title=f"{signal}: Spearman ρ = {rho_txt} (n = {r.get('n', 0)})",
+            xlabel="seeker's intensity drop (initial − final)",
+            ylabel=col.replace("_", " "),
+        )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reward_learning_curves(report: "RewardModelReport", params: "RunParams"):
+    """``reward_model/learning_curves.png``."""
+    return plot_learning_curves(report.log_frame(), runs.layout(params).rm_figure("learning_curves"))
+
+
+def reward_score_distributions(report: "RewardModelReport", params: "RunParams"):
+    """``reward_model/score_distributions.png``."""
+    return plot_score_distributions(report.predictions, runs.layout(params).rm_figure("score_distributions"))
+
+
+def reward_calibration(report: "RewardModelReport", params: "RunParams"):
+    """``reward_model/calibration.png``."""
+    return plot_calibration(report.predictions, runs.layout(params).rm_figure("calibration"))
+
+
+def reward_human_validation(hv: "HumanValidation", params: "RunParams"):
+    """``reward_model/human_validation.png``."""
+    return plot_human_validation(hv, runs.layout(params).rm_figure("human_validation"))
+
+
+# ---- GRPO (notebook 04) ------------------------------------------------------------------------
+
+# (title, [(column, std column or None, label)])
+GRPO_PANELS = [
+    ("total reward R = R_fut + α·R_format", [("total_reward", "total_reward_std", "R")]),
+    ("reward components", [("future_reward", "future_reward_std", "R_fut"), ("format_reward", "format_reward_std", "R_format")]),
+    ("format compliance", [("format_compliance", None, "share of <think>…</think> + reply")]),
+    ("groups without signal", [("frac_reward_zero_std", None, "frac_reward_zero_std")]),
+    ("KL to the initial policy", [("kl", None, "KL")]),
+    ("completion length (tokens)", [("completion_length", None, "mean length")]),
+]
+
+
+def plot_grpo_curves(curves: pd.DataFrame, path: str | Path | None = None):
+    """GRPO training curves from the trainer's log history (``policy/curves.csv``): six panels,
+    one per quantity worth watching; a shaded band is ±1 std over the step's completions. A
+    panel whose column was never logged (e.g. KL with beta = 0) says so."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8), sharex=True)
+    for ax, (title, series) in zip(axes.flat, GRPO_PANELS):
+        drawn = False
+        for col, std, label in series:
+            if col not in curves or curves[col].isna().all():
+                continue
+            data = curves[["step", col]].dropna()
+            ax.plot(data["step"], data[col], marker="o", ms=3, label=label)
+            if std and std in curves and not curves[std].isna().all():
+                s = curves.loc[data.index, std].fillna(0)
+                ax.fill_between(data["step"], data[col] - s, data[col] + s, alpha=0.2)
+            drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+        elif len(series) > 1 or std:
+            ax.legend(fontsize=8)
+        if series[0][0] in ("format_compliance", "frac_reward_zero_std"):
+            ax.set_ylim(-0.05, 1.05)  # shares
+        ax.set_title(title, fontsize=10)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
     fig.tight_layout()
     return _save(fig, path)

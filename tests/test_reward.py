@@ -1,6 +1,6 @@
-"""Reward model: the split, the three training sets, real training on a separable synthetic
-signal (tiny model), metrics, the GRPO reward function, the random reference and the
-human-signal validation."""
+"""Reward package: the split, the three training sets, real training on a separable synthetic
+signal (tiny model), metrics, the GRPO reward function, the random reference, the human-signal
+validation, the `reward_model.trainer` block and the stage's stale-result check."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlff_utils import reward_model as rm
-from rlff_utils.params import load_params
+from rlff_utils import plots, runs
+from rlff_utils.params import ParamsError, load_params
+from rlff_utils.reward import inputs, metrics, scorer, train, validation, variants
+from rlff_utils.reward.backbone import load_backbone, load_rm_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +55,13 @@ def synthetic_frame(n_dialogues: int = 16, contexts_per_dialogue: int = 1, candi
 
 
 def _params(tmp: Path, **overrides):
+    """ci params for a run under ``tmp``; the human-validation settings are those of
+    test_human_validation_on_real_esconv, which validates the module's trained run."""
     base = {
         "output_root": str(tmp / "outputs"),
+        "data.max_dialogues": 60,
+        "reward_model.human_validation_dialogues": 5,
+        "reward_model.human_validation_turns": 3,
         "reward_model.epochs": 3,
         "reward_model.learning_rate": 3e-3,
         "reward_model.batch_size": 8,
@@ -63,6 +70,14 @@ def _params(tmp: Path, **overrides):
         "reward_model.max_pairs_per_context": 2,
     }
     return load_params(ROOT / "params" / "ci.yaml", {**base, **overrides}, check_files=False)
+
+
+def _upstream_done(params) -> None:
+    """Records of finished data and simulation stages: the reward-model stage needs them (the
+    tests hand it a synthetic reward frame instead of notebook 02's)."""
+    for stage in (runs.DATA, runs.SIMULATION):
+        with runs.begin_stage(params, stage, require_upstream=False):
+            pass
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -82,16 +97,16 @@ def _one_torch_thread():
 
 def test_format_input_keeps_recent_turns_and_only_the_visible_reply():
     history = [{"speaker": "seeker" if i % 2 == 0 else "supporter", "text": f"turn {i}"} for i in range(6)]
-    text = rm.format_input(history, "<think>she is sad</think>[Question] How are you?", max_history_turns=3)
+    text = inputs.format_input(history, "<think>she is sad</think>[Question] How are you?", max_history_turns=3)
     assert "turn 2" not in text and "turn 3" in text and "turn 5" in text
     assert "she is sad" not in text and "[Question]" not in text
     assert text.endswith("Supporter: How are you?")
-    assert text == rm.format_input(history, "How are you?", max_history_turns=3)
+    assert text == inputs.format_input(history, "How are you?", max_history_turns=3)
 
 
 def test_split_has_no_context_or_dialogue_leakage():
     frame = synthetic_frame(n_dialogues=20, contexts_per_dialogue=2)
-    splits = rm.split_by_context(frame, 0.15, 0.2, seed=3)
+    splits = inputs.split_by_context(frame, 0.15, 0.2, seed=3)
     parts = dict(splits.items())
     for a in parts:
         for b in parts:
@@ -100,47 +115,47 @@ def test_split_has_no_context_or_dialogue_leakage():
                 assert not set(parts[a]["dialogue_id"]) & set(parts[b]["dialogue_id"])
     assert sum(len(p) for p in parts.values()) == len(frame)
     assert all(len(p) for p in parts.values())
-    again = rm.split_by_context(frame, 0.15, 0.2, seed=3)
+    again = inputs.split_by_context(frame, 0.15, 0.2, seed=3)
     assert list(again.test["context_id"]) == list(splits.test["context_id"])
-    assert list(rm.split_by_context(frame, 0.15, 0.2, seed=4).test["context_id"]) != list(splits.test["context_id"])
+    assert list(inputs.split_by_context(frame, 0.15, 0.2, seed=4).test["context_id"]) != list(splits.test["context_id"])
     summary = splits.summary()
     assert list(summary["split"]) == ["train", "valid", "test"] and summary["candidates"].sum() == len(frame)
 
 
 def test_split_rejects_too_few_dialogues_and_bad_frames():
-    with pytest.raises(rm.RewardModelError, match="too few dialogues"):
-        rm.split_by_context(synthetic_frame(n_dialogues=2), 0.15, 0.15)
-    with pytest.raises(rm.RewardModelError, match="lacks column"):
-        rm.split_by_context(synthetic_frame().drop(columns=["r_fut"]))
+    with pytest.raises(variants.RewardModelError, match="too few dialogues"):
+        inputs.split_by_context(synthetic_frame(n_dialogues=2), 0.15, 0.15)
+    with pytest.raises(variants.RewardModelError, match="lacks column"):
+        inputs.split_by_context(synthetic_frame().drop(columns=["r_fut"]))
     nan = synthetic_frame(n_dialogues=5).assign(r_fut=math.nan)
-    with pytest.raises(rm.RewardModelError, match="finite r_fut"):
-        rm.split_by_context(nan)
+    with pytest.raises(variants.RewardModelError, match="finite r_fut"):
+        inputs.split_by_context(nan)
     partly = synthetic_frame(n_dialogues=5)
     partly.loc[0, "r_fut"] = math.nan
-    assert rm.split_by_context(partly).dropped_nan == 1
+    assert inputs.split_by_context(partly).dropped_nan == 1
 
 
 def test_dataset_builders():
     frame = synthetic_frame(n_dialogues=2).reset_index(drop=True)
     frame.loc[1, "r_fut"] = frame.loc[3, "r_fut"]  # a tie in context 0: no pair for it
-    cls = rm.classification_dataset(frame, 4)
-    reg = rm.regression_dataset(frame, 4)
+    cls = inputs.classification_dataset(frame, 4)
+    reg = inputs.regression_dataset(frame, 4)
     assert len(cls) == len(reg) == 8
     assert cls["label"] == list(frame["label"]) and all(isinstance(x, int) for x in cls["label"])
     assert np.allclose(reg["label"], frame["r_fut"])
-    assert cls["text"][0] == rm.format_input(frame.loc[0, "history"], frame.loc[0, "candidate_reply"], 4)
+    assert cls["text"][0] == inputs.format_input(frame.loc[0, "history"], frame.loc[0, "candidate_reply"], 4)
 
-    pairs = rm.ranking_pairs(frame)
+    pairs = inputs.ranking_pairs(frame)
     assert len(pairs) == 5 + 6  # 4 candidates: 6 pairs, one tie in the first context
     assert (frame.loc[pairs["chosen"], "r_fut"].to_numpy() > frame.loc[pairs["rejected"], "r_fut"].to_numpy()).all()
     assert set(pairs["context_id"]) == set(frame["context_id"])
-    capped = rm.ranking_pairs(frame, max_per_context=2)
+    capped = inputs.ranking_pairs(frame, max_per_context=2)
     assert capped.groupby("context_id").size().max() == 2
     assert capped["gap"].min() >= pairs.groupby("context_id")["gap"].apply(lambda g: g.nlargest(2).min()).min()
 
-    rank = rm.ranking_dataset(frame, 4)
+    rank = inputs.ranking_dataset(frame, 4)
     assert len(rank) == len(pairs) and set(rank.column_names) >= {"chosen", "rejected"}
-    assert rank["chosen"][0] == rm.format_input(frame.loc[pairs["chosen"][0], "history"], frame.loc[pairs["chosen"][0], "candidate_reply"], 4)
+    assert rank["chosen"][0] == inputs.format_input(frame.loc[pairs["chosen"][0], "history"], frame.loc[pairs["chosen"][0], "candidate_reply"], 4)
 
 
 def test_spearman_bootstrap_interval():
@@ -149,27 +164,27 @@ def test_spearman_bootstrap_interval():
     from scipy.stats import spearmanr
 
     x = np.arange(20.0)
-    assert rm.spearman_bootstrap_ci(x, x**3) == (1.0, 1.0)
+    assert validation.spearman_bootstrap_ci(x, x**3) == (1.0, 1.0)
     rng = np.random.default_rng(0)
     widths = []
     for n in (20, 400):
         a = rng.normal(size=n)
         b = a + rng.normal(scale=1.5, size=n)
-        lo, hi = rm.spearman_bootstrap_ci(a, b, seed=1)
+        lo, hi = validation.spearman_bootstrap_ci(a, b, seed=1)
         assert lo < spearmanr(a, b).statistic < hi
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2
-    assert all(math.isnan(v) for v in rm.spearman_bootstrap_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    assert all(math.isnan(v) for v in validation.spearman_bootstrap_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
 
 
 def test_metrics_perfect_and_degenerate():
     frame = synthetic_frame(n_dialogues=3)
     perfect = frame.assign(score=frame["r_fut"].rank() / len(frame))
-    m = rm.variant_metrics(perfect, "classification")
+    m = metrics.variant_metrics(perfect, "classification")
     assert m["roc_auc"] == 1.0 and m["spearman"] == pytest.approx(1.0) and m["pairwise_accuracy"] == 1.0
     assert m["n_pairs"] == 3 * 6
     flat = frame.assign(label=1, score=0.7)
-    m = rm.variant_metrics(flat, "regression")
+    m = metrics.variant_metrics(flat, "regression")
     assert math.isnan(m["roc_auc"]) and math.isnan(m["spearman"]) and math.isnan(m["accuracy"])
     assert m["pairwise_accuracy"] == 0.5  # every pair tied
     assert any("ROC-AUC undefined" in n for n in m["notes"]) and any("Spearman undefined" in n for n in m["notes"])
@@ -181,7 +196,8 @@ def test_metrics_perfect_and_degenerate():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_path):
     params = _params(tmp_path_factory.mktemp("rm"))
-    report = rm.train_reward_models(params, frame=synthetic_frame())
+    _upstream_done(params)
+    report = train.train_reward_models(params, frame=synthetic_frame())
     return params, report
 
 
@@ -190,24 +206,24 @@ def test_each_variant_learns_a_separable_signal(trained):
     table = report.comparison.set_index("variant")
     assert list(table.index) == ["classification", "regression", "ranking", "random"]
     assert (table.loc[["classification", "regression", "ranking"], "status"] == "trained").all()
-    for variant in rm.VARIANTS:
+    for variant in variants.VARIANTS:
         assert table.loc[variant, "roc_auc"] >= 0.9, (variant, table.loc[variant].to_dict())
         assert table.loc[variant, "spearman"] >= 0.5
         assert table.loc[variant, "pairwise_accuracy"] >= 0.7  # same-label pairs are coin flips
-        assert (rm.reward_model_dir(params, variant) / "adapter" / "adapter_config.json").is_file()
-        assert (rm.reward_model_dir(params, variant) / "metrics.json").is_file()
+        assert (variants.variant_dir(params, variant) / "adapter" / "adapter_config.json").is_file()
+        assert (variants.variant_dir(params, variant) / "metrics.json").is_file()
     assert table.loc["classification", "accuracy"] >= 0.9
     stage = params.run_dir / "reward_model"
     assert pd.read_csv(stage / "comparison.csv")["variant"].tolist() == list(table.index)
     assert set(pd.read_csv(stage / "splits.csv")["split"]) == {"train", "valid", "test"}
-    assert not (rm.reward_model_dir(params, "classification") / "checkpoints").exists()
+    assert not (variants.variant_dir(params, "classification") / "checkpoints").exists()
 
 
 def test_rerun_reuses_trained_variants(trained):
     params, report = trained
-    metrics = rm.reward_model_dir(params, "classification") / "metrics.json"
+    metrics = variants.variant_dir(params, "classification") / "metrics.json"
     before = metrics.stat().st_mtime_ns
-    again = rm.train_reward_models(params, frame=synthetic_frame())
+    again = train.train_reward_models(params, frame=synthetic_frame())
     assert all(r.reused for r in again.results.values())
     assert metrics.stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(again.comparison, report.comparison, check_dtype=False)
@@ -218,7 +234,7 @@ def test_reward_function_batches_ignores_reasoning_and_matches_the_model(trained
     from peft import PeftModel
 
     params, report = trained
-    f = rm.load_reward_function(params)  # ci params: grpo.reward_model = classification
+    f = scorer.load_reward_function(params)  # ci params: grpo.reward_model = classification
     assert f.__name__ == "future_reward"
     history = synthetic_frame(n_dialogues=1)["history"][0]
     replies = [f"Okay. {GOOD}", f"Okay. {BAD}", "Let us talk.", f"That sounds painful. {GOOD}"]
@@ -229,12 +245,12 @@ def test_reward_function_batches_ignores_reasoning_and_matches_the_model(trained
     assert f(prompts=[None] * 4, completions=thinking, history=[history] * 4) == pytest.approx(plain, abs=1e-6)
 
     # the same number from the saved adapter, loaded and run by hand (no merge, no batching)
-    card = rm.reward_model_dir(params, "classification")
-    tok = rm.load_rm_tokenizer("tiny-random-smollm2")
-    base = rm.load_backbone("tiny-random-smollm2", 2, seed=123, pad_token_id=tok.pad_token_id)
+    card = variants.variant_dir(params, "classification")
+    tok = load_rm_tokenizer("tiny-random-smollm2")
+    base = load_backbone("tiny-random-smollm2", 2, seed=123, pad_token_id=tok.pad_token_id)
     model = PeftModel.from_pretrained(base, str(card / "adapter")).eval()
     with torch.no_grad():
-        enc = tok(rm.format_input(history, replies[0], rm.history_turns(params)), return_tensors="pt")
+        enc = tok(inputs.format_input(history, replies[0], inputs.history_turns(params)), return_tensors="pt")
         direct = torch.softmax(model(**enc).logits, -1)[0, 1].item()
     assert plain[0] == pytest.approx(direct, abs=1e-4)
 
@@ -248,48 +264,60 @@ def test_reward_function_for_regression_ranking_and_random(trained):
     replies = [f"Okay. {GOOD}", f"Okay. {BAD}"]
     prompts = [[{"role": "system", "content": "be kind"}, {"role": "user", "content": history[0]["text"]}]] * 2
     for variant in ("regression", "ranking"):
-        scores = rm.load_reward_function(params, variant)(prompts=prompts, completions=replies, history=[history] * 2)
+        scores = scorer.load_reward_function(params, variant)(prompts=prompts, completions=replies, history=[history] * 2)
         assert all(math.isfinite(s) for s in scores) and scores[0] > scores[1], variant
     # without the history column, conversational prompts still give a score
-    assert len(rm.load_reward_function(params, "ranking")(prompts=prompts, completions=replies)) == 2
-    rand = rm.load_reward_function(params, "random")
+    assert len(scorer.load_reward_function(params, "ranking")(prompts=prompts, completions=replies)) == 2
+    rand = scorer.load_reward_function(params, "random")
     scores = rand(prompts=prompts, completions=replies, history=[history] * 2)
     assert all(0.0 <= s <= 1.0 for s in scores)
-    assert not (rm.reward_model_dir(params, "random") / "adapter").exists()
-    with pytest.raises(rm.RewardModelError, match="history"):
+    assert not (variants.variant_dir(params, "random") / "adapter").exists()
+    with pytest.raises(variants.RewardModelError, match="history"):
         rand(prompts=["plain text"], completions=["hi"])
 
 
 def test_untrained_variant_and_skipped_ranking_fail_clearly(tmp_path, tiny_model_path):
     params = _params(tmp_path, **{"reward_model.variants": ["ranking"]})
+    _upstream_done(params)
     with pytest.raises(FileNotFoundError, match="run notebook 03"):
-        rm.load_reward_function(params, "ranking")
+        scorer.load_reward_function(params, "ranking")
     tied = synthetic_frame(n_dialogues=6).assign(r_fut=0.5)
     with pytest.warns(UserWarning, match="no ranking pairs"):
-        report = rm.train_reward_models(params, frame=tied)
+        report = train.train_reward_models(params, frame=tied)
     row = report.comparison.set_index("variant").loc["ranking"]
     assert row["status"] == "skipped" and "no ranking pairs" in row["notes"]
     with pytest.raises(FileNotFoundError, match="no ranking pairs"):
-        rm.load_reward_function(params, "ranking")
+        scorer.load_reward_function(params, "ranking")
 
 
 def test_figures(trained, tmp_path):
     params, report = trained
-    hv = rm.HumanValidation(
+    hv = validation.HumanValidation(
         pd.DataFrame({"intensity_drop": [1, 2, 0, 3], "rm_score": [0.2, 0.5, 0.1, 0.9], "critic_score": [0.5, -0.5, 0.0, 1.0]}),
-        pd.DataFrame([rm._spearman_row("reward model (classification)", pd.Series([0.2, 0.5, 0.1, 0.9]), pd.Series([1, 2, 0, 3]))]),
+        pd.DataFrame([validation.spearman_row("reward model (classification)", pd.Series([0.2, 0.5, 0.1, 0.9]), pd.Series([1, 2, 0, 3]))]),
         "classification",
     )
     for fig_fn, data in (
-        (rm.plot_calibration, report.predictions),
-        (rm.plot_score_distributions, report.predictions),
-        (rm.plot_learning_curves, report.log_frame()),
-        (rm.plot_human_validation, hv),
+        (plots.plot_calibration, report.predictions),
+        (plots.plot_score_distributions, report.predictions),
+        (plots.plot_learning_curves, report.log_frame()),
+        (plots.plot_human_validation, hv),
     ):
         path = tmp_path / f"{fig_fn.__name__}.png"
         fig_fn(data, path)
         assert path.stat().st_size > 1000
     assert set(report.log_frame()["split"]) == {"train", "valid"}
+    # notebook 03's calls: one per figure, saved under the run folder's names
+    lay = runs.layout(params)
+    for fig_fn, data, name in (
+        (plots.reward_learning_curves, report, "learning_curves"),
+        (plots.reward_score_distributions, report, "score_distributions"),
+        (plots.reward_calibration, report, "calibration"),
+        (plots.reward_human_validation, hv, "human_validation"),
+    ):
+        lay.rm_figure(name).unlink(missing_ok=True)
+        fig_fn(data, params)
+        assert lay.rm_figure(name).stat().st_size > 1000, name
 
 
 # ---- human-signal validation -----------------------------------------------------------------
@@ -300,17 +328,8 @@ def test_human_validation_on_real_esconv(trained, data_dir, monkeypatch):
 
     params, _ = trained
     monkeypatch.setenv("RLFF_DATA_DIR", str(data_dir))
-    params = load_params(
-        ROOT / "params" / "ci.yaml",
-        {
-            "output_root": str(params.run_dir.parent),
-            "reward_model.human_validation_dialogues": 5,
-            "reward_model.human_validation_turns": 3,
-            "data.max_dialogues": 60,
-        },
-    )
     prepare_data(params)
-    hv = rm.validate_against_humans(params)
+    hv = validation.validate_against_humans(params)
     assert hv.variant == "classification"
     assert len(hv.frame) == 5 and hv.frame["turns_scored"].between(1, 3).all()
     assert hv.frame["rm_score"].between(0, 1).all()
@@ -321,7 +340,7 @@ def test_human_validation_on_real_esconv(trained, data_dir, monkeypatch):
     c = hv.correlations.iloc[0]
     if math.isfinite(c["spearman"]):
         assert c["ci95_low"] <= c["spearman"] <= c["ci95_high"]
-    again = rm.validate_against_humans(params)  # cached: same numbers, no model call needed
+    again = validation.validate_against_humans(params)  # cached: same numbers, no model call needed
     pd.testing.assert_frame_equal(again.frame, hv.frame, check_dtype=False)
 
 
@@ -342,18 +361,21 @@ def test_notebook_03_runs_on_ci_params(tmp_path, data_dir, tiny_model_path, monk
                  "reward_model.epochs": 2, "reward_model.learning_rate": 3e-3}
     params = load_params(ROOT / "params" / "ci.yaml", overrides)
     prepare_data(params)
-    sim = params.stage_dir("simulation")
-    with (sim / "reward_dataset.jsonl").open("w") as f:
+    dataset = runs.layout(params).reward_dataset
+    dataset.parent.mkdir(parents=True, exist_ok=True)
+    with dataset.open("w") as f:
         for row in synthetic_frame(n_dialogues=12).to_dict("records"):
             f.write(json.dumps(row) + "\n")
+    _upstream_done(params)
     out = pipeline.run_pipeline(params.source, only=["03"], overrides=overrides, html=False)
     assert out[0].exists()
-    stage = params.run_dir / "reward_model"
-    table = pd.read_csv(stage / "comparison.csv")
+    lay = runs.layout(params)
+    table = pd.read_csv(lay.rm_comparison)
     assert table["variant"].tolist() == ["classification", "regression", "ranking", "random"]
-    assert json.loads((stage / "human_validation.json").read_text())["dialogues"] == params.reward_model.human_validation_dialogues
+    assert runs.read_json(lay.human_validation)["dialogues"] == params.reward_model.human_validation_dialogues
     for fig in ("learning_curves", "score_distributions", "calibration", "human_validation"):
-        assert (stage / f"{fig}.png").is_file(), fig
+        assert lay.rm_figure(fig).is_file(), fig
+    assert runs.read_record(params.run_dir, runs.REWARD_MODEL)["complete"]
 
 
 def test_interrupted_variant_resumes_from_its_last_checkpoint(tmp_path, tiny_model_path, monkeypatch):
@@ -365,7 +387,7 @@ def test_interrupted_variant_resumes_from_its_last_checkpoint(tmp_path, tiny_mod
 
     params = _params(tmp_path)
     frame = synthetic_frame(n_dialogues=12)
-    splits = rm.split_by_context(frame, params.reward_model.valid_fraction, params.reward_model.test_fraction, params.seed)
+    splits = inputs.split_by_context(frame, params.reward_model.valid_fraction, params.reward_model.test_fraction, params.seed)
     original = Trainer._save_checkpoint
 
     def save_then_die(self, *a, **k):
@@ -374,16 +396,16 @@ def test_interrupted_variant_resumes_from_its_last_checkpoint(tmp_path, tiny_mod
 
     monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        rm.train_variant(params, "classification", splits)
+        train.train_variant(params, "classification", splits)
     monkeypatch.setattr(Trainer, "_save_checkpoint", original)
-    out = rm.reward_model_dir(params, "classification")
+    out = variants.variant_dir(params, "classification")
     first = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
     assert len(first) == 1 and not (out / "metrics.json").exists()
 
     calls = []
     step = Trainer.training_step
     monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
-    result = rm.train_variant(params, "classification", splits)
+    result = train.train_variant(params, "classification", splits)
     monkeypatch.setattr(Trainer, "training_step", step)
     done_before = int(first[0].split("-")[1])  # one epoch's optimiser steps
     assert result.metrics["resumed_from"] == first[0]
@@ -394,9 +416,119 @@ def test_interrupted_variant_resumes_from_its_last_checkpoint(tmp_path, tiny_mod
     # the same interruption, then a different learning rate: the stale checkpoint is not reused
     monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        rm.train_variant(params, "classification", splits, force=True)
+        train.train_variant(params, "classification", splits, force=True)
     monkeypatch.setattr(Trainer, "_save_checkpoint", original)
     changed = _params(tmp_path, **{"reward_model.learning_rate": 1e-3})
-    again = rm.train_variant(changed, "classification", splits)
+    again = train.train_variant(changed, "classification", splits)
     assert again.metrics["resumed_from"] is None
     assert json.loads((out / "metrics.json").read_text())["resumed_from"] is None
+
+
+# ---- the stage record ------------------------------------------------------------------------
+
+
+def test_stage_refuses_stale_results_and_reuses_them_across_execution_changes(trained):
+    """After a finished run, a changed learning rate stops the stage (and the reward function
+    GRPO would load) naming the field, with nothing overwritten; a changed batch size (how fast,
+    not what) reuses every variant."""
+    params, report = trained
+    root = Path(params.output_root).parent
+    lay = runs.layout(params)
+    before = {v: lay.rm_metrics(v).stat().st_mtime_ns for v in variants.ALL_VARIANTS}
+    assert runs.read_record(params.run_dir, runs.REWARD_MODEL)["complete"]
+
+    changed = _params(root, **{"reward_model.learning_rate": 1e-3})
+    with pytest.raises(runs.StaleStageError, match=r"reward_model\.learning_rate: 0\.003 -> 0\.001"):
+        train.train_reward_models(changed, frame=synthetic_frame())
+    with pytest.raises(runs.StaleStageError, match="learning_rate"):
+        scorer.load_reward_function(changed, "classification")
+    with pytest.raises(runs.StaleStageError):
+        validation.validate_against_humans(changed)
+
+    faster = _params(root, **{"reward_model.batch_size": 4})
+    again = train.train_reward_models(faster, frame=synthetic_frame())
+    assert all(r.reused for r in again.results.values())
+    assert {v: lay.rm_metrics(v).stat().st_mtime_ns for v in variants.ALL_VARIANTS} == before
+    pd.testing.assert_frame_equal(again.comparison, report.comparison, check_dtype=False)
+    assert runs.read_record(params.run_dir, runs.REWARD_MODEL)["complete"]
+
+
+def test_stage_needs_finished_upstream_stages(tmp_path):
+    params = _params(tmp_path)
+    with pytest.raises(runs.MissingStageError, match="notebook 01"):
+        train.train_reward_models(params, frame=synthetic_frame())
+
+
+def test_scorer_cache_reuses_a_model_until_its_adapter_changes(trained):
+    import os
+
+    params, _ = trained
+    cache = scorer.ScorerCache()
+    first = cache.get(params, "classification")
+    assert cache.get(params, "classification") is first and len(cache) == 1
+    f = scorer.load_reward_function(params, "classification", cache=cache)
+    assert f.scorer is first
+    config = runs.layout(params).rm_adapter("classification") / "adapter_config.json"
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # "retrained"
+    assert cache.get(params, "classification") is not first and len(cache) == 1
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_grpo_imports_only_the_scorer():
+    import subprocess
+    import sys
+
+    code = ("import sys, rlff_utils.grpo as g, rlff_utils.reward.scorer; "
+            "print(sorted(m for m in sys.modules if m.startswith('rlff_utils.reward')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    loaded = eval(out)
+    assert "rlff_utils.reward.scorer" in loaded
+    assert not {"rlff_utils.reward.train", "rlff_utils.reward.validation", "rlff_utils.reward.metrics"} & set(loaded)
+
+
+# ---- the trainer block ------------------------------------------------------------------------
+
+
+def test_trainer_block_is_checked_at_params_load(tmp_path):
+    with pytest.raises(ParamsError, match=r"reward_model\.trainer: not a transformers TrainingArguments setting: 'warmup_ratioo'"):
+        _params(tmp_path, **{"reward_model.trainer": {"warmup_ratioo": 0.1}})
+    with pytest.raises(ParamsError, match=r"reward_model\.trainer: .*'weight_decayy' \(did you mean 'weight_decay'\?\)"):
+        _params(tmp_path, **{"reward_model.trainer": {"weight_decayy": 0.1}})
+    with pytest.raises(ParamsError, match=r"reward_model\.trainer: .*not a valid SchedulerType"):
+        _params(tmp_path, **{"reward_model.trainer": {"lr_scheduler_type": "sometimes"}})
+    with pytest.raises(ParamsError, match=r"reward_model\.trainer: 'learning_rate' is set by reward_model\.learning_rate"):
+        _params(tmp_path, **{"reward_model.trainer": {"learning_rate": 1e-3}})
+    for key, owner in (("output_dir", "the run folder"), ("bf16", "models.reward_backbone.dtype")):
+        with pytest.raises(ParamsError, match=f"'{key}' is set by {owner}"):
+            _params(tmp_path, **{"reward_model.trainer": {key: "x" if key == "output_dir" else True}})
+    assert _params(tmp_path, **{"reward_model.trainer": {"weight_decay": 0.1}}).reward_model.trainer == {"weight_decay": 0.1}
+
+
+@pytest.mark.parametrize("variant", ["classification", "ranking"])
+def test_trainer_block_reaches_the_trainer(tmp_path, tiny_model_path, monkeypatch, variant):
+    """The block's values reach the Trainer's arguments (TRL's RewardConfig for ranking) and
+    override the project's defaults; the project's own fields still decide theirs."""
+    from transformers import Trainer
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def capture(self, *a, **k):
+        seen["args"] = self.args
+        raise Stop
+
+    block = {"weight_decay": 0.1, "lr_scheduler_type": "cosine", "logging_steps": 7}
+    params = _params(tmp_path, **{"reward_model.trainer": block})
+    splits = inputs.split_by_context(synthetic_frame(n_dialogues=8), 0.15, 0.25, params.seed)
+    monkeypatch.setattr(Trainer, "train", capture)
+    with pytest.raises(Stop):
+        train.train_variant(params, variant, splits)
+    args = seen["args"]
+    assert (args.weight_decay, args.lr_scheduler_type, args.logging_steps) == (0.1, "cosine", 7)
+    assert (args.learning_rate, args.num_train_epochs, args.seed) == (3e-3, 3, params.seed)
+    assert args.output_dir == str(runs.layout(params).rm_checkpoints(variant))
+    assert (args.save_strategy, args.eval_strategy) == ("epoch", "epoch")
