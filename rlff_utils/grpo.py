@@ -261,8 +261,11 @@ def _stage(params: RunParams, force: bool):
     """The policy stage folder, locked and checked against its record (stale checkpoints or
     adapter from other settings -> StaleStageError). Under ``accelerate launch`` only rank 0 takes
     the lock (the notebook that launched it may hold it already); other ranks only check."""
+    # the `random` ablation scores with an untrained head: it reads nothing notebook 03 wrote
+    needs_reward_stage = params.grpo.reward_model != "random"
     if _is_main_process():
-        return runs.begin_stage(params, runs.POLICY, force=force, extra=protocol(params))
+        return runs.begin_stage(params, runs.POLICY, force=force, extra=protocol(params),
+                                require_upstream=needs_reward_stage)
     runs.check_stage(params, runs.POLICY)
     return contextlib.nullcontext(runs.layout(params).stage(runs.POLICY))
 

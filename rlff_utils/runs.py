@@ -72,7 +72,8 @@ EXECUTION_FIELDS = frozenset({
     "tensor_parallel_size", "enable_prefix_caching", "max_model_len", "enable_lora", "max_lora_rank",
     "api_key_env", "retrain", "save_steps", "save_total_limit", "logging_steps", "num_processes",
     "accelerate_config", "vllm_gpu_memory_utilization", "max_steps", "variants", "systems", "judge_pairs",
-    "human_sheet_rows", "bootstrap_samples", "trainer_execution",
+    "human_sheet_rows", "bootstrap_samples", "per_device_eval_batch_size", "dataloader_num_workers",
+    "dataloader_pin_memory", "disable_tqdm", "logging_strategy", "logging_first_step",
 })
 
 STAGE_RECORD = "stage.json"
