@@ -105,7 +105,7 @@ class ModelRoles(_Strict):
 
 class DataParams(_Strict):
     datasets: list[Literal["esconv", "extes"]] = Field(default_factory=lambda: ["esconv"], min_length=1)
-    esconv_source: Literal["local", "hub"] = "local"
+    esconv_source: Literal["auto", "local", "hub"] = "local"
     esconv_dir: str = "${RLFF_DATA_DIR}/esconv"
     esconv_hub_id: str = "thu-coai/esconv"
     ppdpp_dir: str = "${RLFF_DATA_DIR}/esconv/ppdpp"
@@ -417,11 +417,8 @@ def check_data_files(params: RunParams) -> None:
     """Fail before heavy work when a dataset the run reads is absent."""
     d = params.data
     needed: list[tuple[str, str, bool]] = []
-    if "esconv" in d.datasets:
-        if d.esconv_source == "local":
-            needed.append(("data.esconv_dir", d.esconv_dir, True))
-        if d.eval_split.startswith("ppdpp"):
-            needed.append(("data.ppdpp_dir", d.ppdpp_dir, True))
+    if "esconv" in d.datasets and d.esconv_source == "local":  # auto: a missing folder means the hub
+        needed.append(("data.esconv_dir", d.esconv_dir, True))
     if "extes" in d.datasets:
         needed.append(("data.extes_path", d.extes_path, False))
     for field, value, is_dir in needed:
