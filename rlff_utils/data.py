@@ -9,6 +9,7 @@ through the run-folder contract (``runs.RunLayout``: dialogues, contexts, eval_c
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,15 +30,21 @@ from .extes import load_extes  # noqa: F401
 def esconv_source(params) -> EsconvSource:
     """Where this run reads ESConv: ``data.esconv_source`` ``local`` (``data.esconv_dir``, which
     must exist), ``hub`` (``data.esconv_hub_id`` through ``datasets``, cached), or ``auto``: the
-    local folder when it is configured and exists (e.g. ``RLFF_DATA_DIR`` is set), else the hub."""
-    from .params import ParamsError
+    local folder when it is configured and exists (e.g. ``RLFF_DATA_DIR`` is set), else the hub.
+    ``data.esconv_dir`` None stands for ``$RLFF_DATA_DIR/esconv`` when that variable is set."""
+    from .params import ParamsError  # here: params may come to use this module
 
     p = params.data
     folder, why = None, ""
-    try:
-        folder = params.resolve(p.esconv_dir)
-    except ParamsError as e:  # an unset ${VAR} in the path
-        why = f"data.esconv_dir: {e}"
+    configured = p.esconv_dir if p.esconv_dir is not None else (
+        "${RLFF_DATA_DIR}/esconv" if os.environ.get("RLFF_DATA_DIR") else None)
+    if configured is None:
+        why = "data.esconv_dir is not given and RLFF_DATA_DIR is not set"
+    else:
+        try:
+            folder = params.resolve(configured)
+        except ParamsError as e:  # an unset ${VAR} in the path
+            why = f"data.esconv_dir: {e}"
     if folder is not None and not folder.is_dir():
         why = f"data.esconv_dir: folder not found: {folder}"
     return decide_source(p.esconv_source, folder, p.esconv_hub_id, why)

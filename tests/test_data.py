@@ -3,7 +3,6 @@ ESConv's own loaders are tested in test_esconv.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

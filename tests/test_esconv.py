@@ -249,6 +249,18 @@ def test_auto_source_follows_the_data_folder(ci_params, tmp_path):
     assert data.esconv_source(params).kind == "hub"
 
 
+def test_auto_source_without_a_configured_folder_uses_rlff_data_dir(ci_params, data_dir, monkeypatch):
+    """``data.esconv_dir: None`` (a schema that makes the folder optional) means
+    ``$RLFF_DATA_DIR/esconv`` when the variable is set, the hub otherwise."""
+    params = ci_params.model_copy(update={"data": ci_params.data.model_copy(
+        update={"esconv_dir": None, "esconv_source": "auto"})})
+    source = data.esconv_source(params)
+    assert source.kind == "local" and source.folder == data_dir / "esconv"
+    monkeypatch.delenv("RLFF_DATA_DIR")
+    source = data.esconv_source(params)
+    assert source.kind == "hub" and source.why == "auto: no local folder: data.esconv_dir is not given and RLFF_DATA_DIR is not set"
+
+
 def test_offline_without_data_names_both_ways(tmp_path, project_root):
     """No RLFF_DATA_DIR, offline, nothing cached: one DataError that says what to do."""
     env = {k: v for k, v in os.environ.items() if k != "RLFF_DATA_DIR"}
