@@ -23,6 +23,10 @@
 # This notebook loads ESConv (and ExTES when configured) into one dialogue schema, samples the
 # contexts, builds the evaluation cases (ESConv: PPDPP's 130-case test split, where the seeker opens
 # with the case's situation) and writes everything to `outputs/<run>/data/`.
+#
+# ESConv comes from a local folder (`RLFF_DATA_DIR`) or from the Hugging Face hub (`thu-coai/esconv`,
+# cached after the first download), as `data.esconv_source` says; PPDPP's split is rebuilt from it by
+# the list of ESConv ids the project ships. Broken records are skipped and counted, never fatal.
 
 # %% tags=["parameters"]
 params_file = "../params/smoke.yaml"
@@ -43,8 +47,14 @@ print(f"run {params.run_name!r} -> {params.run_dir}")
 
 # %%
 prepared = data.prepare_data(params)
-for report in prepared.reports:
-    print(report)
+for dataset, source in prepared.sources.items():
+    print(f"{dataset}: {source}")
+display(pd.DataFrame([
+    {"file": r.source, "layout": r.layout, "kept": r.kept, "skipped": sum(r.skipped.values()),
+     "skip reasons": dict(r.skipped) or "", "repaired": dict(r.repaired) or "",
+     "unknown strategies": dict(r.unknown_strategies) or ""}
+    for r in prepared.reports
+]))
 pd.DataFrame(
     {"dialogues": [len(prepared.dialogues)], "evaluation dialogues": [len(prepared.eval_dialogues)],
      "contexts": [len(prepared.contexts)], "evaluation cases": [len(prepared.eval_cases)]}

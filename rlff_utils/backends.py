@@ -21,8 +21,11 @@ the per-role settings (temperature, token limits) live on the light wrapper, not
 from __future__ import annotations
 
 import gc
+import hashlib
+import logging
 import math
 import os
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .params import ModelRole
 
 Conversation = list[dict[str, str]]
+log = logging.getLogger(__name__)
 
 
 class BackendError(RuntimeError):
@@ -417,9 +421,16 @@ def _lora_id(adapter: str) -> int:
 class OpenAIBackend:
     """One request per conversation (``n`` samples each), at most ``concurrency`` in flight.
 
-    Retries and timeouts are the ``openai`` client's (``max_retries``, ``timeout_s``); a request
-    that still fails stops the call: requests not yet started are cancelled and a
-    :class:`BackendError` names the endpoint and how many requests failed.
+    Retries and timeouts are the ``openai`` client's (``max_retries``, ``timeout_s``); a reply
+    the client accepts but that is not JSON or lacks choices/text is retried as transient too
+    (up to ``max_retries``). A request that still fails stops the call: requests not yet started
+    are cancelled and a :class:`BackendError` names the endpoint, the model, how many requests
+    failed and what was wrong.
+
+    Servers that ignore ``n`` (``transformers serve``, llama.cpp) return one choice: the missing
+    samples then come from separate requests, each seeded from the conversation's seed and the
+    sample index, and the endpoint is remembered as ignoring ``n`` (``ignores_n``, logged once),
+    so later calls ask for one sample per request directly.
     """
 
     def __init__(self, role: "ModelRole"):
@@ -437,6 +448,54 @@ class OpenAIBackend:
             base_url=role.base_url, api_key=key, timeout=role.timeout_s, max_retries=role.max_retries
         )
         self.stats = BackendStats()
+        self.ignores_n = False
+        self._lock = threading.Lock()
+
+    def _create(self, **kwargs) -> Any:
+        """One chat completion whose reply is checked: a body that is not JSON, or has no
+        choices or a choice without text, is retried (like a 5xx) and then a BackendError."""
+        problem = ""
+        for attempt in range(self.role.max_retries + 1):
+            if attempt:
+                time.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)))
+            raw = self.client.chat.completions.with_raw_response.create(**kwargs)
+            try:
+                resp = raw.parse()
+            except ValueError as e:  # JSONDecodeError
+                problem = f"the reply is not valid JSON ({e}): {raw.http_response.text[:120]!r}"
+                continue
+            problem = _reply_problem(resp)
+            if not problem:
+                return resp
+        raise BackendError(f"malformed reply after {self.role.max_retries + 1} attempts: {problem}")
+
+    def _samples(self, kwargs: dict[str, Any], n: int, stop: list[str] | None) -> tuple[list[str], "_Usage"]:
+        """``n`` replies to one conversation: one request for ``n``; when the endpoint returns
+        fewer, one request per missing sample (sample 0 keeps the conversation's seed, sample
+        k > 0 gets a seed derived from it and k)."""
+        usage, texts = _Usage(), []
+        if n == 1 or not self.ignores_n:
+            resp = self._create(**kwargs)
+            usage.add(resp.usage)
+            texts = [trim_at_stop(c.message.content, stop) for c in sorted(resp.choices, key=lambda c: c.index or 0)][:n]
+            if len(texts) < n:
+                self._note_ignores_n(n, len(texts))
+        for k in range(len(texts), n):
+            one = {**kwargs, "n": 1}
+            if kwargs.get("seed") is not None and k:
+                one["seed"] = _sample_seed(kwargs["seed"], k)
+            resp = self._create(**one)
+            usage.add(resp.usage)
+            texts.append(trim_at_stop(resp.choices[0].message.content, stop))
+        return texts, usage
+
+    def _note_ignores_n(self, asked: int, got: int) -> None:
+        with self._lock:
+            if self.ignores_n:
+                return
+            self.ignores_n = True
+        log.warning("%s (model %s) ignores n: asked for %d samples, it returned %d; the missing samples come from "
+                    "separate seeded requests", self.endpoint, self.role.name, asked, got)
 
     def _run(self, what: str, fn, items: list) -> list:
         import openai
@@ -494,11 +553,7 @@ class OpenAIBackend:
                 kwargs["seed"] = seed + i
             if extra:
                 kwargs["extra_body"] = extra
-            resp = self.client.chat.completions.create(**kwargs)
-            texts = [trim_at_stop(c.message.content or "", stop) for c in sorted(resp.choices, key=lambda c: c.index)]
-            if len(texts) != n:
-                raise BackendError(f"asked for n={n} samples, the endpoint returned {len(texts)}")
-            return texts, resp.usage
+            return self._samples(kwargs, n, stop)
 
         results = self._run("chat completion", one, conversations)
         for _, usage in results:
@@ -524,7 +579,7 @@ class OpenAIBackend:
         t0 = time.perf_counter()
 
         def one(i: int, conv: Conversation) -> list[float]:
-            resp = self.client.chat.completions.create(
+            resp = self._create(
                 model=self.role.name, messages=conv, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20
             )
             content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
@@ -544,6 +599,36 @@ class OpenAIBackend:
         self.stats.conversations += len(conversations)
         self.stats.seconds += time.perf_counter() - t0
         return rows
+
+
+def _reply_problem(resp: Any) -> str:
+    """What is wrong with a parsed chat completion ("" when nothing is)."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return f"no choices in the reply ({type(resp).__name__}: {str(resp)[:120]!r})"
+    for c in choices:
+        message = getattr(c, "message", None)
+        if not isinstance(getattr(message, "content", None), str):
+            return f"choice {getattr(c, 'index', '?')} has no text content (message: {message!r})"
+    return ""
+
+
+def _sample_seed(seed: int, sample: int) -> int:
+    """A stable 31-bit seed for one sample of one conversation."""
+    digest = hashlib.blake2b(repr((seed, "sample", sample)).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+class _Usage:
+    """Token counts summed over the requests that served one conversation."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def add(self, usage: Any) -> None:
+        if usage is not None:
+            self.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            self.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
 
 
 # --------------------------------------------------------------------------------------------

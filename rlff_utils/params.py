@@ -141,7 +141,6 @@ class DataParams(_Strict):
     # Local copies. Unset, they default to $RLFF_DATA_DIR/... when that variable is set (DATA_DIR_DEFAULTS).
     esconv_dir: str | None = None
     esconv_hub_id: str = "thu-coai/esconv"
-    ppdpp_dir: str | None = Field(None, description="None: PPDPP's split rebuilt from ESConv by the shipped ids")
     extes_path: str | None = None
     esconv_failed_path: str | None = Field(None, description="ESConv's failed conversations (original layout)")
     extes_test_fraction: float = Field(0.1, gt=0, lt=1)
@@ -508,12 +507,11 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Data locations filled in from $RLFF_DATA_DIR when the file leaves them unset and the variable is set.
 DATA_DIR_DEFAULTS = {
     "esconv_dir": "esconv",
-    "ppdpp_dir": "esconv/ppdpp",
     "extes_path": "extes/ExTES.json",
     "esconv_failed_path": "esconv/failed/FailedESConv_dev.json",
 }
 # Dotted fields holding paths (``*`` for any role / list item); relative values resolve against base_dir.
-PATH_FIELDS = ("output_root", "data.esconv_dir", "data.ppdpp_dir", "data.extes_path", "data.esconv_failed_path",
+PATH_FIELDS = ("output_root", "data.esconv_dir", "data.extes_path", "data.esconv_failed_path",
                "grpo.accelerate_config")
 
 
@@ -780,7 +778,7 @@ def check_environment(params: RunParams) -> None:
 
 def check_data_files(params: RunParams) -> None:
     """Fail before heavy work when a dataset the run reads is absent. Unset data locations fall
-    back to the hub (ESConv) and to the shipped identifiers (PPDPP's split)."""
+    back to the hub (ESConv); PPDPP's split is rebuilt from ESConv by the shipped identifiers."""
     d, src = params.data, params.source
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if "esconv" in d.datasets:
@@ -794,8 +792,6 @@ def check_data_files(params: RunParams) -> None:
                     f"{src}: data: no local ESConv and the hub is off (HF_HUB_OFFLINE=1). Either set "
                     f"RLFF_DATA_DIR=<folder holding esconv/> (or data.esconv_dir) for a local copy, or go "
                     f"online (unset HF_HUB_OFFLINE) to fetch {d.esconv_hub_id} from the Hugging Face hub.")
-        if d.ppdpp_dir and not Path(d.ppdpp_dir).is_dir():
-            raise ParamsError(f"{src}: data.ppdpp_dir: folder not found: {d.ppdpp_dir}")
     if d.esconv_failed_path and not Path(d.esconv_failed_path).is_file():
         raise ParamsError(f"{src}: data.esconv_failed_path: file not found: {d.esconv_failed_path}")
     if "extes" in d.datasets:

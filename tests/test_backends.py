@@ -1,13 +1,19 @@
 """Backends: hf on the tiny model (shapes, seeds, padding, choice scoring, engine sharing) and
 openai over real HTTP on loopback against a server started here (answers, n samples, timeouts,
-5xx then success, persistent failure)."""
+5xx then success, persistent failure, malformed replies, a server that ignores n) and against a
+real `transformers serve` running the tiny model."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -149,7 +155,10 @@ def test_probs_without_logprobs_refused_at_validation(tmp_path, data_dir, projec
 
 class FakeEndpoint(BaseHTTPRequestHandler):
     """OpenAI chat-completions on loopback. The last message's content picks the behaviour:
-    ``slow:<s>``, ``slow-once:<id>:<s>``, ``fail-once:<id>``, ``fail-always``, else an answer."""
+    ``slow:<s>``, ``slow-once:<id>:<s>``, ``fail-once:<id>``, ``fail-always``, ``malformed-once:<id>``
+    (a body that is not JSON), ``malformed-always``, ``no-choices``, ``null-content``, else an answer.
+    ``state["ignore_n"]``: answer one choice whatever ``n`` asks, its text naming the request's seed
+    (as ``transformers serve`` and llama.cpp do)."""
 
     state: dict = {}
     lock = threading.Lock()
@@ -157,8 +166,8 @@ class FakeEndpoint(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def _send(self, code: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
+    def _send(self, code: int, payload: dict | bytes) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -204,11 +213,20 @@ class FakeEndpoint(BaseHTTPRequestHandler):
                 return self._send(500, {"error": {"message": "transient", "type": "server_error"}})
         elif text == "fail-always":
             return self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
+        elif text.startswith("malformed-once:") or text == "malformed-always":
+            with self.lock:
+                first = text not in st["seen"]
+                st["seen"].add(text)
+            if first or text == "malformed-always":
+                return self._send(200, b'{"id": "cmpl-1", "choices": [{"index": 0, "mess')
+        elif text == "no-choices":
+            return self._send(200, {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": req["model"]})
         time.sleep(0.05)  # long enough for concurrent requests to overlap
-        n = req.get("n", 1)
+        n = 1 if st.get("ignore_n") else req.get("n", 1)
         choices = []
         for i in range(n):
-            choice = {"index": i, "message": {"role": "assistant", "content": f"re:{text}#{i}"},
+            content = f"re:{text}#s{req.get('seed')}" if st.get("ignore_n") else f"re:{text}#{i}"
+            choice = {"index": i, "message": {"role": "assistant", "content": None if text == "null-content" else content},
                       "finish_reason": "stop", "logprobs": None}
             if req.get("logprobs"):
                 tops = [("better", 0.5), (" solved", 0.2), ("s", 0.1), ("worse", 0.1), ("Hmm", 0.1)]
@@ -299,6 +317,105 @@ def test_openai_score_choices_needs_logprobs(endpoint):
     # "s" begins two choices and "Hmm" none: both ignored; the rest renormalised
     assert rows[0] == pytest.approx([0.1 / 0.8, 0.0, 0.5 / 0.8, 0.2 / 0.8])
     assert state["bodies"][-1]["top_logprobs"] == 20 and state["bodies"][-1]["max_tokens"] == 1
+
+
+def test_openai_malformed_reply_is_retried_then_a_clear_error(endpoint):
+    url, state = endpoint
+    b = get_backend(_role(url, max_retries=2))
+    assert b.generate([_user("malformed-once:a")]) == [["re:malformed-once:a#0"]]
+    assert state["requests"] == 2
+    for text, words in [("malformed-always", "the reply is not valid JSON"), ("no-choices", "no choices in the reply"),
+                        ("null-content", "choice 0 has no text content")]:
+        before = state["requests"]
+        with pytest.raises(BackendError) as err:
+            b.generate([_user(text)])
+        msg = str(err.value)
+        assert url in msg and "fake-model" in msg and "malformed reply after 3 attempts" in msg and words in msg, msg
+        assert state["requests"] - before == 3  # retried like a transient failure, boundedly
+        assert isinstance(err.value.__cause__, BackendError)
+
+
+def test_openai_endpoint_that_ignores_n_gets_separate_seeded_requests(endpoint, caplog):
+    url, state = endpoint
+    state["ignore_n"] = True
+    b = get_backend(_role(url, concurrency=2))
+    with caplog.at_level("WARNING", logger="rlff_utils.backends"):
+        out = b.generate([_user("a"), _user("b")], n=3, seed=5)
+    seeds = {5: [5, backends._sample_seed(5, 1), backends._sample_seed(5, 2)],
+             6: [6, backends._sample_seed(6, 1), backends._sample_seed(6, 2)]}
+    assert out == [[f"re:a#s{x}" for x in seeds[5]], [f"re:b#s{x}" for x in seeds[6]]]
+    assert len(set(seeds[5] + seeds[6])) == 6
+    assert b.ignores_n and sum("ignores n" in r.message for r in caplog.records) == 1  # logged once
+    assert state["requests"] == 6 and b.stats.sequences == 6 and b.stats.generated_tokens == 6 * 3
+    # known now: one request per sample from the start, the same samples for the same seeds
+    before = state["requests"]
+    assert b.generate([_user("a"), _user("b")], n=3, seed=5) == out
+    assert state["requests"] - before == 6 and all(x["n"] == 1 for x in state["bodies"][before:])
+    assert b.generate([_user("a")], n=1, seed=9) == [["re:a#s9"]]
+
+
+@pytest.fixture(scope="module")
+def transformers_serve(tiny_model_path, tmp_path_factory):
+    """`transformers serve` on loopback with the tiny model, sampling (its generation config sets
+    do_sample; the server takes temperature and seed from each request, and ignores n)."""
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        pytest.skip("transformers serve cannot start: pip install 'transformers[serving]' (the dev extra has it)")
+    model = tmp_path_factory.mktemp("served") / "tiny-sampling"
+    model.mkdir()
+    for f in os.listdir(tiny_model_path):
+        if f != "generation_config.json":
+            os.symlink(os.path.join(tiny_model_path, f), model / f)
+    gen = json.loads(open(os.path.join(tiny_model_path, "generation_config.json")).read())
+    (model / "generation_config.json").write_text(json.dumps({**gen, "do_sample": True, "top_k": 0}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(model), "--host",
+                                 "127.0.0.1", "--port", str(port), "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"transformers serve did not start (exit {proc.poll()}): {log.read_text()[-800:]}")
+            time.sleep(0.5)
+        yield f"{url}/v1", str(model)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_openai_against_transformers_serve(transformers_serve, monkeypatch, caplog):
+    """A real OpenAI-compatible server that ignores n: votes-sized samples still come back, one
+    seeded request each, the same for the same seed."""
+    url, model = transformers_serve
+    monkeypatch.setenv("RLFF_TEST_KEY", "sk-local")
+    role = _role(url, name=model, timeout_s=120, max_retries=1, concurrency=1, max_new_tokens=6, temperature=1.0)
+    b = get_backend(role)
+    assert len(b.generate([CONV_A])[0]) == 1 and not b.ignores_n
+    with caplog.at_level("WARNING", logger="rlff_utils.backends"):
+        out = b.generate([CONV_A, CONV_B], n=3, seed=7)
+    assert [len(s) for s in out] == [3, 3] and all(isinstance(x, str) for s in out for x in s)
+    assert b.ignores_n and sum("ignores n" in r.message for r in caplog.records) == 1
+    assert len({x for s in out for x in s}) > 1  # separate seeds, separate samples
+    assert b.generate([CONV_A, CONV_B], n=3, seed=7) == out  # seeded server: reproducible
+    assert b.stats.sequences == 1 + 6 + 6 and b.stats.generated_tokens > 0
 
 
 def test_openai_missing_key_names_the_variable(monkeypatch):

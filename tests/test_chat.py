@@ -38,3 +38,42 @@ def test_chat_cli_missing_adapter_is_a_clear_error(data_dir, tmp_path):
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert r.returncode == 1 and "adapter folder not found" in r.stderr
+
+
+def test_chat_session_fits_the_context_window(ci_params, tiny_model_path):
+    """Oldest turns leave the prompt first, then the message is cut; never past the window."""
+    from rlff_utils.chat import CUT, ChatSession
+
+    s = ChatSession(ci_params, adapter=None, style="vanilla")
+    count, window = s.window
+    assert window == 8192
+    budget = window - ci_params.models.policy.max_new_tokens
+    long_turn = "word " * 3000
+    s.history = [{"speaker": sp, "text": long_turn, "strategy": None} for sp in ("seeker", "supporter") * 2]
+    sent, messages = s._fit("And today?")
+    assert sent == "And today?" and count(messages) <= budget
+    assert s.notices == ["the 1 oldest turn(s) were left out of the prompt to fit the model's 8192-token context window"]
+    s.reset()
+    huge = "I feel lost. " * 4000  # 52,000 characters
+    visible, _ = s.reply(huge)
+    assert isinstance(visible, str)
+    assert any(n.startswith(f"your message was cut from {len(huge)} to ") for n in s.notices)
+    kept = s.history[0]["text"]
+    assert kept.endswith(CUT) and huge.startswith(kept.removesuffix(CUT)) and len(kept) < len(huge)
+    assert count(s._messages(s.history[:1])) <= budget
+
+
+def test_chat_cli_survives_bad_bytes_and_huge_messages(tiny_model_path, data_dir):
+    """Bytes that are not UTF-8 and a 50k-character message: both answered, the chat goes on."""
+    huge = ("My thoughts keep racing. " * 2000).encode()  # 50,000 characters
+    stdin = b"Hello \xff\xfe I feel anxious.\n" + huge + b"\nStill here.\n/quit\n"
+    r = subprocess.run(
+        [sys.executable, "-m", "rlff_utils.chat", "--params", str(ROOT / "params" / "ci.yaml"), "--adapter", "none"],
+        input=stdin, capture_output=True, timeout=600, cwd=ROOT,
+    )
+    out = r.stdout.decode("utf-8", errors="replace")
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    assert out.count("supporter>") == 3
+    assert "(note: 2 undecodable byte(s) in your message were replaced by \ufffd)" in out
+    assert "(note: your message was cut from 49999 to " in out and "8192-token context window" in out  # stripped
+    assert "Traceback" not in r.stderr.decode(errors="replace")

@@ -1,13 +1,14 @@
-"""Data layer on the real ESConv copy (RLFF_DATA_DIR) and on hand-written ExTES fixtures."""
+"""Data stage on the real ESConv copy (RLFF_DATA_DIR): contexts, the stage contract; ExTES fixtures.
+ESConv's own loaders are tested in test_esconv.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from rlff_utils import data
+from rlff_utils.params import load_params
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -32,30 +33,6 @@ def test_esconv_loads_all_dialogues_in_one_schema(esconv):
     assert len(both) == 1150 and isinstance(both[0].final_emotion_intensity, int)
 
 
-def test_ppdpp_split(data_dir):
-    test, report = data.load_ppdpp(data_dir / "esconv" / "ppdpp", "test")
-    valid, _ = data.load_ppdpp(data_dir / "esconv" / "ppdpp", "valid")
-    assert len(test) == 130 == len(valid) and report.kept == 130
-    cases = data.build_eval_cases(test)
-    assert len(cases) == 130 and cases[0]["opening"] == test[0].situation
-
-
-def test_esconv_broken_records_are_skipped_and_counted(tmp_path, esconv):
-    folder = tmp_path / "esconv"
-    folder.mkdir()
-    good = json.dumps({"emotion_type": "fear", "problem_type": "x", "situation": "s",
-                       "dialog": [{"text": "hi", "speaker": "usr"}, {"text": "hello", "speaker": "sys", "strategy": "Question"}]})
-    lines = [good, "{not json", json.dumps({"dialog": []}), json.dumps({"dialog": [{"text": None, "speaker": "usr"}]}),
-             json.dumps({"dialog": [{"text": "a", "speaker": "bot"}]})]
-    (folder / "train.json").write_text("\n".join(lines) + "\n")
-    for split in ("valid", "test"):
-        (folder / f"{split}.json").write_text(good + "\n")
-    dialogues, reports = data.load_esconv(folder)
-    assert len(dialogues) == 3
-    assert dict(reports[0].skipped) == {"not a JSON object": 1, "empty dialogue": 1, "null or empty text": 1, "unknown speaker": 1}
-    assert "kept 1" in str(reports[0])
-
-
 def test_extes_messy_fixture():
     dialogues, report = data.load_extes(FIXTURES / "extes_messy.json", test_fraction=0.5, seed=0)
     assert [d.situation for d in dialogues] == ["My partner left me last week.", "Finals next week."]
@@ -68,10 +45,14 @@ def test_extes_messy_fixture():
     # strategy spelling variants map onto the documented names; unknown ones are kept verbatim
     assert [t.strategy for t in first.turns if t.speaker == "supporter"] == ["Empathetic Statements", "Clarification"]
     assert dialogues[1].turns[1].strategy == "Normalise Experience"
+    assert dict(report.unknown_strategies) == {"Normalise Experience": 1}
     assert {d.split for d in data.load_extes(FIXTURES / "extes_messy.json", 0.5, 0)[0]} <= {"train", "test"}
 
 
-@pytest.mark.parametrize("content, words", [("{ not json", "not a readable JSON file"), ('{"a": 1}', "expected a JSON list")])
+@pytest.mark.parametrize("content, words", [
+    ("{ not json", "1 x not valid JSON"), ('{"a": 1}', "1 x empty dialogue"), ("", "no records in the file (empty)"),
+    ('[{"scene": "x", "content": [{"User": "hi"}]}, {"scene"', "malformed JSON list from here on"),
+])
 def test_extes_unreadable_file_names_the_file(tmp_path, content, words):
     path = tmp_path / "ExTES.json"
     path.write_text(content)
@@ -97,9 +78,31 @@ def test_contexts_end_in_seeker_turn_and_are_reproducible(esconv):
 
 
 def test_prepare_data_writes_datasets(ci_params):
+    from rlff_utils import runs
+
     prepared = data.prepare_data(ci_params)
-    out = ci_params.run_dir / "data"
-    assert json.loads((out / "stats.json").read_text())["contexts"] == len(prepared.contexts) == 12
+    lay = runs.layout(ci_params)
+    stats = runs.read_json(lay.data_stats)
+    assert stats["contexts"] == len(prepared.contexts) == 12
+    assert stats["sources"] == {"esconv": f"local folder {ci_params.resolve(ci_params.data.esconv_dir)} (configured)"}
+    assert [r["kept"] for r in stats["load_reports"]] == [910, 195, 195, 130]
+    assert all(r["skipped"] == {} for r in stats["load_reports"])
     assert data.load_contexts(ci_params) == prepared.contexts
+    assert set(prepared.contexts[0]["history"][0]) == {"speaker", "text", "strategy"}  # prompts carry no ratings
     assert len(data.load_eval_cases(ci_params)) == 4
+    assert data.load_eval_cases(ci_params)[0]["case_id"] == "ppdpp-test-0000"
     assert len(data.load_dialogues(ci_params)) == 1300
+    record = runs.read_record(ci_params.run_dir, runs.DATA)
+    assert record["complete"] and record["settings"]["data"]["max_contexts"] == 12
+    # the stage contract: other data settings on the same folder are refused, force starts over
+    other = load_params(ci_params.source, {"output_root": ci_params.output_root, "data.max_contexts": 5})
+    with pytest.raises(runs.StaleStageError, match="data.max_contexts: 12 -> 5"):
+        data.prepare_data(other)
+    assert len(data.prepare_data(other, force=True).contexts) == 5 == len(data.load_contexts(other))
+
+
+def test_no_contexts_is_a_clear_error(ci_params):
+    params = load_params(ci_params.source, {"output_root": ci_params.output_root, "data.max_dialogues": 1,
+                                            "data.min_history_turns": 500, "data.max_history_turns": 500})
+    with pytest.raises(data.DataError, match="no contexts: 1 dialogues in splits"):
+        data.load_all(params)
