@@ -32,19 +32,14 @@ def esconv_source(params) -> EsconvSource:
     must exist), ``hub`` (``data.esconv_hub_id`` through ``datasets``, cached), or ``auto``: the
     local folder when it is configured and exists (e.g. ``RLFF_DATA_DIR`` is set), else the hub.
     ``data.esconv_dir`` None stands for ``$RLFF_DATA_DIR/esconv`` when that variable is set."""
-    from .params import ParamsError  # here: params may come to use this module
-
     p = params.data
     folder, why = None, ""
     configured = p.esconv_dir if p.esconv_dir is not None else (
-        "${RLFF_DATA_DIR}/esconv" if os.environ.get("RLFF_DATA_DIR") else None)
+        str(Path(os.environ["RLFF_DATA_DIR"]) / "esconv") if os.environ.get("RLFF_DATA_DIR") else None)
     if configured is None:
         why = "data.esconv_dir is not given and RLFF_DATA_DIR is not set"
     else:
-        try:
-            folder = params.resolve(configured)
-        except ParamsError as e:  # an unset ${VAR} in the path
-            why = f"data.esconv_dir: {e}"
+        folder = params.resolve(configured)
     if folder is not None and not folder.is_dir():
         why = f"data.esconv_dir: folder not found: {folder}"
     return decide_source(p.esconv_source, folder, p.esconv_hub_id, why)

@@ -84,7 +84,7 @@ def test_prepare_data_writes_datasets(ci_params):
     lay = runs.layout(ci_params)
     stats = runs.read_json(lay.data_stats)
     assert stats["contexts"] == len(prepared.contexts) == 12
-    assert stats["sources"] == {"esconv": f"local folder {ci_params.resolve(ci_params.data.esconv_dir)} (configured)"}
+    assert stats["sources"] == {"esconv": f"local folder {ci_params.data.esconv_dir} (auto: the local folder exists)"}
     assert [r["kept"] for r in stats["load_reports"]] == [910, 195, 195, 130]
     assert all(r["skipped"] == {} for r in stats["load_reports"])
     assert data.load_contexts(ci_params) == prepared.contexts

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from rlff_utils.params import ParamsError
+
 from rlff_utils import data, esconv
 from rlff_utils.dialogues import DataError, LoadReport, read_records
 
@@ -244,9 +246,10 @@ def test_auto_source_follows_the_data_folder(ci_params, tmp_path):
 
     params = load_params(ci_params.source, {"output_root": str(tmp_path), "data.esconv_source": "auto"})
     assert data.esconv_source(params).kind == "local"
-    params = load_params(ci_params.source, {"output_root": str(tmp_path), "data.esconv_source": "auto",
-                                            "data.esconv_dir": str(tmp_path / "absent")})
-    assert data.esconv_source(params).kind == "hub"
+    over = {"output_root": str(tmp_path), "data.esconv_source": "auto", "data.esconv_dir": str(tmp_path / "absent")}
+    with pytest.raises(ParamsError, match="data.esconv_dir: folder not found"):  # a given folder must exist
+        load_params(ci_params.source, over)
+    assert data.esconv_source(load_params(ci_params.source, over, check_files=False)).kind == "hub"
 
 
 def test_auto_source_without_a_configured_folder_uses_rlff_data_dir(ci_params, data_dir, monkeypatch):
@@ -265,17 +268,21 @@ def test_offline_without_data_names_both_ways(tmp_path, project_root):
     """No RLFF_DATA_DIR, offline, nothing cached: one DataError that says what to do."""
     env = {k: v for k, v in os.environ.items() if k != "RLFF_DATA_DIR"}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(project_root))
+    args = f"{str(project_root / 'params' / 'ci.yaml')!r}, {{'output_root': {str(tmp_path)!r}, 'data.esconv_source': 'auto'}}"
     script = (
-        "from rlff_utils import data; from rlff_utils.params import load_params\n"
-        f"p = load_params({str(project_root / 'params' / 'ci.yaml')!r}, "
-        f"{{'output_root': {str(tmp_path)!r}, 'data.esconv_source': 'auto'}})\n"
+        "from rlff_utils import data; from rlff_utils.params import ParamsError, load_params\n"
+        f"try:\n    load_params({args})\nexcept ParamsError as e:\n    print('ParamsError:', e)\n"
+        f"p = load_params({args}, check_files=False)\n"
         "try:\n    data.load_all(p)\nexcept data.DataError as e:\n    print('DataError:', e)\n"
     )
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    out = r.stdout
+    first, out = r.stdout.split("DataError: ", 1)
+    out = "DataError: " + out
+    # caught at params validation, before any loading, naming both ways
+    assert first.startswith("ParamsError:") and "RLFF_DATA_DIR=" in first and "go online" in first
     assert out.startswith("DataError: ESConv could not be loaded.\n  Hugging Face hub thu-coai/esconv: ConnectionError")
-    assert "local copy: no local folder: data.esconv_dir: environment variable RLFF_DATA_DIR is not set" in out
+    assert "local copy: no local folder: data.esconv_dir is not given and RLFF_DATA_DIR is not set" in out
     assert "set RLFF_DATA_DIR=/path/to/data" in out and "go online once" in out
 
 
