@@ -722,10 +722,22 @@ def load_params(
     return params
 
 
-def load_notebook_params(params_file: str | os.PathLike, overrides: dict[str, Any] | None = None) -> RunParams:
+def load_notebook_params(params_file: str | os.PathLike, overrides: dict[str, Any] | None = None,
+                         check_files: bool = True) -> RunParams:
     """What a notebook's first cell calls: relative paths start at the project root (the folder
-    JupyterLab opens), whether the kernel's current directory is the project or ``notebooks/``."""
-    return load_params(Path(params_file), overrides, base_dir=project_root_of(Path.cwd()))
+    JupyterLab opens), whether the kernel's current directory is the project or ``notebooks/``.
+    Overrides that change settings without a new ``run_name`` write into the same run folder, where
+    stages already run with other settings refuse to mix (``runs.StaleStageError``): warned here."""
+    import warnings
+
+    overrides = dict(overrides or {})
+    if overrides and "run_name" not in overrides:
+        warnings.warn(
+            f"overrides {sorted(overrides)} change the run but not its run_name: results go to the same run "
+            "folder, where stages already run with other settings will refuse to continue. Add "
+            "overrides['run_name'] = '<new name>' to keep both runs.", stacklevel=2)
+    return load_params(Path(params_file), overrides, check_files=check_files,
+                       base_dir=project_root_of(Path.cwd()))
 
 
 def project_root() -> Path:

@@ -197,3 +197,18 @@ def test_bad_set_is_one_line(item, words):
     with pytest.raises(ParamsError) as err:
         parse_set([item])
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_notebook_params_resolve_from_the_project_and_warn_on_unnamed_overrides(monkeypatch, data_dir):
+    from rlff_utils.params import load_notebook_params
+
+    monkeypatch.chdir(ROOT / "notebooks")
+    p = load_notebook_params("../params/ci.yaml")
+    assert p.run_dir == ROOT / "outputs" / "ci"  # not notebooks/outputs
+    with pytest.warns(UserWarning, match="run_name"):
+        load_notebook_params("../params/ci.yaml", {"seed": 3})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_notebook_params("../params/ci.yaml", {"seed": 3, "run_name": "ci-seed3"})
