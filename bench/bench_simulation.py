@@ -3,7 +3,7 @@
 1. The same contexts, candidates per context, turn cap, model and seed, rolled out
    (a) in lockstep: all trajectories advance together, one batched call per agent role per turn;
    (b) sequentially: one trajectory at a time, one call per agent turn (PPDPP's loop).
-   Both go through ``simulate.run_rollouts`` (the sequential loop is batch size 1), so only the
+   Both go through ``rollout.run_rollouts`` (the sequential loop is batch size 1), so only the
    batching differs. Prints trajectories/s, generated tokens/s and the ratio (target >= 4x).
 2. The critic on the same dialogues in ``probs`` mode (one scoring pass) and in ``votes`` mode
    (n sampled answers, PPDPP: 10 at temperature 1.1): cost per judgement, the ratio (target >= 5x)
@@ -57,13 +57,8 @@ def main() -> None:
     from rlff_utils.backends import get_backend
     from rlff_utils.data import load_all
     from rlff_utils.params import ModelRole, load_params
-    from rlff_utils.simulate import (
-        backend_seeker,
-        backend_supporter,
-        candidate_sampler,
-        run_rollouts,
-        simulation_trajectories,
-    )
+    from rlff_utils.rollout import backend_seeker, backend_supporter, candidate_sampler, run_rollouts
+    from rlff_utils.simulate import simulation_trajectories
 
     params = load_params(args.params, {"data.max_contexts": max(args.contexts, args.judgements)})
     contexts = load_all(params).contexts

@@ -45,14 +45,18 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
+from rlff_utils import runs
 from rlff_utils import simulate as sim
 from rlff_utils.agents import policy_messages
 from rlff_utils.data import load_contexts
 from rlff_utils.params import load_params
 from rlff_utils.plots import plot_simulation
+from rlff_utils.reward.target import reward_frame
+from rlff_utils.rollout import format_transcript
 
 params = load_params(params_file, overrides)
-out_dir = params.run_dir / "simulation"
+lay = runs.layout(params)
+out_dir = lay.stage(runs.SIMULATION)
 s = params.simulation
 print(f"run {params.run_name!r}: m={s.num_candidates} candidates, T={s.max_turns} turns, critic {s.critic_mode}, "
       f"lambda={s.efficiency_weight}, delta={s.label_threshold} -> {out_dir}")
@@ -89,11 +93,21 @@ for m in policy_messages(contexts[0], style, max_history_turns=params.data.max_h
 # All live trajectories advance together: every turn is **one batched call per agent role** over all of them
 # (instead of one call per agent per trajectory), and finished trajectories drop out. Each finished trajectory is
 # appended to `simulation/trajectories.jsonl` and fsynced at once, so an interrupted run continues where it
-# stopped when this cell runs again (finished `(context_id, candidate_index)` keys are skipped).
+# stopped when this cell runs again (finished `(context_id, candidate_index)` keys are skipped, the batch in flight
+# continues from its last finished turn). Every sampled token is seeded by the run seed, the trajectory's identity,
+# the turn and the role, so the resumed run writes what an uninterrupted one would have written. Stored
+# trajectories are reused only with the same settings: the stage's record (`simulation/stage.json`) holds them,
+# and other settings stop the run with the list of changes (rerun with `--force`, or use another `run_name`).
 
 # %%
 summary = sim.run_simulation(params, contexts)
 pd.Series(summary.as_dict(), name="value").to_frame()
+
+# %% [markdown]
+# The settings this stage ran with (its record):
+
+# %%
+pd.Series(runs.read_record(params.run_dir, runs.SIMULATION)["settings"], name="value").to_frame()
 
 # %% [markdown]
 # ## Two trajectories, read in full
@@ -103,9 +117,9 @@ pd.Series(summary.as_dict(), name="value").to_frame()
 
 # %%
 records = sim.load_trajectories(params.run_dir)
-frame = sim.reward_frame(records, params.simulation)
+frame = reward_frame(records, params.simulation)
 for rec in sim.pick_examples(frame, 2):
-    print(sim.format_transcript(rec))
+    print(format_transcript(rec))
     print(f"  R_fut = {rec['r_fut']:+.3f}, label = {rec['label']}\n")
 
 # %% [markdown]
@@ -116,7 +130,7 @@ for rec in sim.pick_examples(frame, 2):
 # emotion type.
 
 # %%
-plot_simulation(frame, sim.success_by_turn(records), out_dir / "simulation.png");
+plot_simulation(frame, sim.success_by_turn(records), lay.simulation_png);
 
 # %%
 sim.outcome_table(frame).round(3)
@@ -126,7 +140,7 @@ sim.outcome_table(frame).round(3)
 #
 # `simulation/reward_dataset.jsonl`: one row per judged candidate with its context, the raw and visible candidate,
 # $R_\text{fut}$, the label and its parts ($v_\text{end}$, goal reached, $t_\text{end}$, $T$), so other
-# $\lambda$ or $\delta$ can be computed without simulating again (`simulate.reward_frame`). Trajectories whose final
+# $\lambda$ or $\delta$ can be computed without simulating again (`rlff_utils.reward.target.reward_frame`). Trajectories whose final
 # judgement named no label (votes mode) have no $v_\text{end}$ and are left out; the count is in the summary above.
 
 # %%

@@ -40,12 +40,12 @@ import json
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import evaluate, plots
+from rlff_utils import evaluate, plots, runs
 from rlff_utils.params import load_params
-from rlff_utils.simulate import format_transcript
+from rlff_utils.rollout import format_transcript
 
 params = load_params(params_file, overrides)
-out = params.stage_dir("evaluation")
+lay = runs.layout(params)
 print(json.dumps({k: v for k, v in params.evaluation.model_dump().items() if k != "systems"}, indent=1))
 pd.DataFrame([s.model_dump() for s in params.evaluation.systems])
 
@@ -54,29 +54,29 @@ pd.DataFrame([s.model_dump() for s in params.evaluation.systems])
 #
 # All systems advance together, turn by turn: one user-simulator call and one critic call per turn
 # serve every system's conversations, while each system's own policy (prompt style, adapter) writes
-# its supporter turns. Each system keeps its own `transcripts.jsonl` and `metrics.json`.
+# its supporter turns. Each system keeps its own `transcripts.jsonl` and `metrics.json`. Stored transcripts are
+# reused only with the same settings (the stage's record, `evaluation/stage.json`, shown below).
 
 # %%
 table = evaluate.run_evaluation(params)
 for s in table.attrs["skipped"]:
     print(f"skipped {s['system']}: {s['reason']}")
 display(table.round(3))
-fig = plots.plot_system_bars(table, out / "sr_at.png")
+fig = plots.plot_system_bars(table, lay.eval_figure("sr_at"))
+
+# %%
+pd.Series(runs.read_record(params.run_dir, runs.EVALUATION)["settings"], name="value").to_frame()
 
 # %% [markdown]
 # ## SR@k and success per emotion type
 
 # %%
+metrics = {s: runs.read_json(lay.system_metrics(s)) for s in table.system}
 long = pd.DataFrame(
-    [{"system": s, "k": k, "SR@k": v}
-     for s in table.system
-     for k, v in enumerate(json.loads((out / s / "metrics.json").read_text())["SR_at_k"], 1)]
+    [{"system": s, "k": k, "SR@k": v} for s, m in metrics.items() for k, v in enumerate(m["SR_at_k"], 1)]
 )
-fig = plots.plot_sr_at_k(long, out / "sr_at_k.png")
-per_emotion = pd.DataFrame(
-    {s: {e: v["SR"] for e, v in json.loads((out / s / "metrics.json").read_text())["SR_by_emotion"].items()}
-     for s in table.system}
-)
+fig = plots.plot_sr_at_k(long, lay.eval_figure("sr_at_k"))
+per_emotion = pd.DataFrame({s: {e: v["SR"] for e, v in m["SR_by_emotion"].items()} for s, m in metrics.items()})
 per_emotion.round(2)
 
 # %% [markdown]
@@ -102,6 +102,6 @@ for system in dict.fromkeys([main, table.system.iloc[0]]):
 rates = evaluate.run_quality(params)
 if len(rates):
     display(rates.round(2))
-    fig = plots.plot_win_rates(rates, out / "win_rates.png")
+    fig = plots.plot_win_rates(rates, lay.eval_figure("win_rates"))
 else:
     print("no baseline to compare with")

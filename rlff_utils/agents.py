@@ -1,10 +1,11 @@
-"""Prompts and parsing for the agents of a simulated support conversation.
+"""Prompts and parsing for the agents of a simulated support conversation, and for the judge.
 
 Four roles talk in a rollout: the ESC policy (writes the candidate reply, and in evaluation every
 supporter turn), the ESC system model (writes later supporter turns in training rollouts), the user
 simulator (plays the seeker) and the critic (judges, after each seeker turn, whether the seeker's
-problem is solved). All prompt text lives in :data:`PROMPTS` so a run can write exactly what its
-agents were told (:func:`write_prompts`) and a reader can review it in one place.
+problem is solved). After evaluation a judge compares two systems' conversations per criterion.
+All prompt text lives in :data:`PROMPTS` and :data:`JUDGE_CRITERIA` so a run can write exactly
+what its agents were told (:func:`write_prompts`) and a reader can review it in one place.
 
 Conversations are OpenAI-style message lists. A dialogue is stored from the dialogue's point of
 view (``speaker: seeker|supporter``) and mapped onto chat roles per agent: the supporter is the
@@ -25,7 +26,6 @@ success, and it is reported (``unparsed``) instead of being silently scored as s
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .data import SEEKER, STRATEGIES, SUPPORTER
+from .runs import write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backends import ChatBackend
@@ -78,7 +79,23 @@ PROMPTS: dict[str, str] = {
         "problem is not solved) or solved (the problem has been solved)? Answer with one word."
     ),
     "transcript_line": "{speaker}: {text}",
+    "judge_system": "You compare two emotional-support conversations with the same help seeker and answer briefly.",
+    "judge_question": (
+        "The seeker's situation: {situation}\n\n"
+        "Conversation A:\n{a}\n\nConversation B:\n{b}\n\n"
+        "{question} Answer with exactly one of: A, B, tie."
+    ),
 }
+
+# The paper's human-evaluation criteria, as the judge's questions.
+JUDGE_CRITERIA: dict[str, str] = {
+    "fluency": "Which supporter's replies are more fluent and natural?",
+    "empathy": "Which supporter shows more empathy and understanding of the seeker's feelings?",
+    "identification": "Which supporter better explores and identifies the seeker's real problem?",
+    "suggestion": "Which supporter gives more helpful, concrete suggestions?",
+    "overall": "Which supporter gives better emotional support overall?",
+}
+CRITERIA = tuple(JUDGE_CRITERIA)
 
 # Shown to the other agents in place of an empty turn (e.g. a reply cut off inside its reasoning).
 EMPTY_TURN = "..."
@@ -89,12 +106,12 @@ SPEAKER_NAMES = {SEEKER: "Seeker", SUPPORTER: "Supporter"}
 CRITIC_LABELS: dict[str, float] = {"worse": -1.0, "same": -0.5, "better": 0.5, "solved": 1.0}
 
 
-def write_prompts(folder: str | Path) -> None:
-    """Write every prompt template and the critic's answer values to ``folder/prompts.json``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = {"templates": PROMPTS, "critic_labels": CRITIC_LABELS, "strategies": STRATEGIES}
-    (folder / "prompts.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+def write_prompts(path: str | Path) -> Path:
+    """Write every prompt template, the judge's criteria and the critic's answer values to
+    ``path`` (a stage's ``RunLayout.prompts``)."""
+    payload = {"templates": PROMPTS, "judge_criteria": JUDGE_CRITERIA, "critic_labels": CRITIC_LABELS,
+               "strategies": STRATEGIES}
+    return write_json(payload, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +219,8 @@ def seeker_messages(context: dict[str, Any], max_history_turns: int = 12) -> lis
 
 
 def transcript(turns: list[dict[str, Any]]) -> str:
+    """Dialogue turns as the agents read them, one ``Speaker: text`` line per turn (visible text
+    only; an empty turn shows as ``...``)."""
     return "\n".join(
         PROMPTS["transcript_line"].format(speaker=SPEAKER_NAMES[t["speaker"]], text=t["text"].strip() or EMPTY_TURN)
         for t in turns
@@ -214,6 +233,24 @@ def critic_messages(context: dict[str, Any], max_history_turns: int | None = Non
         transcript=transcript(_turns(context, max_history_turns)), **_fields(context)
     )
     return [{"role": "system", "content": PROMPTS["critic_system"]}, {"role": "user", "content": question}]
+
+
+def judge_messages(situation: str, a: str, b: str, criterion: str) -> list[dict[str, str]]:
+    """The judge's conversation: two transcripts (A, B) of the same case and one criterion's question."""
+    question = PROMPTS["judge_question"].format(situation=situation, a=a, b=b, question=JUDGE_CRITERIA[criterion])
+    return [{"role": "system", "content": PROMPTS["judge_system"]}, {"role": "user", "content": question}]
+
+
+_VERDICT = re.compile(r"\b(tie|a|b)\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' from a judge's answer (first one named), None when it names none."""
+    m = _VERDICT.search(strip_reasoning(text).replace("Conversation ", ""))
+    if not m:
+        return None
+    v = m.group(1).lower()
+    return "tie" if v == "tie" else v.upper()
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,13 +338,16 @@ class Critic:
         self.max_history_turns, self.max_new_tokens = max_history_turns, max_new_tokens
         self._calls = 0
 
-    def judge(self, contexts: list[dict[str, Any]], seed: int | None = None) -> list[CriticResult]:
-        """One result per context (``history`` = the dialogue so far). ``seed``: for the votes'
-        sampling; by default a fresh, reproducible seed per call."""
+    def judge(self, contexts: list[dict[str, Any]], seed: int | None = None,
+              seeds: list[int] | None = None) -> list[CriticResult]:
+        """One result per context (``history`` = the dialogue so far). The votes' sampling is
+        seeded per context by ``seeds`` (one each: a judgement then does not depend on the other
+        contexts of the call), else by ``seed`` (+ the context's index), by default a fresh,
+        reproducible seed per call."""
         if not contexts:
             return []
         conversations = [critic_messages(c, self.max_history_turns) for c in contexts]
-        if seed is None:
+        if seed is None and seeds is None:
             seed = self.seed + 7919 * self._calls
         self._calls += 1
         if self.mode == "votes":
@@ -317,6 +357,7 @@ class Critic:
                 temperature=self.temperature,
                 max_new_tokens=self.max_new_tokens,
                 seed=seed,
+                seeds=seeds,
                 guided_choice=list(CRITIC_LABELS),
             )
             return [votes_result(a, self.threshold) for a in answers]

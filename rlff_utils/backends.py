@@ -31,6 +31,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .sampling import RowSampler, sample_seed
+
 if TYPE_CHECKING:  # pragma: no cover
     from .params import ModelRole
 
@@ -70,10 +72,14 @@ class ChatBackend(Protocol):
         stop: list[str] | None = None,
         seed: int | None = None,
         guided_choice: list[str] | None = None,
+        seeds: list[int] | None = None,
     ) -> list[list[str]]:
         """``[conversation][sample]`` replies. ``None`` settings fall back to the role's.
         ``guided_choice``: constrain each reply to one of these strings where the engine can
-        (vLLM structured outputs); other engines generate freely and callers parse."""
+        (vLLM structured outputs); other engines generate freely and callers parse.
+        ``seeds``: one per conversation, so a conversation's samples depend on its own seed only,
+        never on which other conversations share the call; ``seed``: conversation i gets
+        ``seed + i``. Give one or the other (neither: unseeded)."""
         ...
 
     def score_choices(self, conversations: list[Conversation], choices: list[str]) -> list[list[float]]:
@@ -89,6 +95,17 @@ def trim_at_stop(text: str, stop: list[str] | None) -> str:
         if cuts:
             text = text[: min(cuts)]
     return text.strip()
+
+
+def _row_seeds(count: int, seed: int | None, seeds: list[int] | None) -> list[int] | None:
+    """One seed per conversation from ``seeds`` (checked) or ``seed`` (+ index); None: unseeded."""
+    if seeds is None:
+        return None if seed is None else [seed + i for i in range(count)]
+    if seed is not None:
+        raise ValueError("generate: pass seed or seeds, not both")
+    if len(seeds) != count:
+        raise ValueError(f"generate: {len(seeds)} seeds for {count} conversations")
+    return [int(s) for s in seeds]
 
 
 def _softmax(logps: list[float]) -> list[float]:
@@ -191,8 +208,9 @@ class HFEngine:
 
 
 class HFBackend:
-    """transformers ``generate`` with left padding; sampling seeded per chunk inside a forked RNG
-    so same inputs and seed give the same outputs and no caller's RNG is disturbed."""
+    """transformers ``generate`` with left padding; every sampled row draws from its own seeded
+    generator (:class:`RowSampler`), so a conversation's samples are the same alone or in any
+    batch, and no caller's RNG is disturbed. Unseeded calls draw the row seeds from torch's RNG."""
 
     def __init__(self, role: "ModelRole", engine: HFEngine, share_prompt_pass: bool = True):
         self.role, self.engine = role, engine
@@ -200,41 +218,44 @@ class HFBackend:
         self.stats = BackendStats()
 
     def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
-                 guided_choice=None) -> list[list[str]]:
+                 guided_choice=None, seeds=None) -> list[list[str]]:
         import torch
 
         if not conversations:
             return []
+        row_seeds = _row_seeds(len(conversations), seed, seeds)
         role, eng, tok = self.role, self.engine, self.engine.tokenizer
         temperature = role.temperature if temperature is None else temperature
         max_new_tokens = max_new_tokens or role.max_new_tokens
         sample = temperature > 0
         k = n if sample else 1  # greedy samples are identical: generate once, repeat
+        if sample and row_seeds is None:
+            row_seeds = torch.randint(0, 2**31 - 1, (len(conversations),)).tolist()
         per_chunk = max(1, role.batch_size // k)
         prompts = tok([eng.prompt_text(c) for c in conversations], add_special_tokens=False)["input_ids"]
         order = _by_length([len(ids) for ids in prompts])
         out: list[list[str] | None] = [None] * len(prompts)
         t0 = time.perf_counter()
-        for ci, start in enumerate(range(0, len(prompts), per_chunk)):
+        for start in range(0, len(prompts), per_chunk):
             rows_here = order[start: start + per_chunk]
             enc = eng.encode([prompts[i] for i in rows_here])
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=max_new_tokens,
-                do_sample=sample,
-                num_return_sequences=k,
+                do_sample=False,  # sampling is RowSampler's, the last logits processor
                 eos_token_id=eng.end_ids,
                 pad_token_id=tok.pad_token_id,
             )
-            if sample:
-                kwargs.update(temperature=temperature, top_p=role.top_p, top_k=0)
+            if sample:  # rows: each conversation's k samples in a row, sample s seeded by (seed, s)
+                row_sample_seeds = [sample_seed(row_seeds[i], s) for i in rows_here for s in range(k)]
+                kwargs["logits_processor"] = [RowSampler(temperature, role.top_p, row_sample_seeds, eng.device)]
             if stop:
                 kwargs.update(stop_strings=stop, tokenizer=tok)
-            devices = [eng.device] if eng.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.inference_mode():
-                if seed is not None:
-                    torch.manual_seed(seed + 1_000_003 * ci)
+            with torch.inference_mode():
                 if k > 1 and self.share_prompt_pass:
                     gen = eng.generate_shared_prefix(enc, k, kwargs)
+                elif k > 1:  # every sample re-reads its prompt (transformers' num_return_sequences)
+                    gen = eng.model.generate(input_ids=enc["input_ids"].repeat_interleave(k, 0),
+                                             attention_mask=enc["attention_mask"].repeat_interleave(k, 0), **kwargs)
                 else:
                     gen = eng.model.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1]:].cpu()
@@ -325,7 +346,7 @@ def _vllm_engine(role: "ModelRole", seed: int = 0):
 
 
 class VLLMBackend:
-    """``vllm.LLM`` with one SamplingParams per conversation (seed = base seed + index)."""
+    """``vllm.LLM`` with one SamplingParams per conversation, each with its conversation's seed."""
 
     def __init__(self, role: "ModelRole", engine: Any, adapter: str | None = None):
         self.role, self.engine = role, engine
@@ -360,13 +381,14 @@ class VLLMBackend:
         )
 
     def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
-                 guided_choice=None) -> list[list[str]]:
+                 guided_choice=None, seeds=None) -> list[list[str]]:
         if not conversations:
             return []
+        row_seeds = _row_seeds(len(conversations), seed, seeds)
         t0 = time.perf_counter()
         params = [
-            self._sampling(n, temperature, max_new_tokens, stop, None if seed is None else seed + i, guided_choice)
-            for i in range(len(conversations))
+            self._sampling(n, temperature, max_new_tokens, stop, s, guided_choice)
+            for s in row_seeds or [None] * len(conversations)
         ]
         outs = self.engine.chat(conversations, sampling_params=params, use_tqdm=False, lora_request=self.lora)
         result = [[trim_at_stop(o.text, stop) for o in r.outputs] for r in outs]
@@ -534,9 +556,10 @@ class OpenAIBackend:
         return results
 
     def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
-                 guided_choice=None) -> list[list[str]]:
+                 guided_choice=None, seeds=None) -> list[list[str]]:
         if not conversations:
             return []
+        row_seeds = _row_seeds(len(conversations), seed, seeds)
         t0 = time.perf_counter()
         temperature = self.role.temperature if temperature is None else temperature
         max_tokens = max_new_tokens or self.role.max_new_tokens
@@ -549,8 +572,8 @@ class OpenAIBackend:
             )
             if stop:
                 kwargs["stop"] = stop[:4]
-            if seed is not None:
-                kwargs["seed"] = seed + i
+            if row_seeds is not None:
+                kwargs["seed"] = row_seeds[i]
             if extra:
                 kwargs["extra_body"] = extra
             return self._samples(kwargs, n, stop)

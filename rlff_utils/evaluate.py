@@ -13,16 +13,18 @@ Response quality follows the paper's human-evaluation criteria. An LLM judge com
 systems' conversations on the same case in both orders, which cancels its position bias: a
 system wins only when it is preferred in both orders, loses only when the other is preferred in
 both, and anything else is a tie. For human annotators the same comparisons are written to a
-blind sheet whose sides are randomised, with the key kept in a separate file.
+blind sheet whose sides are randomised, with the key kept in a separate file. The judge's prompts
+live in :mod:`rlff_utils.agents`; the conversations run on :mod:`rlff_utils.rollout`.
+
+The stage goes through :func:`rlff_utils.runs.begin_stage`: stored transcripts are resumed only
+when the stage's record matches the params (else :class:`~rlff_utils.runs.StaleStageError`).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -30,20 +32,20 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-CRITERIA = ("fluency", "empathy", "identification", "suggestion", "overall")
-CRITERION_QUESTIONS = {
-    "fluency": "Which supporter's replies are more fluent and natural?",
-    "empathy": "Which supporter shows more empathy and understanding of the seeker's feelings?",
-    "identification": "Which supporter better explores and identifies the seeker's real problem?",
-    "suggestion": "Which supporter gives more helpful, concrete suggestions?",
-    "overall": "Which supporter gives better emotional support overall?",
-}
-JUDGE_SYSTEM = "You compare two emotional-support conversations with the same help seeker and answer briefly."
-JUDGE_QUESTION = (
-    "The seeker's situation: {situation}\n\n"
-    "Conversation A:\n{a}\n\nConversation B:\n{b}\n\n"
-    "{question} Answer with exactly one of: A, B, tie."
+from . import runs
+from .agents import CRITERIA, Critic, judge_messages, parse_verdict, transcript, write_prompts
+from .backends import get_backend
+from .data import load_eval_cases
+from .rollout import (
+    RoutedStore,
+    Trajectory,
+    TrajectoryStore,
+    backend_seeker,
+    backend_supporter,
+    rollout_to_store,
+    routed_supporter,
 )
+from .stats import bootstrap_ci
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,18 +80,6 @@ def sr_at_k(outs: Sequence[Outcome], cap: int) -> list[float]:
     return [float(np.mean([o.success and o.turns <= k for o in outs])) if outs else math.nan for k in range(1, cap + 1)]
 
 
-def bootstrap_ci(values: Sequence[float], stat=np.mean, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over ``values`` (resampling cases)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(samples, len(values)))
-    stats = np.apply_along_axis(stat, 1, values[idx])
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
 def metrics(records: Sequence[dict[str, Any]], cap: int, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """SR, AT (with bootstrap 95% intervals), SR@k and SR per emotion type for one system."""
     outs = outcomes(records)
@@ -114,30 +104,9 @@ def metrics(records: Sequence[dict[str, Any]], cap: int, samples: int = 1000, se
 # --------------------------------------------------------------------------------------------
 
 
-def conversation_text(record: dict[str, Any]) -> str:
-    """The conversation a judge or an annotator reads: opening plus every later turn, visible text only."""
-    names = {"seeker": "Seeker", "supporter": "Supporter"}
-    turns = list(record.get("history") or []) + list(record.get("turns") or [])
-    return "\n".join(f"{names[t['speaker']]}: {t['text'].strip()}" for t in turns)
-
-
-def judge_messages(situation: str, a: str, b: str, criterion: str) -> list[dict[str, str]]:
-    question = JUDGE_QUESTION.format(situation=situation, a=a, b=b, question=CRITERION_QUESTIONS[criterion])
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": question}]
-
-
-_VERDICT = re.compile(r"\b(tie|a|b)\b", re.IGNORECASE)
-
-
-def parse_verdict(text: str) -> str | None:
-    """'A', 'B' or 'tie' from a judge's answer (first one named), None when it names none."""
-    from .agents import strip_reasoning
-
-    m = _VERDICT.search(strip_reasoning(text).replace("Conversation ", ""))
-    if not m:
-        return None
-    v = m.group(1).lower()
-    return "tie" if v == "tie" else v.upper()
+def _conversation(record: dict[str, Any]) -> str:
+    """What a judge or an annotator reads: the opening plus every later turn (visible text)."""
+    return transcript([*(record.get("history") or []), *(record.get("turns") or [])])
 
 
 def combine_orders(first: str | None, second: str | None) -> str | None:
@@ -165,7 +134,7 @@ def pairwise_judge(
     conversations, index = [], []
     for i, (ours, theirs) in enumerate(pairs):
         sit = ours.get("situation") or ""
-        a, b = conversation_text(ours), conversation_text(theirs)
+        a, b = _conversation(ours), _conversation(theirs)
         for c in criteria:
             conversations.append(judge_messages(sit, a, b, c))
             conversations.append(judge_messages(sit, b, a, c))
@@ -218,7 +187,7 @@ def write_human_sheet(
         key.writerow(["row", "case_id", "baseline", "system_side"])
         for row, ((ours, theirs), base) in enumerate(zip(pairs, baseline_names)):
             side = rng.choice((1, 2))
-            a, b = conversation_text(ours), conversation_text(theirs)
+            a, b = _conversation(ours), _conversation(theirs)
             convs = (a, b) if side == 1 else (b, a)
             sheet.writerow([row, ours.get("situation") or "", *convs, *[""] * len(CRITERIA)])
             key.writerow([row, ours.get("case_id"), base, side])
@@ -250,16 +219,11 @@ def score_human_sheet(sheet_path: str | Path, key_path: str | Path) -> pd.DataFr
     )[["baseline", "criterion", "judged", "unparsable", "win", "tie", "lose"]]
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=float))
-
-
 # --------------------------------------------------------------------------------------------
 # The stage (notebook 05)
 # --------------------------------------------------------------------------------------------
 
 CASE_KEY = ("case_id",)
-TRANSCRIPTS = "transcripts.jsonl"
 
 
 def main_system(params) -> str:
@@ -274,18 +238,33 @@ def resolve_adapter(params, spec: str | None) -> Path | None:
     (relative paths from the project root), e.g. another run's adapter for an ablation."""
     if spec is None:
         return None
-    path = params.run_dir / "policy" / "adapter" if spec == "policy" else params.resolve(spec)
-    return path
+    return runs.layout(params).adapter if spec == "policy" else params.resolve(spec)
 
 
-def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: int):
-    """One conversation per case, opened by the seeker with the case's situation."""
-    from .simulate import Trajectory
+def plan_systems(params) -> tuple[list[tuple[Any, Path | None]], list[dict[str, str]]]:
+    """(system, adapter) pairs to evaluate, and the systems skipped because their adapter does
+    not exist. This run's own policy adapter (``adapter: policy``) missing is an error: notebook
+    04 has not run."""
+    plan, skipped = [], []
+    for s in params.evaluation.systems:
+        adapter = resolve_adapter(params, s.adapter)
+        if adapter is not None and not (adapter / "adapter_config.json").is_file():
+            if s.adapter == "policy":
+                raise FileNotFoundError(f"system {s.name!r}: no trained adapter at {adapter}: run notebook 04 (GRPO) first")
+            skipped.append({"system": s.name, "reason": f"adapter not found: {adapter}"})
+            continue
+        plan.append((s, adapter))
+    return plan, skipped
 
+
+def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: int) -> list[Trajectory]:
+    """One conversation per case, opened by the seeker with the case's situation; its identity
+    is (system, case_id)."""
     meta_fields = ("case_id", "dataset", "emotion_type", "problem_type", "situation")
     return [
         Trajectory(meta={**{k: c.get(k, "") for k in meta_fields}, "system": system},
-                   history=[{"speaker": "seeker", "text": c["opening"], "strategy": None}], max_turns=max_turns)
+                   history=[{"speaker": "seeker", "text": c["opening"], "strategy": None}], max_turns=max_turns,
+                   key=(system, c["case_id"]))
         for c in cases
     ]
 
@@ -304,81 +283,64 @@ def system_metrics(records: Sequence[dict[str, Any]], params) -> dict[str, Any]:
     return out
 
 
+def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore]) -> None:
+    """Every planned system through the protocol, in shared lockstep batches: one user-simulator
+    and one critic call per turn serve all systems; each system's policy writes its own turns."""
+    e, m = params.evaluation, params.models
+    turns = params.data.max_history_turns
+    store = RoutedStore(stores, "system")
+    trajs = [t for s, _ in plan for t in eval_trajectories(cases, s.name, e.max_turns)]
+    done = store.done_keys()
+    if all(store.key(t.meta) in done for t in trajs):
+        return
+    supporters = {
+        s.name: backend_supporter(get_backend(m.policy, adapter=str(adapter) if adapter else None, seed=params.seed),
+                                  s.prompt, turns)
+        for s, adapter in plan
+    }
+    seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
+    critic = Critic(get_backend(m.eval_critic, seed=params.seed), e.critic_mode, e.critic_samples,
+                    e.critic_temperature, e.success_threshold, seed=params.seed, max_history_turns=None)
+    supporter = routed_supporter(supporters, "system")
+    rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, critic, seed=params.seed,
+                     desc=f"eval ({len(plan)} systems)", already=[r for st in stores.values() for r in st.load()],
+                     state_path=runs.layout(params).rollout_state(runs.EVALUATION))
+
+
 def run_evaluation(params, force: bool = False) -> pd.DataFrame:
-    """Every configured system through the interactive protocol; transcripts and metrics (with
-    the protocol card) under ``outputs/<run>/evaluation/<system>/``. Resumable per case.
+    """Every configured system through the interactive protocol; transcripts and metrics under
+    ``outputs/<run>/evaluation/<system>/``, the settings in the stage's record. Resumable per
+    case when the record matches the params (``force``: start over).
 
     A system whose adapter does not exist is skipped and reported, except this run's own
     policy adapter (``adapter: policy``), whose absence means notebook 04 has not run."""
-    from .agents import Critic, write_prompts
-    from .backends import get_backend
-    from .data import load_eval_cases
-    from .simulate import (
-        RoutedStore,
-        TrajectoryStore,
-        backend_seeker,
-        backend_supporter,
-        rollout_to_store,
-        routed_supporter,
-    )
-
-    e, m = params.evaluation, params.models
-    turns = params.data.max_history_turns
+    e = params.evaluation
+    lay = runs.layout(params)
     cases = load_eval_cases(params)[: e.num_cases] if e.num_cases else load_eval_cases(params)
-    out = params.stage_dir("evaluation")
-    write_prompts(out)
-    card = {**params.protocol_card("evaluation"), "cases": len(cases),
-            "roles": {"user simulator": m.eval_user_sim.model_dump(), "critic": m.eval_critic.model_dump()}}
-    write_json(card, out / "protocol_card.json")
-
-    plan, skipped = [], []
-    for s in e.systems:
-        adapter = resolve_adapter(params, s.adapter)
-        if adapter is not None and not (adapter / "adapter_config.json").is_file():
-            if s.adapter == "policy":
-                raise FileNotFoundError(f"system {s.name!r}: no trained adapter at {adapter}: run notebook 04 (GRPO) first")
-            skipped.append({"system": s.name, "reason": f"adapter not found: {adapter}"})
-            continue
-        plan.append((s, adapter))
-
-    # Every system advances in the same lockstep batches: one user-simulator and one critic call
-    # per turn serve all systems; each system's policy call covers its own conversations.
-    stores, supporters, trajs = {}, {}, []
-    for s, adapter in plan:
-        stores[s.name] = TrajectoryStore(out / s.name / TRANSCRIPTS, CASE_KEY)
-        if force and stores[s.name].path.exists():
-            stores[s.name].path.unlink()
-        policy = get_backend(m.policy, adapter=str(adapter) if adapter else None, seed=params.seed)
-        supporters[s.name] = backend_supporter(policy, s.prompt, turns)
-        trajs += eval_trajectories(cases, s.name, e.max_turns)
-    if plan:
-        seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
-        critic = Critic(get_backend(m.eval_critic, seed=params.seed), e.critic_mode, e.critic_samples,
-                        e.critic_temperature, e.success_threshold, seed=params.seed, max_history_turns=None)
-        supporter = routed_supporter(supporters, "system")
-        rollout_to_store(trajs, RoutedStore(stores, "system"), e.batch_size, supporter, supporter, seeker, critic,
-                         seed=params.seed, desc=f"eval ({len(plan)} systems)",
-                         already=[r for st in stores.values() for r in st.load()])
-
-    rows = []
-    wanted = {c["case_id"] for c in cases}
-    for s, adapter in plan:
-        records = [r for r in stores[s.name].load() if r["case_id"] in wanted]
-        result = {**system_metrics(records, params), "system": s.model_dump(),
-                  "adapter": str(adapter) if adapter else None, "protocol": card}
-        write_json(result, out / s.name / "metrics.json")
-        rows.append({"system": s.name, "prompt": s.prompt, "adapter": bool(adapter), "cases": result["cases"],
-                     "SR": result["SR"], "SR_ci95": result["SR_ci95"], "AT": result["AT"], "AT_ci95": result["AT_ci95"]})
-    write_json(skipped, out / "skipped_systems.json")
+    plan, skipped = plan_systems(params)
+    with runs.begin_stage(params, runs.EVALUATION, force, require_upstream=False):
+        write_prompts(lay.prompts(runs.EVALUATION))
+        stores = {s.name: TrajectoryStore(lay.transcripts(s.name), CASE_KEY) for s, _ in plan}
+        if plan:
+            _roll_systems(params, plan, cases, stores)
+        rows = []
+        wanted = {c["case_id"] for c in cases}
+        for s, adapter in plan:
+            records = [r for r in stores[s.name].load() if r["case_id"] in wanted]
+            result = {**system_metrics(records, params), "system": s.model_dump(),
+                      "adapter": str(adapter) if adapter else None}
+            runs.write_json(result, lay.system_metrics(s.name))
+            rows.append({"system": s.name, "prompt": s.prompt, "adapter": bool(adapter), "cases": result["cases"],
+                         "SR": result["SR"], "SR_ci95": result["SR_ci95"], "AT": result["AT"],
+                         "AT_ci95": result["AT_ci95"]})
+        runs.write_json(skipped, lay.skipped_systems)
     table = pd.DataFrame(rows)
     table.attrs["skipped"] = skipped
     return table
 
 
 def load_transcripts(params, system: str) -> list[dict[str, Any]]:
-    from .simulate import TrajectoryStore
-
-    path = params.run_dir / "evaluation" / system / TRANSCRIPTS
+    path = runs.layout(params).transcripts(system)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: evaluate system {system!r} first")
     return TrajectoryStore(path, CASE_KEY).load()
@@ -395,33 +357,32 @@ def comparison_pairs(params, baseline: str, limit: int | None = None) -> list[tu
 def run_quality(params) -> pd.DataFrame:
     """Pairwise LLM judge of the main system against every evaluated baseline, and the blind
     human sheet. Writes ``judgements.csv``, ``win_rates.csv``, ``human_sheet.csv`` and the key
-    (``human_sheet_key/key.csv``, to keep apart from annotators)."""
-    from .backends import get_backend
-
+    (``human_sheet_key/key.csv``, to keep apart from annotators), inside the evaluation stage."""
     e = params.evaluation
-    out = params.stage_dir("evaluation")
+    lay = runs.layout(params)
     main = main_system(params)
-    evaluated = [s.name for s in e.systems if (out / s.name / TRANSCRIPTS).exists()]
+    evaluated = [s.name for s in e.systems if lay.transcripts(s.name).exists()]
     baselines = [b for b in evaluated if b != main]
     if main not in evaluated or not baselines:
         return pd.DataFrame()
-    judge = get_backend(params.models.judge, seed=params.seed)
-    tables, sheet_pairs, sheet_names = [], [], []
-    for b in baselines:
-        pairs = comparison_pairs(params, b, e.judge_pairs)
-        if pairs and e.judge_pairs:
-            j = pairwise_judge(judge, pairs, max_new_tokens=params.models.judge.max_new_tokens, seed=params.seed)
-            tables.append(j.assign(baseline=b))
-        for p in comparison_pairs(params, b, e.human_sheet_rows):
-            sheet_pairs.append(p)
-            sheet_names.append(b)
-    judgements = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    rates = (pd.concat([win_rates(g).assign(baseline=b) for b, g in judgements.groupby("baseline", sort=False)],
-                       ignore_index=True) if len(judgements) else pd.DataFrame())
-    if len(judgements):
-        judgements.to_csv(out / "judgements.csv", index=False)
-        rates.to_csv(out / "win_rates.csv", index=False)
-    if sheet_pairs:
-        (out / "human_sheet_key").mkdir(exist_ok=True)
-        write_human_sheet(sheet_pairs, sheet_names, out / "human_sheet.csv", out / "human_sheet_key" / "key.csv", params.seed)
+    with runs.begin_stage(params, runs.EVALUATION, require_upstream=False):
+        judge = get_backend(params.models.judge, seed=params.seed)
+        tables, sheet_pairs, sheet_names = [], [], []
+        for b in baselines:
+            pairs = comparison_pairs(params, b, e.judge_pairs)
+            if pairs and e.judge_pairs:
+                j = pairwise_judge(judge, pairs, max_new_tokens=params.models.judge.max_new_tokens, seed=params.seed)
+                tables.append(j.assign(baseline=b))
+            for p in comparison_pairs(params, b, e.human_sheet_rows):
+                sheet_pairs.append(p)
+                sheet_names.append(b)
+        judgements = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        rates = (pd.concat([win_rates(g).assign(baseline=b) for b, g in judgements.groupby("baseline", sort=False)],
+                           ignore_index=True) if len(judgements) else pd.DataFrame())
+        if len(judgements):
+            judgements.to_csv(lay.judgements, index=False)
+            rates.to_csv(lay.win_rates, index=False)
+        if sheet_pairs:
+            lay.human_sheet_key.parent.mkdir(parents=True, exist_ok=True)
+            write_human_sheet(sheet_pairs, sheet_names, lay.human_sheet, lay.human_sheet_key, params.seed)
     return rates

@@ -4,9 +4,11 @@ who is writing it.
     outputs/<run>/
       data/           01  dialogues/ contexts/ eval_cases/ stats.json overview.png
       simulation/     02  trajectories.jsonl reward_dataset.jsonl reward_dataset_meta.json summary.json prompts.json
+                          (rollout_state.json while a batch is in flight)
       reward_model/   03  <variant>/{adapter,metrics.json,...} comparison.csv splits.csv human_validation.json
       policy/         04  adapter/ checkpoints/ curves.csv log_history.json train_summary.json grpo_config.json
       evaluation/     05  <system>/{transcripts.jsonl,metrics.json} judgements.csv win_rates.csv human_sheet.csv
+                          prompts.json skipped_systems.json <figure>.png (rollout_state.json in flight)
       report/         06  tables, figures, index
       NN_name.ipynb / .html    executed notebooks; timing.json, resources.json, summary.json
 
@@ -146,6 +148,7 @@ class RunLayout:
     @property
     def simulation_png(self) -> Path: return self.stage(SIMULATION) / "simulation.png"
     def prompts(self, stage: str = SIMULATION) -> Path: return self.stage(stage) / "prompts.json"
+    def rollout_state(self, stage: str = SIMULATION) -> Path: return self.stage(stage) / "rollout_state.json"
 
     # 03 reward model
     def variant_dir(self, variant: str) -> Path: return self.stage(REWARD_MODEL) / variant
@@ -201,6 +204,7 @@ class RunLayout:
     def human_sheet(self) -> Path: return self.stage(EVALUATION) / "human_sheet.csv"
     @property
     def human_sheet_key(self) -> Path: return self.stage(EVALUATION) / "human_sheet_key" / "key.csv"
+    def eval_figure(self, name: str) -> Path: return self.stage(EVALUATION) / f"{name}.png"
 
     # 06 report
     @property

@@ -113,10 +113,31 @@ def test_critic_messages_hold_the_transcript_and_the_four_answers():
 
 
 def test_write_prompts(tmp_path):
-    agents.write_prompts(tmp_path)
-    payload = json.loads((tmp_path / "prompts.json").read_text())
+    path = agents.write_prompts(tmp_path / "stage" / "prompts.json")
+    payload = json.loads(path.read_text())
     assert payload["templates"]["critic_question"] == agents.PROMPTS["critic_question"]
+    assert payload["templates"]["judge_question"] == agents.PROMPTS["judge_question"]
+    assert list(payload["judge_criteria"]) == list(agents.CRITERIA)
     assert payload["critic_labels"] == {"worse": -1.0, "same": -0.5, "better": 0.5, "solved": 1.0}
+
+
+def test_judge_messages_show_both_conversations_and_the_criterion():
+    msgs = agents.judge_messages("exams", "Seeker: hi", "Seeker: hello", "empathy")
+    q = msgs[-1]["content"]
+    assert msgs[0] == {"role": "system", "content": agents.PROMPTS["judge_system"]}
+    assert q.index("Conversation A:\nSeeker: hi") < q.index("Conversation B:\nSeeker: hello")
+    assert agents.JUDGE_CRITERIA["empathy"] in q and "exams" in q and q.endswith("A, B, tie.")
+    with pytest.raises(KeyError):
+        agents.judge_messages("x", "a", "b", "humour")
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [("A", "A"), ("B.", "B"), ("Tie", "tie"), ("Conversation B is better", "B"),
+     ("<think>A seems kind</think> B", "B"), ("I cannot decide", None), ("", None)],
+)
+def test_parse_verdict(text, verdict):
+    assert agents.parse_verdict(text) == verdict
 
 
 # ---- critic parsing ----------------------------------------------------------------------------
@@ -170,8 +191,9 @@ class ScriptedBackend:
         self.stats = BackendStats()
 
     def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
-                 guided_choice=None):
-        self.calls.append({"n": n, "temperature": temperature, "seed": seed, "guided_choice": guided_choice})
+                 guided_choice=None, seeds=None):
+        self.calls.append({"n": n, "temperature": temperature, "seed": seed, "seeds": seeds,
+                           "guided_choice": guided_choice})
         return [[self.answer(c, i) for i in range(n)] for c in conversations]
 
     def score_choices(self, conversations, choices):
@@ -191,6 +213,8 @@ def test_critic_votes_mode_samples_n_and_parses():
     assert backend.calls[1]["seed"] != backend.calls[0]["seed"]  # fresh sampling per call
     critic.judge([CONTEXT], seed=5)
     assert backend.calls[2]["seed"] == 5
+    critic.judge([CONTEXT, CONTEXT], seeds=[11, 12])  # one seed per judged context
+    assert backend.calls[3]["seeds"] == [11, 12] and backend.calls[3]["seed"] is None
 
 
 def test_critic_probs_mode_sums_surface_forms():

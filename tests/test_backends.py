@@ -62,6 +62,41 @@ def test_hf_samples_share_one_prompt_pass(tiny):
     assert torch.equal(ref, got)
 
 
+def test_hf_per_row_seeds_do_not_depend_on_the_batch(tiny):
+    """A conversation with a given seed gets the same samples alone or among others (other
+    lengths, so other padding and positions in the length-sorted batch), with or without the
+    shared prompt pass; its n samples are distinct draws, sample s the same whatever n is."""
+    wide = get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=16))
+    assert wide.engine is tiny.engine
+    alone = wide.generate([CONV_A], n=3, seeds=[7])[0]
+    batch = wide.generate([CONV_B, CONV_A, CONV_B[:2]], n=3, seeds=[1, 7, 2])
+    assert batch[1] == alone and len(set(alone)) == 3
+    assert batch[0] != batch[2]  # other seeds, other samples
+    assert wide.generate([CONV_A], n=1, seeds=[7])[0] == alone[:1]
+    assert tiny.generate([CONV_B, CONV_A], n=3, seeds=[5, 7])[1] == alone  # batch_size 4: one row per chunk
+    wide.share_prompt_pass = False  # every sample re-reads its prompt: the same draws
+    try:
+        assert wide.generate([CONV_B, CONV_A], n=3, seeds=[5, 7])[1] == alone
+    finally:
+        wide.share_prompt_pass = True
+    # a single seed means seed + i for conversation i
+    assert wide.generate([CONV_B, CONV_A], n=3, seed=6)[1] == alone
+    with pytest.raises(ValueError, match="2 seeds for 1 conversations"):
+        wide.generate([CONV_A], seeds=[1, 2])
+    with pytest.raises(ValueError, match="seed or seeds"):
+        wide.generate([CONV_A], seed=1, seeds=[1])
+
+
+def test_hf_unseeded_sampling_follows_torch_rng(tiny):
+    import torch
+
+    torch.manual_seed(0)
+    first = tiny.generate([CONV_A], n=2)
+    torch.manual_seed(0)
+    assert tiny.generate([CONV_A], n=2) == first
+    assert tiny.generate([CONV_A], n=2) != first
+
+
 def test_hf_chunking_by_batch_size(tiny):
     convs = [CONV_A, CONV_B, CONV_A, CONV_B, CONV_A]
     out = tiny.generate(convs, n=2, seed=1)  # batch_size 4 / n 2: three chunks
@@ -273,6 +308,12 @@ def test_openai_answers_with_n_samples_and_capped_concurrency(endpoint):
     assert body["n"] == 2 and body["temperature"] == 0.3 and body["max_tokens"] == 16 and body["stop"] == ["\nSeeker:"]
     assert sorted(x["seed"] for x in state["bodies"]) == list(range(5, 13))  # one seed per conversation
     assert b.stats.generated_tokens == 8 * 6 and b.stats.prompt_tokens == 8 * 7
+
+
+def test_openai_one_seed_per_conversation(endpoint):
+    url, state = endpoint
+    get_backend(_role(url)).generate([_user("a"), _user("b"), _user("c")], seeds=[41, 7, 41])
+    assert {x["messages"][-1]["content"]: x["seed"] for x in state["bodies"]} == {"a": 41, "b": 7, "c": 41}
 
 
 def test_openai_5xx_then_success(endpoint):

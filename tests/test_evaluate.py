@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from rlff_utils import evaluate as ev
+from rlff_utils import runs
+from rlff_utils.agents import CRITERIA
+from rlff_utils.stats import bootstrap_ci
 
 
 def rec(case, success, turns, emotion="sadness"):
@@ -35,20 +39,23 @@ def test_failures_count_as_the_cap():
 
 def test_bootstrap_interval_contains_the_point_estimate():
     values = [1, 0, 1, 1, 0, 1, 0, 1, 1, 1]
-    lo, hi = ev.bootstrap_ci(values, samples=500, seed=1)
+    lo, hi = bootstrap_ci(values, samples=500, seed=1)
     assert lo <= 0.7 <= hi and lo < hi
-    assert ev.bootstrap_ci(values, samples=500, seed=1) == (lo, hi)
-    assert ev.bootstrap_ci([1, 1, 1], samples=100) == (1.0, 1.0)
-    assert all(math.isnan(x) for x in ev.bootstrap_ci([]))
+    assert bootstrap_ci(values, samples=500, seed=1) == (lo, hi)
+    assert bootstrap_ci([1, 1, 1], samples=100) == (1.0, 1.0)
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+    assert ev.metrics(RECORDS, cap=8, samples=500, seed=1)["SR_ci95"] == bootstrap_ci(
+        [1, 1, 0, 1], samples=500, seed=1)
 
 
-@pytest.mark.parametrize(
-    "text, verdict",
-    [("A", "A"), ("B.", "B"), ("Tie", "tie"), ("Conversation B is better", "B"),
-     ("<think>A seems kind</think> B", "B"), ("I cannot decide", None), ("", None)],
-)
-def test_parse_verdict(text, verdict):
-    assert ev.parse_verdict(text) == verdict
+def test_bootstrap_resamples_paired_cases_together():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    diff = bootstrap_ci(x, [v + 1 for v in x], stat=lambda a, b: (b - a).mean(axis=1), samples=200)
+    assert diff == (1.0, 1.0)  # pairs never split: the difference is always exactly 1
+    spread = bootstrap_ci([1.0, 9.0], stat=lambda a: np.where(a.std(axis=1) > 0, a.std(axis=1), np.nan), samples=200)
+    assert spread == (4.0, 4.0)  # resamples of one repeated case (statistic undefined here) left out
+    with pytest.raises(ValueError, match="different lengths"):
+        bootstrap_ci([1, 2], [1])
 
 
 def test_combine_orders_cancels_position_bias():
@@ -83,7 +90,7 @@ def test_pairwise_judge_both_orders_and_unparsable():
     ours["turns"][0]["text"] = "Maybe a short walk would help?"
     judge = ScriptedJudge()
     table = ev.pairwise_judge(judge, [(ours, theirs)])
-    assert judge.calls == [2 * len(ev.CRITERIA)]
+    assert judge.calls == [2 * len(CRITERIA)]
     by = table.set_index("criterion")
     assert by.loc["empathy", "outcome"] == "win" and by.loc["overall", "outcome"] == "win"
     assert pd.isna(by.loc["suggestion", "outcome"])
@@ -97,12 +104,12 @@ def test_human_sheet_round_trip(tmp_path):
     sheet, key = tmp_path / "sheet.csv", tmp_path / "key.csv"
     ev.write_human_sheet(pairs, ["vanilla", "vanilla", "cos", "cos"], sheet, key, seed=3)
     blank = pd.read_csv(sheet, dtype=str, keep_default_na=False)
-    assert "vanilla" not in sheet.read_text() and list(blank.columns[-5:]) == list(ev.CRITERIA)
+    assert "vanilla" not in sheet.read_text() and list(blank.columns[-5:]) == list(CRITERIA)
     keyf = pd.read_csv(key)
     assert set(keyf.system_side) == {1, 2}, "sides are randomised"
     # an annotator who always prefers our system, except 'fluency' tie and one blank cell
     for i, side in enumerate(keyf.system_side):
-        for c in ev.CRITERIA:
+        for c in CRITERIA:
             blank.loc[i, c] = "tie" if c == "fluency" else str(side)
     blank.loc[0, "overall"] = ""
     blank.to_csv(sheet, index=False)
@@ -140,7 +147,7 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
     table = ev.run_evaluation(ci_params)
     assert list(table.system) == ["vanilla", "rlff-esc"]
     assert table.attrs["skipped"][0]["system"] == "ablation-random-rm"
-    out = ci_params.run_dir / "evaluation"
+    lay = runs.layout(ci_params)
     records = ev.load_transcripts(ci_params, "rlff-esc")
     cap = ci_params.evaluation.max_turns
     assert len(records) == ci_params.evaluation.num_cases
@@ -148,26 +155,35 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
         assert r["history"][0]["speaker"] == "seeker" and 1 <= r["turns_used"] <= cap
         assert len(r["critic_scores"]) == r["turns_used"] and r["end_reason"] in ("goal", "max_turns")
         assert [t["speaker"] for t in r["turns"]] == ["supporter", "seeker"] * r["turns_used"]
-    m = json.loads((out / "rlff-esc" / "metrics.json").read_text())
-    assert m["protocol"]["evaluation"]["max_turns"] == cap and m["adapter"].endswith("adapter")
+    m = json.loads(lay.system_metrics("rlff-esc").read_text())
+    assert m["adapter"].endswith("adapter") and m["system"]["name"] == "rlff-esc"
     assert m["SR"] == ev.success_rate(ev.outcomes(records)) and len(m["SR_at_k"]) == cap
+    record = runs.read_record(ci_params.run_dir, runs.EVALUATION)
+    assert record["complete"] and record["settings"]["evaluation"]["max_turns"] == cap
+    assert lay.prompts(runs.EVALUATION).is_file() and not (lay.stage(runs.EVALUATION) / "protocol_card.json").exists()
     # a rerun resumes: nothing new is generated, the numbers are identical
-    size = (out / "rlff-esc" / ev.TRANSCRIPTS).stat().st_size
+    transcripts = lay.transcripts("rlff-esc").read_bytes()
     again = ev.run_evaluation(ci_params)
-    assert (out / "rlff-esc" / ev.TRANSCRIPTS).stat().st_size == size
+    assert lay.transcripts("rlff-esc").read_bytes() == transcripts
     assert again.SR.tolist() == table.SR.tolist()
     # systems share the lockstep batches but each keeps its own file; losing one file redoes
-    # only that system
+    # only that system, and it says again what it said (its seeds are its own)
     for name in ("vanilla", "rlff-esc"):
         assert {r["system"] for r in ev.load_transcripts(ci_params, name)} == {name}
-    (out / "vanilla" / ev.TRANSCRIPTS).unlink()
+    vanilla = sorted(lay.transcripts("vanilla").read_text().splitlines())
+    lay.transcripts("vanilla").unlink()
     ev.run_evaluation(ci_params)
-    assert len(ev.load_transcripts(ci_params, "vanilla")) == ci_params.evaluation.num_cases
-    assert (out / "rlff-esc" / ev.TRANSCRIPTS).stat().st_size == size
+    assert sorted(lay.transcripts("vanilla").read_text().splitlines()) == vanilla
+    assert lay.transcripts("rlff-esc").read_bytes() == transcripts
     rates = ev.run_quality(ci_params)
-    assert set(rates.criterion) == set(ev.CRITERIA) and set(rates.baseline) == {"vanilla"}
-    assert (out / "human_sheet.csv").exists() and (out / "human_sheet_key" / "key.csv").exists()
-    assert "rlff-esc" not in (out / "human_sheet.csv").read_text()
+    assert set(rates.criterion) == set(CRITERIA) and set(rates.baseline) == {"vanilla"}
+    assert lay.human_sheet.exists() and lay.human_sheet_key.exists() and lay.judgements.exists()
+    assert "rlff-esc" not in lay.human_sheet.read_text()
+    # other settings never resume these transcripts
+    ci_params.evaluation.max_turns = cap + 1
+    with pytest.raises(runs.StaleStageError, match=f"evaluation.max_turns: {cap} -> {cap + 1}"):
+        ev.run_evaluation(ci_params)
+    assert lay.transcripts("rlff-esc").read_bytes() == transcripts
 
 
 def test_missing_policy_adapter_is_a_clear_error(ci_params, tiny_model_path):
