@@ -307,6 +307,13 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore]) -> No
                      state_path=runs.layout(params).rollout_state(runs.EVALUATION))
 
 
+def _needed_upstream(params) -> tuple[str, ...]:
+    """The evaluation reads the data stage's cases, and the policy stage only when a system uses
+    this run's adapter (baselines alone need no trained policy)."""
+    uses_policy = any(s.adapter == "policy" for s in params.evaluation.systems)
+    return (runs.DATA, runs.POLICY) if uses_policy else (runs.DATA,)
+
+
 def run_evaluation(params, force: bool = False) -> pd.DataFrame:
     """Every configured system through the interactive protocol; transcripts and metrics under
     ``outputs/<run>/evaluation/<system>/``, the settings in the stage's record. Resumable per
@@ -318,7 +325,7 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
     lay = runs.layout(params)
     cases = load_eval_cases(params)[: e.num_cases] if e.num_cases else load_eval_cases(params)
     plan, skipped = plan_systems(params)
-    with runs.begin_stage(params, runs.EVALUATION, force, require_upstream=False):
+    with runs.begin_stage(params, runs.EVALUATION, force, require_upstream=_needed_upstream(params)):
         write_prompts(lay.prompts(runs.EVALUATION))
         stores = {s.name: TrajectoryStore(lay.transcripts(s.name), CASE_KEY) for s, _ in plan}
         if plan:
@@ -365,7 +372,7 @@ def run_quality(params) -> pd.DataFrame:
     baselines = [b for b in evaluated if b != main]
     if main not in evaluated or not baselines:
         return pd.DataFrame()
-    with runs.begin_stage(params, runs.EVALUATION, require_upstream=False):
+    with runs.begin_stage(params, runs.EVALUATION, require_upstream=_needed_upstream(params)):
         judge = get_backend(params.models.judge, seed=params.seed)
         tables, sheet_pairs, sheet_names = [], [], []
         for b in baselines:

@@ -307,13 +307,15 @@ def read_record(run_dir: str | os.PathLike, stage: str) -> dict[str, Any] | None
     return read_json(RunLayout(run_dir).record(stage), default=None)
 
 
-def _upstream_hashes(params: "RunParams", stage: str, require: bool) -> dict[str, str | None]:
+def _upstream_hashes(params: "RunParams", stage: str, require: bool | tuple[str, ...]) -> dict[str, str | None]:
+    """Each upstream stage's settings hash (None: not run). ``require``: all upstream stages must
+    have finished (True), none (False), or the ones named."""
     out: dict[str, str | None] = {}
     lay = layout(params)
     for up in UPSTREAM[stage]:
         rec = read_record(lay.root, up)
         if rec is None or not rec.get("complete"):
-            if require:
+            if require is True or (isinstance(require, tuple) and up in require):
                 number = next(n for n, s in NOTEBOOK_STAGE.items() if s == up)
                 raise MissingStageError(
                     f"stage {stage!r} needs stage {up!r}, which has not finished in {lay.root}: "
@@ -389,7 +391,7 @@ def reset_stage(params: "RunParams", stage: str) -> None:
 
 
 @contextlib.contextmanager
-def begin_stage(params: "RunParams", stage: str, force: bool = False, require_upstream: bool = True,
+def begin_stage(params: "RunParams", stage: str, force: bool = False, require_upstream: bool | tuple[str, ...] = True,
                 extra: dict[str, Any] | None = None) -> Iterator[Path]:
     """Open a stage folder for writing: lock it, check its record against the params (stale →
     :class:`StaleStageError`; ``force`` → start over), record the settings (and ``extra``, e.g.

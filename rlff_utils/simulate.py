@@ -27,7 +27,7 @@ from . import runs
 from .agents import Critic, PromptStyle, write_prompts
 from .backends import get_backend
 from .data import SEEKER, load_contexts
-from .reward.target import load_reward_dataset, reward_frame, write_reward_dataset  # noqa: F401 (see below)
+from .reward.target import write_reward_dataset
 from .rollout import (
     Trajectory,
     TrajectoryStore,
@@ -43,10 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .params import RunParams
 
 SIM_KEY = ("context_id", "candidate_index")
-# The reward dataset's file name, load_reward_dataset and reward_frame stay importable from here
-# for readers of this stage's outputs; their home is rlff_utils.runs / rlff_utils.reward.target.
-REWARD_DATASET = runs.RunLayout(".").reward_dataset.name
-
 _META_FIELDS = ("context_id", "dialogue_id", "dataset", "emotion_type", "problem_type", "situation",
                 "reference_reply", "reference_strategy")
 
@@ -143,7 +139,7 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
     if sim.max_contexts:
         contexts = contexts[: sim.max_contexts]
     check_contexts(contexts)
-    with runs.begin_stage(params, runs.SIMULATION, force, require_upstream=False):
+    with runs.begin_stage(params, runs.SIMULATION, force):
         write_prompts(lay.prompts(runs.SIMULATION))
         store = TrajectoryStore(lay.trajectories, SIM_KEY)
         wanted = simulation_trajectories(contexts, sim.num_candidates, sim.max_turns)

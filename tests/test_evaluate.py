@@ -138,7 +138,8 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
     from rlff_utils.params import EvalSystem
 
     data.prepare_data(ci_params)
-    _save_tiny_adapter(ci_params.run_dir / "policy" / "adapter")
+    with runs.begin_stage(ci_params, runs.POLICY, require_upstream=False):  # a finished policy stage
+        _save_tiny_adapter(runs.layout(ci_params).adapter)
     ci_params.evaluation.systems = [
         EvalSystem(name="vanilla", prompt="vanilla"),
         EvalSystem(name="rlff-esc", prompt="reasoning", adapter="policy"),

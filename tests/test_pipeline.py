@@ -91,9 +91,6 @@ def test_cli_rejects_bad_params_before_running(tmp_path):
 @pytest.mark.slow
 def test_all_notebooks_run_on_ci_params(ci_params, tmp_path):
     """The whole method end to end on the tiny model: every stage's artefacts and the summary."""
-    import json
-import os
-
     root = tmp_path / "outputs"
     executed = pipeline.run_pipeline(ci_params.source, overrides={"output_root": str(root)})
     run = root / "ci"
@@ -106,3 +103,29 @@ import os
     assert set(summary["evaluation"]) == {"vanilla", "chain-of-strategy", "base-reasoning", "rlff-esc"}
     assert all(v["cases"] == ci_params.evaluation.num_cases for v in summary["evaluation"].values())
     assert (run / "report" / "main_results.md").read_text().count("| ci ") == 4
+    _check_report(run)
+
+
+def _check_report(run: Path) -> None:
+    """The shareable renderings: no code, no stderr, math drawn offline, figures embedded, the
+    reward curve in 06, and an index that links the six pages and carries the run card."""
+    import re
+
+    pages = sorted((run / "report").glob("[0-9][0-9]_*.html"))
+    assert [p.stem for p in pages] == [s.name for s in pipeline.discover_stages(ROOT / "notebooks")]
+    for page in pages:
+        html = page.read_text()
+        assert "jp-InputArea" not in html and 'data-mime-type="application/vnd.jupyter.stderr"' not in html, page.name
+        assert "jp-OutputArea-output" in html or page.stem == "01_data_prep"
+        text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S))
+        assert "$$" not in text, page.name
+        assert not re.search(r"<img[^>]+src=['\"](?!data:)", html), f"{page.name}: a figure is not embedded"
+        assert "cdnjs" not in html and "cdn.jsdelivr" not in html, page.name
+    analysis_page = (run / "report" / "06_analysis.html").read_text()
+    assert "reward" in analysis_page.lower() and "data:image/png;base64" in analysis_page
+    index = (run / "report" / "index.html").read_text()
+    for page in pages:
+        assert f"href='{page.name}'" in index
+    for field in ("params file", "params sha256", "git commit", "date", "device", "packages", "wall time",
+                  "a test run"):
+        assert field in index, field

@@ -60,7 +60,8 @@ def load_reward_frame(params: "RunParams") -> pd.DataFrame:
     """The simulation's records with ``r_fut`` and ``label``: the reward dataset notebook 02
     wrote (its label threshold is the one it reported), else computed from the trajectories by
     the same function."""
-    from ..simulate import load_reward_dataset, load_trajectories, reward_frame
+    from ..simulate import load_trajectories
+    from .target import load_reward_dataset, reward_frame
 
     lay = runs.layout(params)
     if lay.reward_dataset.is_file():
