@@ -47,17 +47,19 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import grpo
+from rlff_utils import grpo, runs
 from rlff_utils.params import load_params
 from rlff_utils.plots import plot_grpo_curves
 
 params = load_params(params_file, overrides)
-print(f"run {params.run_name!r} -> {grpo.policy_dir(params)}")
+layout = runs.layout(params)
+print(f"run {params.run_name!r} -> {layout.stage(runs.POLICY)}")
 
 # %% [markdown]
 # ## The setting
 #
-# Every knob comes from the params file (`grpo:` section). Ablations are switches there:
+# Every knob comes from the params file: the project's own in `grpo:`, TRL's in `grpo.trainer:` (any
+# `GRPOConfig` field, merged over the project's defaults). Ablations are switches there:
 # `format_reward: false` (R = R_fut; the format reward is still computed with weight 0 so compliance stays
 # comparable), `reward_model: random` (an untrained reward head) or `reward_model: ranking`.
 
@@ -65,7 +67,7 @@ print(f"run {params.run_name!r} -> {grpo.policy_dir(params)}")
 pd.set_option("display.max_colwidth", None)
 card = grpo.protocol(params)
 display(pd.Series(card["objective"], name="objective").to_frame())
-pd.Series(card["grpo"], name="value").to_frame()
+pd.Series({**params.grpo.model_dump(exclude={"trainer"}), **params.grpo.args}, name="value").astype(str).to_frame()
 
 # %% [markdown]
 # ## The prompts
@@ -104,7 +106,7 @@ print(f"adapter: {result.adapter_dir} (step {result.global_step}"
 
 # %%
 curves = grpo.curves_frame(result.log_history)
-fig = plot_grpo_curves(curves, grpo.policy_dir(params) / "curves.png")
+fig = plot_grpo_curves(curves, layout.grpo_curves_png)
 curves[["step", "total_reward", "future_reward", "format_compliance", "frac_reward_zero_std", "kl",
         "completion_length"]].round(3)
 
@@ -124,8 +126,8 @@ samples.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}
 # ## Artefacts
 #
 # `policy/adapter/` (the LoRA adapter; `grpo.load_policy(params)` returns base + adapter for generation,
-# `merge=True` folds it in), `protocol.json`, `grpo_config.json` (the effective TRL config),
+# `merge=True` folds it in), `stage.json` (the settings and the objective), `grpo_config.json` (the effective TRL config),
 # `log_history.json`, `curves.csv`/`curves.png`, `samples_before_after.jsonl`.
 
 # %%
-sorted(p.name for p in grpo.policy_dir(params).iterdir())
+sorted(p.name for p in layout.stage(runs.POLICY).iterdir())

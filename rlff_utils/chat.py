@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import runs
 from .agents import PromptStyle, policy_messages, strip_reasoning
 from .params import ParamsError, RunParams, load_params
 
 
 def default_adapter(params: RunParams) -> str | None:
     """The adapter notebook 04 saved for this run, if it exists."""
-    path = params.run_dir / "policy" / "adapter"
+    path = runs.layout(params).adapter
     return str(path) if (path / "adapter_config.json").is_file() else None
 
 

@@ -430,17 +430,6 @@ class RunParams(_Strict):
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def protocol_card(self, stage: str | None = None) -> dict[str, Any]:
-        """Everything needed to interpret a number this run produced."""
-        card = {"run_name": self.run_name, "params_file": self.source, "seed": self.seed}
-        card["models"] = self.models.model_dump()
-        sections = ["data", "simulation", "reward_model", "grpo", "evaluation"]
-        for s in [stage] if stage in sections else sections:
-            card[s] = getattr(self, s).model_dump()
-        if stage in (None, "grpo"):
-            card["grpo"]["effective_trainer"] = self.grpo.args
-        return card
-
 
 def policy_precision(params: RunParams) -> str:
     """The policy's one precision knob, ``models.policy.dtype``, as GRPO's training precision:
@@ -704,6 +693,7 @@ def load_params(
     else:
         src_of_snapshot = None
     raw.setdefault("run_name", path.stem)
+    raw.setdefault("output_root", "outputs")  # a default path resolves like a written one
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     raw = _expand_all(raw, src)

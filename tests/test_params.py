@@ -97,12 +97,6 @@ def test_cli_exit_code_and_message(tmp_path, data_dir):
     assert r.returncode == 1 and "simulation.critic_temperature" in r.stderr
 
 
-def test_protocol_card_names_models_and_stage(data_dir):
-    card = load_params(ROOT / "params" / "smoke.yaml").protocol_card("simulation")
-    assert card["models"]["critic"]["name"] == "smollm2-135m-instruct"
-    assert "simulation" in card and "grpo" not in card
-
-
 def test_paper_files_name_every_missing_piece_of_the_environment(monkeypatch, data_dir):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
