@@ -47,7 +47,7 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import grpo
+from rlff_utils import analysis, grpo, runs
 from rlff_utils.params import load_params
 from rlff_utils.plots import plot_grpo_curves
 
@@ -98,15 +98,15 @@ print(f"adapter: {result.adapter_dir} (step {result.global_step}"
 # %% [markdown]
 # ## Training curves
 #
-# From the trainer's log history: the total reward and each component (±1 std over the step's completions),
-# the share of well-formed answers, the share of groups without reward variance, the KL to the initial
-# policy and the completion length.
+# From the trainer's log history: the total reward and $R_\text{fut}$ (band: ±1 std over the step's
+# completions; a smoothed line on long runs), the share of well-formed answers, the share of groups without
+# reward variance, the KL to the initial policy, the policy's token entropy, the completion length and the
+# share of completions cut at `max_completion_length`. A panel that stays constant says so.
 
 # %%
 curves = grpo.curves_frame(result.log_history)
-fig = plot_grpo_curves(curves, grpo.policy_dir(params) / "curves.png")
-curves[["step", "total_reward", "future_reward", "format_compliance", "frac_reward_zero_std", "kl",
-        "completion_length"]].round(3)
+fig = plot_grpo_curves(curves, runs.layout(params).grpo_curves_png)
+analysis.display_table(curves)
 
 # %% [markdown]
 # ## Before and after
