@@ -47,19 +47,17 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import grpo, runs
+from rlff_utils import analysis, grpo, runs
 from rlff_utils.params import load_params
 from rlff_utils.plots import plot_grpo_curves
 
 params = load_params(params_file, overrides)
-layout = runs.layout(params)
-print(f"run {params.run_name!r} -> {layout.stage(runs.POLICY)}")
+print(f"run {params.run_name!r} -> {grpo.policy_dir(params)}")
 
 # %% [markdown]
 # ## The setting
 #
-# Every knob comes from the params file: the project's own in `grpo:`, TRL's in `grpo.trainer:` (any
-# `GRPOConfig` field, merged over the project's defaults). Ablations are switches there:
+# Every knob comes from the params file (`grpo:` section). Ablations are switches there:
 # `format_reward: false` (R = R_fut; the format reward is still computed with weight 0 so compliance stays
 # comparable), `reward_model: random` (an untrained reward head) or `reward_model: ranking`.
 
@@ -67,7 +65,7 @@ print(f"run {params.run_name!r} -> {layout.stage(runs.POLICY)}")
 pd.set_option("display.max_colwidth", None)
 card = grpo.protocol(params)
 display(pd.Series(card["objective"], name="objective").to_frame())
-pd.Series({**params.grpo.model_dump(exclude={"trainer"}), **params.grpo.args}, name="value").astype(str).to_frame()
+pd.Series(card["grpo"], name="value").to_frame()
 
 # %% [markdown]
 # ## The prompts
@@ -100,15 +98,15 @@ print(f"adapter: {result.adapter_dir} (step {result.global_step}"
 # %% [markdown]
 # ## Training curves
 #
-# From the trainer's log history: the total reward and each component (±1 std over the step's completions),
-# the share of well-formed answers, the share of groups without reward variance, the KL to the initial
-# policy and the completion length.
+# From the trainer's log history: the total reward and $R_\text{fut}$ (band: ±1 std over the step's
+# completions; a smoothed line on long runs), the share of well-formed answers, the share of groups without
+# reward variance, the KL to the initial policy, the policy's token entropy, the completion length and the
+# share of completions cut at `max_completion_length`. A panel that stays constant says so.
 
 # %%
 curves = grpo.curves_frame(result.log_history)
-fig = plot_grpo_curves(curves, layout.grpo_curves_png)
-curves[["step", "total_reward", "future_reward", "format_compliance", "frac_reward_zero_std", "kl",
-        "completion_length"]].round(3)
+fig = plot_grpo_curves(curves, runs.layout(params).grpo_curves_png)
+analysis.display_table(curves)
 
 # %% [markdown]
 # ## Before and after
@@ -126,8 +124,8 @@ samples.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}
 # ## Artefacts
 #
 # `policy/adapter/` (the LoRA adapter; `grpo.load_policy(params)` returns base + adapter for generation,
-# `merge=True` folds it in), `stage.json` (the settings and the objective), `grpo_config.json` (the effective TRL config),
+# `merge=True` folds it in), `protocol.json`, `grpo_config.json` (the effective TRL config),
 # `log_history.json`, `curves.csv`/`curves.png`, `samples_before_after.jsonl`.
 
 # %%
-sorted(p.name for p in layout.stage(runs.POLICY).iterdir())
+sorted(p.name for p in grpo.policy_dir(params).iterdir())

@@ -18,49 +18,79 @@
 #
 # Reads what the stages wrote under `outputs/` — every run there, or the runs named in
 # `analysis.runs` — and puts them side by side: the main results table in the paper's shape
-# (system × dataset: SR, AT), SR@k curves, the reward-model variant comparison, the human-signal
-# validation, GRPO curves and simulation statistics. Only files are read, so this notebook renders in
-# seconds and can compare a CPU smoke run with a paper-scale run copied from a GPU machine.
-# Tables are written as Markdown and CSV and figures as PNG to `outputs/<run>/report/`; the pipeline
-# renders this notebook to HTML for sharing.
+# (system × dataset: SR, AT), SR@k curves, the simulated reward signal, the reward-model variant
+# comparison and its validation, GRPO curves, and the run card with time and memory per notebook.
+# Only files are read (no model, no dataset), so this notebook renders in seconds and can compare a
+# CPU smoke run with a paper-scale run copied from a GPU machine. Tables are written as CSV (numeric)
+# and Markdown and figures as PNG to `outputs/<run>/report/`.
 
 # %% tags=["parameters"]
 params_file = "../params/smoke.yaml"
 overrides = {}
 
 # %%
-import json
 from IPython.display import Markdown, display
 
-from rlff_utils import analysis, plots
+from rlff_utils import analysis, plots, report as run_report, runs as run_folders
 from rlff_utils.params import load_params
 
-params = load_params(params_file, overrides)
-report = params.stage_dir("report")
+# This notebook only reads a run's outputs: the dataset need not be present.
+params = load_params(params_file, overrides, check_files=False)
+layout = run_folders.layout(params)
+out = layout.report
+card = run_report.run_card(params)
+if card["banner"]:
+    display(Markdown(f"> **{card['banner']}**"))
 runs = analysis.list_runs(params.resolve(params.output_root), params.analysis.runs)
-print("runs:", [r.name for r in runs])
+display(Markdown("Runs compared: " + ", ".join(f"`{r.name}`" for r in runs)))
 
 # %% [markdown]
 # ## Main results: success rate and average turns (95% bootstrap intervals)
+#
+# `main_results.csv` holds the same numbers for tools: SR as a share (`sr`, `sr_lo`, `sr_hi`) and AT in
+# turns (`at`, `at_lo`, `at_hi`).
 
 # %%
 main = analysis.evaluation_table(runs)
-analysis.write_table(analysis.format_main_table(main), report, "main_results")
-display(Markdown((report / "main_results.md").read_text()))
-if len(main):
-    fig = plots.plot_sr_at_k(analysis.sr_at_k_table(runs).assign(system_run=lambda d: d.run + " / " + d.system),
-                             report / "sr_at_k.png", hue="system_run")
-
-# %% [markdown]
-# ## Reward model: variant comparison and validation against the seekers' own reports
+analysis.write_table(main, out, "main_results", shown=analysis.format_main_table(main))
 
 # %%
-rm = analysis.reward_model_table(runs)
-analysis.write_table(rm.round(3), report, "reward_models")
-display(Markdown((report / "reward_models.md").read_text()))
-human = analysis.human_validation_table(runs)
-analysis.write_table(human.round(3), report, "human_signal_validation")
-display(Markdown((report / "human_signal_validation.md").read_text()))
+if len(main):
+    several = main["run"].nunique() > 1
+    bars = main.assign(label=(main["run"] + " / " + main["system"]) if several else main["system"])
+    plots.plot_system_bars(bars, layout.report_figure("sr_at"), label="label" if several else "system")
+    long = analysis.sr_at_k_table(runs)
+    long = long.assign(system_run=long["run"] + " / " + long["system"]) if several else long
+    plots.plot_sr_at_k(long, layout.report_figure("sr_at_k"), hue="system_run" if several else "system");
+
+# %% [markdown]
+# ## The simulated reward signal
+#
+# $R_\text{fut}$ of every candidate the simulation judged (the reward model's training targets; dashed: the
+# label threshold $\delta$), and the simulation's statistics per run.
+
+# %%
+rewards = analysis.reward_dataset_table(runs)
+plots.plot_r_fut_distribution(rewards, layout.report_figure("r_fut_distribution"));
+
+# %%
+analysis.write_table(analysis.simulation_table(runs), out, "simulation")
+
+# %% [markdown]
+# ## Reward model: variant comparison, scores against $R_\text{fut}$, and the seekers' own reports
+
+# %%
+analysis.write_table(analysis.reward_model_table(runs), out, "reward_models")
+
+# %% [markdown]
+# Each variant's score on the held-out candidates against the $R_\text{fut}$ the simulation measured for
+# the same candidate: a useful reward model ranks them alike (Spearman ρ near 1).
+
+# %%
+plots.plot_rm_score_vs_r_fut(analysis.reward_model_predictions(runs), layout.report_figure("rm_score_vs_r_fut"));
+
+# %%
+analysis.write_table(analysis.human_validation_table(runs), out, "human_signal_validation")
 
 # %% [markdown]
 # ## GRPO training curves
@@ -68,23 +98,20 @@ display(Markdown((report / "human_signal_validation.md").read_text()))
 # %%
 curves = analysis.grpo_curves(runs)
 if len(curves):
-    cols = [c for c in ("reward", "reward_std", "frac_reward_zero_std", "kl", "completion_length", "format_compliance") if c in curves.columns]
-    fig = plots.plot_curves_by_run(curves, cols, report / "grpo_curves.png")
+    plots.plot_grpo_curves(curves, layout.report_figure("grpo_curves"))
 else:
     print("no GRPO run yet")
 
 # %% [markdown]
-# ## Simulation statistics
+# ## The run
+#
+# What was run, with what, on what; wall time and peak memory of each notebook (this one excluded: it is
+# still running). `report/index.html` gathers this card, every report page, table and figure.
 
 # %%
-sim = analysis.simulation_table(runs)
-analysis.write_table(sim.round(3), report, "simulation")
-display(Markdown((report / "simulation.md").read_text()))
-
-# %% [markdown]
-# ## This run in a few numbers (also printed at the end of `make run`)
+display(analysis.display_table(analysis.run_card_table(card)))
+analysis.display_table(analysis.timing_table(card), digits=0)
 
 # %%
-summary = analysis.run_summary(params.run_dir)
-(params.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-print(json.dumps(summary, indent=2))
+# summary.json: the few numbers the pipeline prints when it finishes
+run_folders.write_json(analysis.run_summary(params.run_dir), layout.summary);

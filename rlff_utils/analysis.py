@@ -2,17 +2,229 @@
 
 Only files are read, never models, so the analysis notebook renders in seconds and can compare a
 CPU smoke run with a paper-scale run produced elsewhere (copy its folder into ``outputs/``).
+
+Every table goes out in two forms through one set of rules:
+
+* **CSV** (:func:`tidy`): numeric and machine-readable: intervals as separate ``x_lo`` / ``x_hi``
+  columns, integers as integers, a missing value as an empty cell, dicts flattened into
+  ``key.sub`` columns, no column that is empty in every row;
+* **for readers** (:func:`display_frame`, :func:`display_table`, :func:`markdown_table`): an
+  interval as ``v [lo, hi]``, integers without a decimal point, one missing-value symbol
+  (:data:`MISSING`), a fixed number of decimals per column.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
 from . import runs as _runs
 from .runs import RunLayout, read_json
+
+MISSING = "–"
+CSV_DECIMALS = 6  # CSVs keep 6 decimals: -0.4, not -0.39999999999999997
+# (low, high) column suffixes that make an interval with the column they extend
+_INTERVAL_SUFFIXES = (("_lo", "_hi"), ("_low", "_high"), ("_ci95_low", "_ci95_high"))
+
+
+# --------------------------------------------------------------------------------------------
+# Table formatting: the one set of rules for CSV and for readers
+# --------------------------------------------------------------------------------------------
+
+
+def _missing(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    if isinstance(v, float):
+        return math.isnan(v)
+    return isinstance(v, str) and v.strip() == ""
+
+
+def _typed(col: pd.Series) -> pd.Series:
+    """A column of Python values with its natural dtype: integers stay integers even when some
+    rows miss a value (``Int64``), other numbers become floats, booleans stay booleans."""
+    values = [v for v in col if not _missing(v)]
+    if not values:
+        return col
+    if all(isinstance(v, bool) for v in values):
+        return col.map(lambda v: None if _missing(v) else bool(v)).astype("boolean")
+    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        return col.map(lambda v: None if _missing(v) else int(v)).astype("Int64")
+    if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        return col.map(lambda v: math.nan if _missing(v) else float(v)).astype(float)
+    return col
+
+
+def records_frame(rows: list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
+    """A frame from JSON-like records keeping each column's type (``24`` stays ``24`` when another
+    row lacks the value, where ``pd.DataFrame(rows)`` would make it ``24.0``)."""
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
+    return pd.DataFrame({c: _typed(frame[c]) for c in frame.columns}, index=frame.index) if len(frame) else frame
+
+
+def _flatten_dicts(frame: pd.DataFrame) -> pd.DataFrame:
+    """A column holding dicts becomes one column per key (``tokens`` -> ``tokens.policy``, ...)."""
+    out = {}
+    for col in frame.columns:
+        values = frame[col]
+        if values.map(lambda v: isinstance(v, Mapping)).any():
+            keys = list(dict.fromkeys(k for v in values if isinstance(v, Mapping) for k in v))
+            for k in keys:
+                sub = [v.get(k) if isinstance(v, Mapping) else None for v in values]
+                out[f"{col}.{k}"] = _typed(pd.Series(sub, index=frame.index, dtype=object))
+        else:
+            out[col] = values
+    return pd.DataFrame(out, index=frame.index)
+
+
+def _split_intervals(frame: pd.DataFrame) -> pd.DataFrame:
+    """``x_ci95`` holding ``(lo, hi)`` pairs becomes ``x_lo`` and ``x_hi`` beside ``x``."""
+    out = {}
+    for col in frame.columns:
+        values = frame[col]
+        pairs = values.map(lambda v: isinstance(v, (list, tuple)) and len(v) == 2)
+        if col.endswith("_ci95") and pairs.any():
+            base = col[: -len("_ci95")]
+            for i, suffix in enumerate(("_lo", "_hi")):
+                out[base + suffix] = values.map(lambda v, i=i: float(v[i]) if isinstance(v, (list, tuple)) and v[i] is not None else math.nan)
+        else:
+            out[col] = values
+    return pd.DataFrame(out, index=frame.index)
+
+
+# Counts that a writer stored as floats (a trainer's ``epoch`` 1.0 as ``epochs_run``): shown as
+# integers when every value is whole.
+COUNT_NAME = re.compile(r"^(n|num)_|(^|_)(cases|contexts|trajectories|dialogues|steps?|epochs?|epochs_run|rows|pairs)$")
+
+
+def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The machine-readable form of a table: intervals in ``_lo``/``_hi`` columns, dicts flattened,
+    lists joined with ``"; "``, integer columns (and whole-valued counts, :data:`COUNT_NAME`) as
+    integers, columns missing in every row dropped."""
+    t = _flatten_dicts(_split_intervals(frame))
+    for col in t.columns:
+        if t[col].dtype == object:
+            if t[col].map(lambda v: isinstance(v, (list, tuple))).any():
+                t[col] = t[col].map(lambda v: "; ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+            t[col] = _typed(t[col])
+        if COUNT_NAME.search(str(col)) and pd.api.types.is_float_dtype(t[col]):
+            whole = t[col].dropna()
+            if len(whole) and (whole == whole.round()).all():
+                t[col] = t[col].round().astype("Int64")
+    empty = [c for c in t.columns if t[c].map(_missing).all()]
+    return t.drop(columns=empty)
+
+
+def _interval_columns(columns: list[str]) -> dict[str, tuple[str, str]]:
+    found = {}
+    for col in columns:
+        for lo, hi in _INTERVAL_SUFFIXES:
+            if col + lo in columns and col + hi in columns:
+                found[col] = (col + lo, col + hi)
+                break
+    return found
+
+
+def _fmt(v: Any, digits: int) -> str:
+    if _missing(v):
+        return MISSING
+    if pd.api.types.is_bool(v):
+        return "yes" if v else "no"
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        x = float(v)
+        if not math.isfinite(x):
+            return MISSING
+        if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+            return f"{x:.{max(digits, 1)}g}"  # a learning rate is 1e-05, not 0.000
+        return f"{x if x != 0 else 0.0:.{digits}f}"  # no "-0.000"
+    return str(v)
+
+
+def _digits_for(col: str, digits: int | Mapping[str, int] | None) -> int:
+    """Decimals of a column: ``digits`` when one number, else its entry, else 1 for times in
+    seconds and 3 for everything else."""
+    if isinstance(digits, int):
+        return digits
+    if digits and col in digits:
+        return digits[col]
+    return 1 if "seconds" in col or col.endswith("(s)") else 3
+
+
+def display_frame(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = None) -> pd.DataFrame:
+    """Strings for readers: ``v [lo, hi]`` where a column has ``_lo``/``_hi`` companions (or an
+    ``_ci95`` pair), integers as integers, every missing value as :data:`MISSING`, ``digits``
+    decimals (one number, or per column; by default 1 for seconds, 3 otherwise)."""
+    t = tidy(frame)
+    intervals = _interval_columns(list(t.columns))
+    companions = {c for pair in intervals.values() for c in pair}
+    out = {}
+    for col in t.columns:
+        if col in companions:
+            continue
+        d = _digits_for(col, digits)
+        shown = t[col].map(lambda v, d=d: _fmt(v, d))
+        if col in intervals:
+            lo, hi = intervals[col]
+            ci = [f" [{_fmt(a, d)}, {_fmt(b, d)}]" if not (_missing(a) or _missing(b)) else ""
+                  for a, b in zip(t[lo], t[hi])]
+            shown = shown + pd.Series(ci, index=t.index)
+        out[col] = shown
+    return pd.DataFrame(out, index=t.index).reset_index(drop=True)
+
+
+_NUMBER = re.compile(r"^[-+−]?(\d|\.\d)")
+
+
+def _numeric_columns(shown: pd.DataFrame) -> list[str]:
+    """Columns of a :func:`display_frame` whose cells are all numbers (or missing): right-aligned."""
+    return [c for c in shown.columns
+            if shown[c].map(lambda v: v == MISSING or bool(_NUMBER.match(v))).all() and (shown[c] != MISSING).any()]
+
+
+def markdown_table(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = None) -> str:
+    """The table as Markdown (numbers right-aligned), ``(no rows)`` when empty."""
+    if frame.empty:
+        return "(no rows)"
+    shown = display_frame(frame, digits)
+    numeric = set(_numeric_columns(shown))
+    align = ["right" if c in numeric else "left" for c in shown.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def display_table(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = None, caption: str | None = None):
+    """What a notebook shows for a table: :func:`display_frame` as a pandas Styler, without the index."""
+    if frame.empty:
+        frame = pd.DataFrame({"": ["(no rows)"]})
+    shown = display_frame(frame, digits)
+    styler = shown.style.hide(axis="index").set_properties(**{"text-align": "left", "white-space": "nowrap"})
+    numeric = _numeric_columns(shown)
+    if numeric:
+        styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
+    return styler.set_caption(caption) if caption else styler
+
+
+def write_table(table: pd.DataFrame, folder: Path, name: str, shown: pd.DataFrame | None = None,
+                digits: int | Mapping[str, int] | None = None):
+    """``name.csv`` (:func:`tidy`: numeric) and ``name.md`` (for the README and reports) in
+    ``folder``; the Markdown shows ``shown`` when given (an already formatted view, e.g.
+    :func:`format_main_table`). Returns the :func:`display_table` of what the Markdown shows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tidy(table).round(CSV_DECIMALS).to_csv(folder / f"{name}.csv", index=False)
+    view = table if shown is None else shown
+    (folder / f"{name}.md").write_text(markdown_table(view, digits) + "\n")
+    return display_table(view, digits)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading runs
+# --------------------------------------------------------------------------------------------
 
 
 def list_runs(output_root: Path, names: list[str] | None = None) -> list[Path]:
@@ -30,27 +242,26 @@ def _read_json(path: Path) -> Any:
     return read_json(path, default=None)
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A stage's CSV with nullable dtypes: an integer column with a missing cell stays integer."""
+    return pd.read_csv(path, dtype_backend="numpy_nullable")
+
+
+EVALUATION_COLUMNS = ["run", "dataset", "system", "cases", "sr", "sr_lo", "sr_hi", "at", "at_lo", "at_hi"]
+
+
 def evaluation_table(runs: list[Path]) -> pd.DataFrame:
-    """The paper's main table: one row per (run, dataset, system) with SR and AT (+ 95% CIs)."""
+    """The paper's main table, numeric: one row per (run, dataset, system) with SR (a share) and
+    AT and the bounds of their 95% bootstrap intervals."""
     rows = []
     for run in runs:
         for metrics_file in RunLayout(run).all_system_metrics():
             m = read_json(metrics_file)
-            rows.append(
-                {
-                    "run": run.name,
-                    "dataset": m.get("dataset", ""),
-                    "system": metrics_file.parent.name,
-                    "cases": m["cases"],
-                    "SR": m["SR"],
-                    "SR_lo": m["SR_ci95"][0],
-                    "SR_hi": m["SR_ci95"][1],
-                    "AT": m["AT"],
-                    "AT_lo": m["AT_ci95"][0],
-                    "AT_hi": m["AT_ci95"][1],
-                }
-            )
-    return pd.DataFrame(rows)
+            sr_ci, at_ci = m.get("SR_ci95") or [None, None], m.get("AT_ci95") or [None, None]
+            rows.append({"run": run.name, "dataset": m.get("dataset", ""), "system": metrics_file.parent.name,
+                         "cases": m["cases"], "sr": m["SR"], "sr_lo": sr_ci[0], "sr_hi": sr_ci[1],
+                         "at": m["AT"], "at_lo": at_ci[0], "at_hi": at_ci[1]})
+    return records_frame(rows, EVALUATION_COLUMNS)
 
 
 def sr_at_k_table(runs: list[Path]) -> pd.DataFrame:
@@ -60,28 +271,24 @@ def sr_at_k_table(runs: list[Path]) -> pd.DataFrame:
         for metrics_file in RunLayout(run).all_system_metrics():
             m = read_json(metrics_file)
             rows += [{"run": run.name, "system": metrics_file.parent.name, "k": k, "SR@k": v} for k, v in enumerate(m["SR_at_k"], 1)]
-    return pd.DataFrame(rows)
+    return records_frame(rows, ["run", "system", "k", "SR@k"])
 
 
 def format_main_table(table: pd.DataFrame) -> pd.DataFrame:
-    """SR as a percentage and AT, each with its interval, in the paper's system × dataset shape."""
+    """For readers: SR in percent and AT, each as ``value [lo, hi]``, in the paper's system ×
+    dataset shape (from :func:`evaluation_table`)."""
     if table.empty:
         return table
-    t = table.copy()
-    t["SR (%)"] = t.apply(lambda r: f"{100 * r.SR:.1f} [{100 * r.SR_lo:.1f}, {100 * r.SR_hi:.1f}]", axis=1)
-    t["AT"] = t.apply(lambda r: f"{r.AT:.2f} [{r.AT_lo:.2f}, {r.AT_hi:.2f}]", axis=1)
-    return t[["run", "dataset", "system", "cases", "SR (%)", "AT"]]
-
-
-def write_table(table: pd.DataFrame, folder: Path, name: str) -> None:
-    """CSV for tools, Markdown for README and reports."""
-    folder.mkdir(parents=True, exist_ok=True)
-    table.to_csv(folder / f"{name}.csv", index=False)
-    (folder / f"{name}.md").write_text((table.to_markdown(index=False) if not table.empty else "(no rows)") + "\n")
+    t = table[["run", "dataset", "system", "cases"]].copy()
+    for src, name, scale in (("sr", "SR (%)", 100.0), ("at", "AT", 1.0)):
+        for suffix in ("", "_lo", "_hi"):
+            t[name + suffix] = table[src + suffix] * scale
+    return display_frame(t, digits={"SR (%)": 1, "AT": 2})
 
 
 def simulation_table(runs: list[Path]) -> pd.DataFrame:
-    """Simulation statistics per run (from ``simulation/summary.json``)."""
+    """Simulation statistics per run (from ``simulation/summary.json``; per-role token counts
+    flattened into columns by :func:`tidy`)."""
     rows = []
     for run in runs:
         s = _read_json(RunLayout(run).simulation_summary)
@@ -89,12 +296,30 @@ def simulation_table(runs: list[Path]) -> pd.DataFrame:
             rows.append({"run": run.name, **{k: s.get(k) for k in (
                 "contexts", "trajectories", "success_rate", "mean_turns", "positive_rate",
                 "label_threshold", "unparsed_answers", "seconds")}})
-    return pd.DataFrame(rows)
+    return records_frame(rows)
+
+
+def reward_dataset_table(runs: list[Path]) -> pd.DataFrame:
+    """Every judged candidate of every run's simulation (``simulation/reward_dataset.jsonl``):
+    run, R_fut, label, end reason, and the label threshold δ the run used."""
+    import json
+
+    frames = []
+    for run in runs:
+        lay = RunLayout(run)
+        if not lay.reward_dataset.is_file():
+            continue
+        rows = [json.loads(line) for line in lay.reward_dataset.read_text(encoding="utf-8").splitlines() if line.strip()]
+        meta = _read_json(lay.reward_dataset_meta) or {}
+        keep = [{"run": run.name, "r_fut": r.get("r_fut"), "label": r.get("label"), "end_reason": r.get("end_reason"),
+                 "label_threshold": meta.get("label_threshold")} for r in rows]
+        frames.append(records_frame(keep, ["run", "r_fut", "label", "end_reason", "label_threshold"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "r_fut", "label", "end_reason", "label_threshold"])
 
 
 def reward_model_table(runs: list[Path]) -> pd.DataFrame:
     """Reward-model variant comparison per run (from ``reward_model/comparison.csv``)."""
-    frames = [pd.read_csv(RunLayout(run).rm_comparison).assign(run=run.name)
+    frames = [_read_csv(RunLayout(run).rm_comparison).assign(run=run.name)
               for run in runs if RunLayout(run).rm_comparison.is_file()]
     if not frames:
         return pd.DataFrame()
@@ -102,22 +327,70 @@ def reward_model_table(runs: list[Path]) -> pd.DataFrame:
     return t[["run", *[c for c in t.columns if c != "run"]]]
 
 
+def reward_model_predictions(runs: list[Path]) -> pd.DataFrame:
+    """Held-out predictions of every reward-model variant (``<variant>/test_predictions.csv``):
+    run, variant, the candidate's R_fut and label, and the model's score."""
+    frames = []
+    for run in runs:
+        lay = RunLayout(run)
+        folder = lay.stage(_runs.REWARD_MODEL)
+        if not folder.is_dir():
+            continue
+        for variant in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+            if lay.rm_predictions(variant).is_file():
+                frames.append(_read_csv(lay.rm_predictions(variant)).assign(run=run.name, variant=variant))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "variant", "r_fut", "label", "score"])
+
+
 def human_validation_table(runs: list[Path]) -> pd.DataFrame:
-    """Spearman of reward-model and critic scores with the seekers' reported intensity drop."""
+    """Spearman of reward-model and critic scores with the seekers' reported intensity drop, each
+    with its bootstrap interval (``rm_spearman_lo`` / ``rm_spearman_hi``, ...)."""
     rows = []
     for run in runs:
-        for path in [RunLayout(run).human_validation]:
-            v = _read_json(path)
-            if isinstance(v, dict):
-                rows.append({"run": run.name, **{k: x for k, x in v.items() if not isinstance(x, (list, dict))}})
-    return pd.DataFrame(rows)
+        v = _read_json(RunLayout(run).human_validation)
+        if isinstance(v, dict):
+            row = {"run": run.name, **{k: x for k, x in v.items() if not isinstance(x, (list, dict))}}
+            for who in ("rm", "critic"):
+                for old, new in (("ci95_low", "spearman_lo"), ("ci95_high", "spearman_hi")):
+                    if f"{who}_{old}" in row:
+                        row[f"{who}_{new}"] = row.pop(f"{who}_{old}")
+            rows.append(row)
+    return records_frame(rows)
 
 
 def grpo_curves(runs: list[Path]) -> pd.DataFrame:
-    """GRPO training curves of every run (from ``policy/curves.csv``), long by step."""
+    """GRPO training curves of every run (from ``policy/curves.csv``, the columns
+    :data:`rlff_utils.grpo.CURVE_COLUMNS` names), long by step, with a ``run`` column."""
     frames = [pd.read_csv(RunLayout(run).grpo_curves).assign(run=run.name)
               for run in runs if RunLayout(run).grpo_curves.is_file()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------
+# The run itself: card, time and memory per notebook, summary
+# --------------------------------------------------------------------------------------------
+
+
+def run_card_table(card: dict[str, Any]) -> pd.DataFrame:
+    """:func:`rlff_utils.report.run_card` as a two-column table (field, value) for readers."""
+    rows = [(k.replace("_", " "), card.get(k)) for k in
+            ("run", "description", "purpose", "params_file", "params_sha256", "git_commit", "date", "device", "seed")]
+    rows.append(("models", ", ".join(f"{role}: {name}" for role, name in (card.get("models") or {}).items())))
+    rows.append(("packages", ", ".join(f"{k} {v}" for k, v in (card.get("packages") or {}).items())))
+    if card.get("wall_seconds") is not None:
+        rows.append(("pipeline wall time", f"{card['wall_seconds'] / 60:.1f} min"))
+    if card.get("peak_memory_mib") is not None:
+        rows.append(("peak kernel memory", f"{card['peak_memory_mib'] / 1024:.1f} GiB"))
+    return pd.DataFrame([{"field": k, "value": v} for k, v in rows if not _missing(v)])
+
+
+def timing_table(card: dict[str, Any]) -> pd.DataFrame:
+    """Wall time and peak memory per notebook (``timing.json``, ``resources.json``) from the run card."""
+    seconds = card.get("seconds_per_notebook") or {}
+    peaks = card.get("peak_memory_mib_per_notebook") or {}
+    names = list(dict.fromkeys([*seconds, *peaks]))
+    cols = ["notebook", "wall time (s)", "peak memory (MiB)"]
+    return records_frame([dict(zip(cols, (n, seconds.get(n), peaks.get(n)))) for n in names], cols)
 
 
 def _clean(obj: Any) -> Any:
@@ -126,8 +399,12 @@ def _clean(obj: Any) -> Any:
         return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
+    if obj is pd.NA:
+        return None
     if isinstance(obj, float):
         return None if obj != obj else round(obj, 3)
+    if hasattr(obj, "item"):
+        return _clean(obj.item())
     return obj
 
 
@@ -142,8 +419,8 @@ def run_summary(run: Path) -> dict[str, Any]:
     rm_cols = [c for c in ("variant", "accuracy", "f1", "roc_auc", "spearman", "pairwise_accuracy") if c in rm.columns]
     return _clean({
         "run": run.name,
-        "evaluation": {r.system: {"SR": r.SR, "AT": r.AT, "cases": int(r.cases)} for r in ev.itertuples()},
-        "reward_model": rm[rm_cols].to_dict("records") if len(rm) else [],
+        "evaluation": {r.system: {"SR": r.sr, "AT": r.at, "cases": int(r.cases)} for r in ev.itertuples()},
+        "reward_model": rm[rm_cols].astype(object).to_dict("records") if len(rm) else [],
         "simulation": {k: sim.get(k) for k in ("trajectories", "success_rate", "positive_rate") if k in sim},
         "grpo": {k: grpo.get(k) for k in ("global_step", "seconds") if k in grpo},
         "report": str(lay.notebook("06_analysis").with_suffix(".html").relative_to(run.parent)),

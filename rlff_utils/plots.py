@@ -3,25 +3,40 @@ data, returns a matplotlib Figure and optionally saves it, so the analysis noteb
 any stage's figure from the files a run wrote. Where a stage saves a figure into its run folder,
 a function named after the figure takes the stage's result and the params and saves it under its
 :class:`rlff_utils.runs.RunLayout` name, so a notebook makes each figure with one call.
+
+Every figure follows the same rules: each axis is labelled in words with its unit; steps, turns
+and k get integer ticks; a panel whose series is constant (or empty) says so inside the
+panel (a text artist with gid :data:`NOTE`); lines that coincide are shifted sideways and named in
+a note; legends sit outside the data area; titles name the datasets actually plotted.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-from . import runs
+from . import grpo, runs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .params import RunParams
     from .reward.train import RewardModelReport
     from .reward.validation import HumanValidation
+
+NOTE = "rlff-note"  # gid of the in-panel notes (degenerate panels, coinciding lines)
+DATASET_NAMES = {"esconv": "ESConv", "extes": "ExTES"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+# ---- conventions ------------------------------------------------------------------------------
 
 
 def _save(fig, path: str | Path | None):
@@ -31,32 +46,118 @@ def _save(fig, path: str | Path | None):
     return fig
 
 
+def _subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kw):
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=False, **kw)
+    for ax in axes.flat:
+        ax.ticklabel_format(useOffset=False)  # a flat series reads 0.5, not 1e-12 + 5e-1
+    return fig, axes
+
+
+def integer_ticks(ax, axis: str = "x") -> None:
+    """Ticks on whole numbers only (steps, turns, k), even when the axis spans one value."""
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def note(ax, text: str, where: str = "top"):
+    """A grey note inside the panel (``where``: top, bottom or center), tagged :data:`NOTE`."""
+    y = {"top": 0.93, "bottom": 0.07, "center": 0.5}[where]
+    return ax.text(0.5, y, text, transform=ax.transAxes, ha="center", va="center", fontsize=8.5, color="#555555",
+                   gid=NOTE, bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9})
+
+
+def notes(fig) -> list[str]:
+    """The texts of every note in a figure (what the tests and a reader check)."""
+    return [t.get_text() for ax in fig.axes for t in ax.texts if t.get_gid() == NOTE]
+
+
+def _constant(values: Iterable) -> float | None:
+    v = pd.Series(list(values), dtype=float).dropna()
+    return float(v.iloc[0]) if len(v) and np.allclose(v, v.iloc[0]) else None
+
+
+def note_if_constant(ax, values: Iterable, n: int, unit: str = "steps", what: str | None = None) -> str | None:
+    """Mark a panel whose series is one value over ``n`` ``unit`` (or empty); placed away from the line.
+    ``what`` words a constant 0 ("no format-compliant completion in 4 steps")."""
+    values = list(values)
+    if not any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values):
+        return note(ax, "no value logged", "center").get_text()
+    c = _constant(values)
+    if c is None:
+        return None
+    text = f"no {what} in {n} {unit}" if (what and c == 0) else f"constant {c:.4g} over {n} {unit}"
+    lo, hi = ax.get_ylim()
+    upper = hi > lo and (c - lo) / (hi - lo) > 0.5
+    return note(ax, text, "bottom" if upper else "top").get_text()
+
+
+def legend_outside(ax, title: str | None = None, **kw):
+    """The axes' legend to the right of its data area (seaborn's legend is moved there too)."""
+    if ax.get_legend() is not None and not kw.get("handles"):
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False, fontsize=8,
+                        title=title if title is not None else ax.get_legend().get_title().get_text())
+        return ax.get_legend()
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False, fontsize=8, title=title, **kw)
+
+
+def dataset_label(datasets: Iterable[str]) -> str:
+    names = [DATASET_NAMES.get(d, d) for d in sorted({d for d in datasets if isinstance(d, str) and d})]
+    return " + ".join(names) if names else "no dataset"
+
+
+def _metric(table: pd.DataFrame, name: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(value, lo, hi) of a metric from ``NAME`` + ``NAME_ci95`` pairs or ``name``/``name_lo``/``name_hi``."""
+    if name in table and f"{name}_ci95" in table:
+        ci = table[f"{name}_ci95"].map(lambda x: x if isinstance(x, (list, tuple)) else (math.nan, math.nan))
+        return table[name].astype(float), ci.map(lambda x: x[0]).astype(float), ci.map(lambda x: x[1]).astype(float)
+    low = name.lower()
+    return table[low].astype(float), table[f"{low}_lo"].astype(float), table[f"{low}_hi"].astype(float)
+
+
 # ---- data (notebook 01) ---------------------------------------------------------------------
 
 
 def plot_data_overview(frame: pd.DataFrame, strategies: pd.DataFrame, path: str | Path | None = None):
     """Dialogue lengths, strategy use, emotion and problem types, and the seeker's reported
     emotion-intensity change: the signals later stages are trained and validated against."""
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
-    sns.histplot(frame, x="turns", hue="dataset", bins=30, ax=axes[0, 0])
-    axes[0, 0].set_title("dialogue length (turns)")
+    datasets = sorted(frame["dataset"].dropna().unique()) if "dataset" in frame else []
+    several = len(datasets) > 1
+    fig, axes = _subplots(2, 3, (18, 9))
+    ax = axes[0, 0]
+    sns.histplot(frame, x="turns", hue="dataset" if several else None, bins=30, ax=ax)
+    ax.set(title="dialogue length", xlabel="turns per dialogue", ylabel="dialogues")
+    integer_ticks(ax)
+    if several:
+        legend_outside(ax, "dataset")
+    ax = axes[0, 1]
     if len(strategies):
-        sns.barplot(strategies, y="strategy", x="count", hue="dataset", ax=axes[0, 1])
-    axes[0, 1].set_title("supporter strategies")
-    order = frame["emotion_type"].value_counts().index[:12]
-    sns.countplot(frame, y="emotion_type", order=order, ax=axes[0, 2])
-    axes[0, 2].set_title("emotion types")
-    order = frame["problem_type"].value_counts().index[:12]
-    sns.countplot(frame, y="problem_type", order=order, ax=axes[1, 0])
-    axes[1, 0].set_title("problem types (ExTES: scene)")
+        sns.barplot(strategies, y="strategy", x="count", hue="dataset" if several else None, ax=ax)
+        if several:
+            legend_outside(ax, "dataset")
+    else:
+        note(ax, "no strategy annotations", "center")
+    ax.set(title="supporter strategies", xlabel="supporter turns", ylabel="strategy")
+    for ax, col, what in ((axes[0, 2], "emotion_type", "emotion type"), (axes[1, 0], "problem_type", "problem type")):
+        order = frame[col].value_counts().index[:12]
+        sns.countplot(frame, y=col, order=order, ax=ax)
+        ax.set(xlabel="dialogues", ylabel=what)
+    axes[0, 2].set_title("emotion types (12 most frequent)")
+    # ExTES has no problem type: its scene fills the field
+    axes[1, 0].set_title({"esconv": "problem types", "extes": "scenes (ExTES)"}.get(
+        datasets[0] if len(datasets) == 1 else "", "problem types (ESConv) and scenes (ExTES)"))
     survey = frame.dropna(subset=["initial_intensity", "final_intensity"])
+    ax = axes[1, 1]
     if len(survey):
         melted = survey.melt(value_vars=["initial_intensity", "final_intensity"], var_name="when", value_name="intensity")
-        sns.countplot(melted, x="intensity", hue="when", ax=axes[1, 1])
+        melted["when"] = melted["when"].map({"initial_intensity": "before", "final_intensity": "after"})
+        sns.countplot(melted, x="intensity", hue="when", hue_order=["before", "after"], ax=ax)
+        legend_outside(ax, "reported")
         sns.countplot(survey, x="intensity_drop", ax=axes[1, 2])
-    axes[1, 1].set_title("seeker emotion intensity (survey)")
-    axes[1, 2].set_title("intensity drop (initial − final)")
-    fig.tight_layout()
+    else:
+        for a in axes[1, 1:]:
+            note(a, f"no seeker survey in {dataset_label(datasets)}", "center")
+    ax.set(title="seeker's emotion intensity (survey)", xlabel="intensity (1 = weak … 5 = strong)", ylabel="dialogues")
+    axes[1, 2].set(title="intensity drop", xlabel="initial − final intensity (points)", ylabel="dialogues")
+    fig.suptitle(f"{dataset_label(datasets)}: {len(frame):,} dialogues")
     return _save(fig, path)
 
 
@@ -64,55 +165,137 @@ def plot_data_overview(frame: pd.DataFrame, strategies: pd.DataFrame, path: str 
 
 
 def plot_sr_at_k(long: pd.DataFrame, path: str | Path | None = None, hue: str = "system"):
-    """SR@k curves: how fast each system solves cases, not only how often."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(long, x="k", y="SR@k", hue=hue, marker="o", ax=ax)
-    ax.set_xlabel("turns k")
-    ax.set_ylabel("solved within k turns")
-    ax.set_ylim(0, 1)
-    ax.set_title("SR@k")
-    fig.tight_layout()
+    """SR@k curves: how fast each system solves cases, not only how often. Curves that coincide
+    (several systems at 0, say) are shifted sideways by a small amount and named in a note."""
+    fig, axs = _subplots(1, 1, (7.5, 4.5))
+    ax = axs[0, 0]
+    names = list(dict.fromkeys(long[hue])) if len(long) else []
+    width = min(0.3, 0.08 * max(len(names) - 1, 0))
+    for i, name in enumerate(names):
+        g = long[long[hue] == name].sort_values("k")
+        dx = (i / (len(names) - 1) - 0.5) * width if len(names) > 1 else 0.0
+        ax.plot(g["k"] + dx, g["SR@k"], marker=MARKERS[i % len(MARKERS)], ms=6, lw=1.5, label=name, alpha=0.9)
+    ax.set(xlabel="turns k", ylabel="share of cases solved within k turns", ylim=(-0.03, 1.03), title="SR@k")
+    integer_ticks(ax)
+    if names:
+        legend_outside(ax, hue.replace("_", " "))
+        curves = {n: tuple(np.round(long[long[hue] == n].sort_values("k")["SR@k"].astype(float), 6)) for n in names}
+        groups: dict[tuple, list[str]] = {}
+        for n, c in curves.items():
+            groups.setdefault(c, []).append(n)
+        same = [g for g in groups.values() if len(g) > 1]
+        if same:
+            text = "\n".join("same curve (shifted sideways): " + ", ".join(g) for g in same)
+            ax.text(1.02, 0.0, text, transform=ax.transAxes, ha="left", va="bottom", fontsize=8, color="#555555",
+                    gid=NOTE, wrap=True)
+    else:
+        note(ax, "no evaluated system", "center")
     return _save(fig, path)
 
 
-def plot_system_bars(table: pd.DataFrame, path: str | Path | None = None):
-    """SR and AT per system with their bootstrap 95% intervals."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, metric in zip(axes, ("SR", "AT")):
-        lo = table[f"{metric}_ci95"].map(lambda x: x[0])
-        hi = table[f"{metric}_ci95"].map(lambda x: x[1])
-        ax.bar(table["system"], table[metric], yerr=[table[metric] - lo, hi - table[metric]], capsize=4, color=sns.color_palette()[: len(table)])
-        ax.set_title({"SR": "success rate (95% CI)", "AT": "average turns (95% CI; lower is better)"}[metric])
-        ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
+def plot_system_bars(table: pd.DataFrame, path: str | Path | None = None, label: str = "system"):
+    """SR and AT per system with their bootstrap 95% intervals (``SR``/``SR_ci95`` columns as the
+    evaluation writes them, or ``sr``/``sr_lo``/``sr_hi`` as :func:`rlff_utils.analysis.evaluation_table`)."""
+    fig, axes = _subplots(1, 2, (12, 4.4))
+    names = table[label].astype(str).tolist()
+    colors = sns.color_palette(n_colors=max(len(names), 1))
+    for ax, metric, scale, ylabel, title in (
+        (axes[0, 0], "SR", 100.0, "success rate (% of cases)", "success rate (95% CI)"),
+        (axes[0, 1], "AT", 1.0, "average turns (turns)", "average turns (95% CI; lower is better)"),
+    ):
+        value, lo, hi = (s * scale for s in _metric(table, metric))
+        err = [(value - lo).clip(lower=0).fillna(0), (hi - value).clip(lower=0).fillna(0)]
+        x = np.arange(len(names))
+        ax.bar(x, value.fillna(0), yerr=err, capsize=4, color=colors[: len(names)])
+        for xi, v in zip(x, value):
+            ax.annotate("n/a" if pd.isna(v) else f"{v:.1f}" if scale != 1 else f"{v:.2f}", (xi, 0 if pd.isna(v) else v),
+                        xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, names, rotation=20, ha="right")
+        ax.set(xlabel=label.replace("_", " "), ylabel=ylabel, title=title)
+        c = _constant(value)
+        if metric == "SR":
+            ax.set_ylim(0, 118)  # headroom for the value labels and a note
+            ax.set_yticks(range(0, 101, 20))
+        else:
+            ax.set_ylim(0, 1.3 * float(np.nanmax([hi.max(), value.max(), 0.0]) or 1.0))
+        if len(names) > 1 and c is not None:
+            note(ax, f"the same for every {label.replace('_', ' ')}: {c:.3g}", "top")
     return _save(fig, path)
 
 
 def plot_win_rates(rates: pd.DataFrame, path: str | Path | None = None):
     """Stacked win / tie / lose shares of the main system against each baseline, per criterion."""
     baselines = list(dict.fromkeys(rates["baseline"]))
-    fig, axes = plt.subplots(1, len(baselines), figsize=(5 * len(baselines), 3.8), squeeze=False)
+    fig, axes = _subplots(1, max(len(baselines), 1), (4.6 * max(len(baselines), 1) + 1.5, 3.8), sharey=True)
     colors = {"win": "#4c9a2a", "tie": "#bbbbbb", "lose": "#c0392b"}
     for ax, b in zip(axes[0], baselines):
-        g = rates[rates["baseline"] == b].set_index("criterion")[["win", "tie", "lose"]].fillna(0)
+        g = rates[rates["baseline"] == b].set_index("criterion")[["win", "tie", "lose"]]
+        empty = g.isna().all(axis=1)
+        g = g.fillna(0)
         left = pd.Series(0.0, index=g.index)
         for k in ("win", "tie", "lose"):
-            ax.barh(g.index, g[k], left=left, color=colors[k], label=k)
+            ax.barh(g.index, g[k], left=left, color=colors[k])
             left += g[k]
-        ax.set_xlim(0, 1)
-        ax.set_title(f"vs {b}")
-    axes[0][0].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+        ax.set(xlim=(0, 1), title=f"vs {b}", xlabel="share of judged pairs", ylabel="criterion")
+        if empty.all():
+            note(ax, "no parsable judgement", "center")
+        elif (g["tie"] == 1).all():
+            note(ax, "every judged pair a tie", "center")
+    fig.legend(handles=[Patch(color=c, label=k) for k, c in colors.items()], loc="outside right upper", frameon=False, fontsize=8)
     return _save(fig, path)
 
 
-def plot_curves_by_run(curves: pd.DataFrame, columns: list[str], path: str | Path | None = None):
-    """One panel per logged quantity, one line per run (GRPO log history by step)."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
-    for ax, col in zip(axes[0], columns):
-        sns.lineplot(curves.dropna(subset=[col]), x="step", y=col, hue="run", ax=ax, marker=".")
-        ax.set_title(col)
-    fig.tight_layout()
+def plot_r_fut_distribution(frame: pd.DataFrame, path: str | Path | None = None):
+    """R_fut of every judged candidate of the simulation (``analysis.reward_dataset_table``), by
+    end reason (one run) or by run (several); dashed: the label threshold δ."""
+    fig, axs = _subplots(1, 1, (8, 4.2))
+    ax = axs[0, 0]
+    runs_ = list(dict.fromkeys(frame["run"])) if "run" in frame and len(frame) else []
+    hue = "run" if len(runs_) > 1 else ("end_reason" if "end_reason" in frame else None)
+    if len(frame):
+        sns.histplot(frame, x="r_fut", hue=hue, bins=20, multiple="stack" if hue == "end_reason" else "layer", ax=ax)
+        if hue:
+            legend_outside(ax, hue.replace("_", " "))
+        for r, g in frame.groupby("run") if "run" in frame else []:
+            delta = _constant(g["label_threshold"]) if "label_threshold" in g else None
+            if delta is not None:
+                ax.axvline(delta, color="black", ls="--", lw=1)
+                ax.annotate(f" δ = {delta:.2f}" + (f" ({r})" if len(runs_) > 1 else ""), (delta, 1), xycoords=("data", "axes fraction"),
+                            va="top", fontsize=8)
+        c = _constant(frame["r_fut"])
+        if c is not None:
+            note(ax, f"all {len(frame)} candidates have R_fut = {c:g}", "top")
+    else:
+        note(ax, "no reward dataset (notebook 02 has not run)", "center")
+    ax.set(title="R_fut of the simulated candidates (dashed: label threshold δ)",
+           xlabel="R_fut (future-oriented reward of a candidate)", ylabel="candidate replies")
+    return _save(fig, path)
+
+
+def plot_rm_score_vs_r_fut(predictions: pd.DataFrame, path: str | Path | None = None):
+    """Each reward-model variant's held-out score against the R_fut the simulation measured
+    for the same candidate (``analysis.reward_model_predictions``); Spearman ρ in the title."""
+    variants = list(dict.fromkeys(predictions["variant"])) if len(predictions) else []
+    n = max(len(variants), 1)
+    fig, axes = _subplots(1, n, (3.9 * n + 1.2, 3.9))
+    several = "run" in predictions and predictions["run"].nunique() > 1
+    for ax, v in zip(axes[0], variants):
+        g = predictions[predictions["variant"] == v].dropna(subset=["r_fut", "score"])
+        sns.scatterplot(g, x="r_fut", y="score", hue="run" if several else None, ax=ax, alpha=0.75, legend=ax is axes[0, -1])
+        ok = len(g) > 2 and g["r_fut"].nunique() > 1 and g["score"].nunique() > 1
+        rho = g["r_fut"].corr(g["score"], method="spearman") if ok else math.nan
+        ax.set(title=f"{v}: Spearman ρ = {'n/a' if pd.isna(rho) else f'{rho:.2f}'} (n = {len(g)})",
+               xlabel="R_fut of the candidate (simulation)", ylabel="reward-model score")
+        c = _constant(g["score"])
+        if c is not None and len(g):
+            note(ax, f"constant score {c:.3g}: no ranking", "top")
+        elif not len(g):
+            note(ax, "no held-out prediction", "center")
+    if several:
+        legend_outside(axes[0, -1], "run")
+    if not variants:
+        note(axes[0, 0], "no reward-model predictions (notebook 03 has not run)", "center")
+        axes[0, 0].set(xlabel="R_fut of the candidate (simulation)", ylabel="reward-model score")
     return _save(fig, path)
 
 
@@ -123,32 +306,41 @@ def plot_simulation(frame: pd.DataFrame, by_turn: pd.DataFrame, path: str | Path
     """The reward signal the simulation produced: R_fut by outcome (the goal bonus separates the
     modes), how fast rollouts reach the goal, and the label balance per emotion type (a reward
     model learns little from a group whose labels are all one class)."""
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    fig, axes = _subplots(1, 3, (18, 4.8))
+    ax = axes[0, 0]
     if len(frame):
-        sns.histplot(frame, x="r_fut", hue="end_reason", bins=20, multiple="stack", ax=axes[0])
+        sns.histplot(frame, x="r_fut", hue="end_reason", bins=20, multiple="stack", ax=ax)
+        legend_outside(ax, "end reason")
         delta = frame.attrs.get("label_threshold")
         if delta is not None:
-            axes[0].axvline(delta, color="black", linestyle="--", linewidth=1)
-            axes[0].text(delta, axes[0].get_ylim()[1] * 0.95, " δ", va="top")
-    axes[0].set_title("R_fut by end reason (dashed: label threshold δ)")
+            ax.axvline(delta, color="black", linestyle="--", linewidth=1)
+            ax.annotate(f" δ = {delta:.2f}", (delta, 1), xycoords=("data", "axes fraction"), va="top", fontsize=8)
+    ax.set(title="R_fut by end reason (dashed: label threshold δ)", xlabel="R_fut (future-oriented reward)",
+           ylabel="trajectories")
+    ax = axes[0, 1]
+    ax.set_ylim(-0.03, 1.03)
     if len(by_turn):
-        sns.lineplot(by_turn, x="turn", y="success_within", marker="o", ax=axes[1])
-        axes[1].set_xticks(by_turn["turn"])
-    axes[1].set_ylim(0, 1)
-    axes[1].set_ylabel("goal reached within k turns")
-    axes[1].set_title("success by turn")
+        ax.plot(by_turn["turn"], by_turn["success_within"], marker="o")
+        c = _constant(by_turn["success_within"])
+        if c == 0:
+            note(ax, f"flat: no rollout reached the goal in {int(by_turn['turn'].max())} turns", "top")
+        elif c is not None:
+            note_if_constant(ax, by_turn["success_within"], len(by_turn), "turns")
+    else:
+        note(ax, "no trajectory", "center")
+    integer_ticks(ax)
+    ax.set(title="success by turn", xlabel="turn k of the rollout", ylabel="share of rollouts at the goal by turn k")
+    ax = axes[0, 2]
     if len(frame):
-        share = frame.groupby("emotion_type")["label"].agg(["mean", "size"]).sort_values("size", ascending=False)
-        share = share.head(12)
-        axes[2].barh(share.index, share["mean"], color="#4c9a2a", label="label 1")
-        axes[2].barh(share.index, 1 - share["mean"], left=share["mean"], color="#c0392b", label="label 0")
+        share = frame.groupby("emotion_type")["label"].agg(["mean", "size"]).sort_values("size", ascending=False).head(12)
+        ax.barh(share.index, share["mean"], color="#4c9a2a", label="label 1 (R_fut ≥ δ)")
+        ax.barh(share.index, 1 - share["mean"], left=share["mean"], color="#c0392b", label="label 0")
         for i, n in enumerate(share["size"]):
-            axes[2].text(1.01, i, f"n={n}", va="center", fontsize=8)
-        axes[2].set_xlim(0, 1.15)
-        axes[2].invert_yaxis()
-        axes[2].legend(loc="lower right", fontsize=8)
-    axes[2].set_title("label balance per emotion type")
-    fig.tight_layout()
+            ax.text(1.01, i, f"n={n}", va="center", fontsize=8)
+        ax.set_xlim(0, 1.12)
+        ax.invert_yaxis()
+        legend_outside(ax)
+    ax.set(title="label balance per emotion type", xlabel="share of candidates", ylabel="emotion type")
     return _save(fig, path)
 
 
@@ -163,19 +355,24 @@ def plot_calibration(predictions: pd.DataFrame, path: str | Path | None = None, 
     from .reward.variants import NUM_LABELS
 
     probs = predictions[predictions["variant"].map(lambda v: NUM_LABELS.get(v) == 2)]
-    fig, (ax, ax_hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1.3], sharex=True)
+    fig, (ax, ax_hist) = plt.subplots(2, 1, figsize=(6.8, 6.5), height_ratios=[3, 1.3], sharex=True, layout="constrained")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
+    drawn = 0
     for v, g in probs.groupby("variant"):
         if g["label"].nunique() < 2:
             continue
         frac, mean_p = calibration_curve(g["label"], g["score"], n_bins=n_bins, strategy="uniform")
         ax.plot(mean_p, frac, marker="o", label=v)
-    ax.set(ylabel="observed positive rate", title="calibration on the test split", xlim=(0, 1), ylim=(-0.02, 1.02))
-    ax.legend(loc="upper left", fontsize=8)
+        drawn += 1
+    ax.set(xlabel="mean predicted P(R_fut ≥ δ) in the bin", ylabel="observed share with label 1",
+           title="calibration on the test split", xlim=(0, 1), ylim=(-0.02, 1.02))
+    if not drawn:
+        note(ax, "no two-class variant with both labels in the test split", "center")
+    legend_outside(ax)
     if len(probs):
         sns.histplot(probs, x="score", hue="variant", bins=np.linspace(0, 1, 21), element="step", ax=ax_hist)
-    ax_hist.set(xlabel="predicted P(R_fut ≥ δ)")
-    fig.tight_layout()
+        legend_outside(ax_hist, "variant")
+    ax_hist.set(xlabel="predicted P(R_fut ≥ δ)", ylabel="test examples")
     return _save(fig, path)
 
 
@@ -183,28 +380,33 @@ def plot_score_distributions(predictions: pd.DataFrame, path: str | Path | None 
     """Each variant's held-out scores split by the simulated label: separated boxes are what a
     useful reward model looks like; overlapping ones give GRPO noise."""
     variants = list(dict.fromkeys(predictions["variant"]))
-    fig, axes = plt.subplots(1, max(1, len(variants)), figsize=(3.6 * max(1, len(variants)), 3.8), squeeze=False)
+    fig, axes = _subplots(1, max(1, len(variants)), (3.6 * max(1, len(variants)), 3.9))
     order = ["R_fut < δ", "R_fut ≥ δ"]
     for ax, v in zip(axes[0], variants):
         g = predictions[predictions["variant"] == v].assign(label=lambda f: f["label"].map(dict(enumerate(order))))
         sns.boxplot(g, x="label", y="score", order=order, ax=ax, color="white", showfliers=False)
         sns.stripplot(g, x="label", y="score", order=order, ax=ax, hue="label", hue_order=order, legend=False, alpha=0.7)
-        ax.set(title=v, xlabel="", ylabel="score" if ax is axes[0][0] else "")
+        ax.set(title=v, xlabel="simulated label", ylabel="reward-model score")
+        c = _constant(g["score"])
+        if c is not None:
+            note(ax, f"constant score {c:.3g}", "top")
     fig.suptitle("held-out scores by simulated label")
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_learning_curves(log: pd.DataFrame, path: str | Path | None = None):
     """Training and validation loss per variant (losses differ by variant: CE, MSE, BT)."""
     variants = list(dict.fromkeys(log["variant"])) or ["(none)"]
-    fig, axes = plt.subplots(1, len(variants), figsize=(3.8 * len(variants), 3.4), squeeze=False)
+    fig, axes = _subplots(1, len(variants), (3.8 * len(variants) + 1, 3.5))
     for ax, v in zip(axes[0], variants):
         g = log[log["variant"] == v]
         if len(g):
-            sns.lineplot(g, x="epoch", y="loss", hue="split", marker="o", ax=ax)
-        ax.set(title=v)
-    fig.tight_layout()
+            sns.lineplot(g, x="epoch", y="loss", hue="split", marker="o", ax=ax, legend=ax is axes[0, -1])
+        else:
+            note(ax, "no training log", "center")
+        ax.set(title=v, xlabel="epoch (fractions: logged within an epoch)", ylabel="loss (the variant's own)")
+    if axes[0, -1].get_legend() is not None:
+        legend_outside(axes[0, -1], "split")
     return _save(fig, path)
 
 
@@ -212,23 +414,24 @@ def plot_human_validation(hv: "HumanValidation", path: str | Path | None = None)
     """The reward model's and the critic's view of real dialogues against the seeker's reported
     intensity drop; ρ in each title."""
     rho = {r["signal"]: r for r in hv.correlations.to_dict("records")}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, col, signal in (
-        (axes[0], "rm_score", f"reward model ({hv.variant})"),
-        (axes[1], "critic_score", "critic"),
+    fig, axes = _subplots(1, 2, (11, 4))
+    for ax, col, signal, ylabel in (
+        (axes[0, 0], "rm_score", f"reward model ({hv.variant})", "reward-model score"),
+        (axes[0, 1], "critic_score", "critic", "critic score (0–1)"),
     ):
         f = hv.frame.dropna(subset=[col, "intensity_drop"])
         if len(f):
             sns.regplot(f, x="intensity_drop", y=col, x_jitter=0.15, ax=ax, scatter_kws={"alpha": 0.6})
+            c = _constant(f[col])
+            if c is not None:
+                note(ax, f"constant {c:.3g} over {len(f)} dialogues", "top")
+        else:
+            note(ax, "no dialogue with both values", "center")
         r = rho.get(signal, {})
         value = r.get("spearman")
         rho_txt = "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
-        ax.set(
-            title=f"{signal}: Spearman ρ = {rho_txt} (n = {r.get('n', 0)})",
-            xlabel="seeker's intensity drop (initial − final)",
-            ylabel=col.replace("_", " "),
-        )
-    fig.tight_layout()
+        ax.set(title=f"{signal}: Spearman ρ = {rho_txt} (n = {r.get('n', 0)})",
+               xlabel="seeker's intensity drop (initial − final, points)", ylabel=ylabel)
     return _save(fig, path)
 
 
@@ -252,44 +455,95 @@ def reward_human_validation(hv: "HumanValidation", params: "RunParams"):
     return plot_human_validation(hv, runs.layout(params).rm_figure("human_validation"))
 
 
-# ---- GRPO (notebook 04) ------------------------------------------------------------------------
+# ---- GRPO (notebooks 04, 06) -----------------------------------------------------------------
 
-# (title, [(column, std column or None, label)])
-GRPO_PANELS = [
-    ("total reward R = R_fut + α·R_format", [("total_reward", "total_reward_std", "R")]),
-    ("reward components", [("future_reward", "future_reward_std", "R_fut"), ("format_reward", "format_reward_std", "R_format")]),
-    ("format compliance", [("format_compliance", None, "share of <think>…</think> + reply")]),
-    ("groups without signal", [("frac_reward_zero_std", None, "frac_reward_zero_std")]),
-    ("KL to the initial policy", [("kl", None, "KL")]),
-    ("completion length (tokens)", [("completion_length", None, "mean length")]),
-]
+
+@dataclass(frozen=True)
+class CurvePanel:
+    title: str
+    column: str
+    ylabel: str
+    std: str | None = None  # ±1 std band (over the step's completions)
+    share: bool = False  # a share in [0, 1]
+    zero_means: str | None = None  # how a constant 0 reads ("format-compliant completion")
+    smooth: bool = False
+
+
+def grpo_panels() -> list[CurvePanel]:
+    """The panels of :func:`plot_grpo_curves`, over the columns :data:`rlff_utils.grpo.CURVE_COLUMNS` names."""
+    c = grpo.CURVE_COLUMNS
+    return [
+        CurvePanel("total reward", c["reward"], "mean reward (R_fut + α·R_format)", c["reward_std"], smooth=True),
+        CurvePanel("future-oriented reward", c["rewards/future_reward/mean"], "mean R_fut (reward-model score)",
+                   c["rewards/future_reward/std"], smooth=True),
+        CurvePanel("format compliance", "format_compliance", "share of completions well formed", share=True,
+                   zero_means="format-compliant completion"),
+        CurvePanel("groups without signal", c["frac_reward_zero_std"], "share of groups with equal rewards", share=True),
+        CurvePanel("KL to the initial policy", c["kl"], "KL(π_θ ‖ π_ref) (nats per token)"),
+        CurvePanel("policy entropy", c["entropy"], "mean token entropy (nats)"),
+        CurvePanel("completion length", c["completions/mean_length"], "mean completion length (tokens)"),
+        CurvePanel("completions cut at the length cap", c["completions/clipped_ratio"], "share of completions truncated",
+                   share=True, zero_means="truncated completion"),
+    ]
+
+
+def smooth(values: pd.Series) -> pd.Series | None:
+    """Light smoothing of a long curve (centred rolling mean over ~5% of the steps, at least 3);
+    None when the curve is too short to need it (fewer than 10 points)."""
+    n = len(values)
+    if n < 10:
+        return None
+    return values.rolling(max(3, n // 20), center=True, min_periods=1).mean()
 
 
 def plot_grpo_curves(curves: pd.DataFrame, path: str | Path | None = None):
-    """GRPO training curves from the trainer's log history (``policy/curves.csv``): six panels,
-    one per quantity worth watching; a shaded band is ±1 std over the step's completions. A
-    panel whose column was never logged (e.g. KL with beta = 0) says so."""
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8), sharex=True)
-    for ax, (title, series) in zip(axes.flat, GRPO_PANELS):
-        drawn = False
-        for col, std, label in series:
-            if col not in curves or curves[col].isna().all():
+    """GRPO training curves from the trainer's log history (``policy/curves.csv``, one run, or
+    several with a ``run`` column): reward ± 1 std (band: spread over the step's completions; a
+    smoothed line on long runs), R_fut, format compliance, groups without signal, KL, entropy,
+    completion length and truncation. A panel that was never logged or stays constant says so."""
+    panels = grpo_panels()
+    fig, axes = _subplots(2, 4, (19, 8))
+    by_run = list(curves.groupby("run", sort=False)) if "run" in curves and len(curves) else [(None, curves)]
+    palette = dict(zip([r for r, _ in by_run], sns.color_palette(n_colors=max(len(by_run), 1))))
+    smoothed_any = banded_any = False
+    for ax, p in zip(axes.flat, panels):
+        lengths, constants = [], []
+        for run, g in by_run:
+            if p.column not in g or g[p.column].isna().all():
                 continue
-            data = curves[["step", col]].dropna()
-            ax.plot(data["step"], data[col], marker="o", ms=3, label=label)
-            if std and std in curves and not curves[std].isna().all():
-                s = curves.loc[data.index, std].fillna(0)
-                ax.fill_between(data["step"], data[col] - s, data[col] + s, alpha=0.2)
-            drawn = True
-        if not drawn:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
-        elif len(series) > 1 or std:
-            ax.legend(fontsize=8)
-        if series[0][0] in ("format_compliance", "frac_reward_zero_std"):
-            ax.set_ylim(-0.05, 1.05)  # shares
-        ax.set_title(title, fontsize=10)
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
-    fig.tight_layout()
+            data = g[["step", p.column] + ([p.std] if p.std and p.std in g else [])].dropna(subset=[p.column]).sort_values("step")
+            color = palette[run]
+            sm = smooth(data[p.column]) if p.smooth else None
+            ax.plot(data["step"], data[p.column], marker="o", ms=3, color=color, lw=1 if sm is not None else 1.5,
+                    alpha=0.45 if sm is not None else 1.0)
+            if sm is not None:
+                ax.plot(data["step"], sm, color=color, lw=2)
+                smoothed_any = True
+            if p.std and p.std in data and data[p.std].notna().any():
+                s = data[p.std].fillna(0)
+                ax.fill_between(data["step"], data[p.column] - s, data[p.column] + s, color=color, alpha=0.18, lw=0)
+                banded_any = True
+            lengths.append(len(data))
+            constants.append(_constant(data[p.column]))
+        if p.share:
+            ax.set_ylim(-0.05, 1.05)
+        ax.set(title=p.title, xlabel="training step", ylabel=p.ylabel)
+        integer_ticks(ax)
+        if not lengths:
+            reason = " (β = 0: no reference model)" if p.column == grpo.CURVE_COLUMNS["kl"] else ""
+            note(ax, f"not logged{reason}", "center")
+        elif all(c is not None for c in constants) and np.allclose(constants, constants[0]):
+            if not p.share:  # centre the flat line instead of magnifying float noise
+                pad = max(0.05 * abs(constants[0]), 0.05)
+                ax.set_ylim(constants[0] - pad, constants[0] + pad)
+            note_if_constant(ax, [constants[0]], max(lengths), "steps", p.zero_means)
+    handles = [plt.Line2D([], [], color="grey", marker="o", ms=3, lw=1, label="per logged step")]
+    if smoothed_any:
+        handles.append(plt.Line2D([], [], color="grey", lw=2, label="smoothed (rolling mean)"))
+    if banded_any:
+        handles.append(Patch(color="grey", alpha=0.25, label="±1 std over the step's completions"))
+    if len(by_run) > 1:
+        handles += [plt.Line2D([], [], color=palette[r], lw=2, label=str(r)) for r, _ in by_run]
+    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8)
+    fig.suptitle("GRPO training" + (f" ({by_run[0][0]})" if len(by_run) == 1 and by_run[0][0] else ""))
     return _save(fig, path)

@@ -209,6 +209,7 @@ class RunLayout:
     # 06 report
     @property
     def report(self) -> Path: return self.stage(REPORT)
+    def report_figure(self, name: str) -> Path: return self.report / f"{name}.png"
 
     def record(self, stage: str) -> Path: return self.stage(stage) / STAGE_RECORD
     def lock(self, stage: str) -> Path: return self.stage(stage) / LOCK

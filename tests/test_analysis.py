@@ -30,14 +30,86 @@ def test_tables_across_runs(tmp_path):
     runs = analysis.list_runs(tmp_path)
     assert [r.name for r in runs] == ["a", "b"]
     table = analysis.evaluation_table(runs)
-    assert len(table) == 3 and table.set_index(["run", "system"]).loc[("a", "rlff-esc"), "SR"] == 0.5
+    assert len(table) == 3 and table.set_index(["run", "system"]).loc[("a", "rlff-esc"), "sr"] == 0.5
     shown = analysis.format_main_table(table)
     assert shown.set_index(["run", "system"]).loc[("a", "rlff-esc"), "SR (%)"] == "50.0 [40.0, 60.0]"
+    assert shown.set_index(["run", "system"]).loc[("a", "rlff-esc"), "AT"] == "5.50 [5.00, 6.00]"
     assert len(analysis.sr_at_k_table(runs)) == 6
-    analysis.write_table(shown, tmp_path / "report", "main")
-    assert "rlff-esc" in (tmp_path / "report" / "main.md").read_text()
+    analysis.write_table(table, tmp_path / "report", "main", shown=shown)
+    assert "50.0 [40.0, 60.0]" in (tmp_path / "report" / "main.md").read_text()
     summary = analysis.run_summary(tmp_path / "a")
     assert summary["evaluation"]["rlff-esc"] == {"SR": 0.5, "AT": 5.5, "cases": 10}
     assert summary["reward_model"][0]["roc_auc"] is None  # undefined metric, valid JSON
     json.dumps(summary, allow_nan=False)
     assert [r.name for r in analysis.list_runs(tmp_path, ["b"])] == ["b"]
+
+
+def test_main_results_csv_is_numeric(tmp_path):
+    _run(tmp_path, "a", {"vanilla": (0.2, 7.0), "rlff-esc": (0.5, 5.5)})
+    table = analysis.evaluation_table(analysis.list_runs(tmp_path))
+    analysis.write_table(table, tmp_path / "report", "main_results", shown=analysis.format_main_table(table))
+    back = pd.read_csv(tmp_path / "report" / "main_results.csv")
+    assert list(back.columns) == ["run", "dataset", "system", "cases", "sr", "sr_lo", "sr_hi", "at", "at_lo", "at_hi"]
+    for col in ("sr", "sr_lo", "sr_hi", "at", "at_lo", "at_hi"):
+        assert pd.api.types.is_float_dtype(back[col]), col
+    assert pd.api.types.is_integer_dtype(back["cases"])
+    row = back.set_index("system").loc["rlff-esc"]
+    assert (row["sr"], row["sr_lo"], row["sr_hi"], row["at"]) == (0.5, 0.4, 0.6, 5.5)
+    assert "[" not in (tmp_path / "report" / "main_results.csv").read_text()
+
+
+def test_displayed_tables_use_one_missing_symbol_ints_and_intervals(tmp_path):
+    # what reward_model/comparison.csv holds: a skipped variant without counts, an empty notes column
+    csv = tmp_path / "comparison.csv"
+    pd.DataFrame({"variant": ["classification", "ranking"], "status": ["trained", "skipped"],
+                  "n_train": pd.array([24, None], dtype="Int64"), "accuracy": [0.75, math.nan],
+                  "roc_auc": [math.nan, math.nan], "notes": ["", ""]}).to_csv(csv, index=False)
+    frame = pd.read_csv(csv, dtype_backend="numpy_nullable")
+    shown = analysis.display_frame(frame)
+    assert list(shown.columns) == ["variant", "status", "n_train", "accuracy"]  # empty roc_auc and notes dropped
+    assert shown["n_train"].tolist() == ["24", analysis.MISSING]
+    assert shown["accuracy"].tolist() == ["0.750", analysis.MISSING]
+    md = analysis.markdown_table(frame)
+    assert "24.0" not in md and "nan" not in md.lower() and "<NA>" not in md and analysis.MISSING in md
+    # intervals as [lo, hi], from *_ci95 pairs (the evaluation's table) or *_lo / *_hi columns
+    ev = pd.DataFrame({"system": ["vanilla"], "SR": [1 / 3], "SR_ci95": [(0.0, 0.666667)], "cases": [6]})
+    assert analysis.display_frame(ev)["SR"].tolist() == ["0.333 [0.000, 0.667]"]
+    assert "(0.0, 0.666667)" not in analysis.markdown_table(ev)
+    hv = analysis.display_frame(pd.DataFrame({"rm_spearman": [0.4], "rm_spearman_lo": [-0.2], "rm_spearman_hi": [0.9]}))
+    assert hv.to_dict("records") == [{"rm_spearman": "0.400 [-0.200, 0.900]"}]
+
+
+def test_json_records_keep_integers_and_dicts_become_columns(tmp_path):
+    frame = analysis.records_frame([
+        {"run": "a", "contexts": 8, "seconds": 12.5, "generated_tokens": {"policy": 1678, "critic": 20}},
+        {"run": "b", "contexts": None, "seconds": None, "generated_tokens": {"policy": 5}},
+    ])
+    t = analysis.tidy(frame)
+    assert list(t.columns) == ["run", "contexts", "seconds", "generated_tokens.policy", "generated_tokens.critic"]
+    assert str(t["contexts"].dtype) == "Int64" and str(t["generated_tokens.critic"].dtype) == "Int64"
+    shown = analysis.display_frame(frame)
+    assert shown.loc[0, "contexts"] == "8" and shown.loc[1, "contexts"] == analysis.MISSING
+    assert shown.loc[0, "seconds"] == "12.5"  # seconds: one decimal
+    assert not any("{" in str(v) for v in shown.to_numpy().ravel())
+    analysis.write_table(frame, tmp_path, "sim")
+    text = (tmp_path / "sim.csv").read_text().splitlines()
+    assert text[0] == "run,contexts,seconds,generated_tokens.policy,generated_tokens.critic"
+    assert text[2] == "b,,,5,"  # missing: empty cells in CSV
+    styler = analysis.display_table(frame)
+    html = styler.to_html()
+    assert "1678" in html and "nan" not in html.lower() and analysis.MISSING in html
+
+
+def test_run_card_and_timing_tables():
+    card = {"run": "ci", "description": "smallest run", "purpose": "test", "params_file": "params/ci.yaml",
+            "git_commit": None, "seed": 0, "models": {"policy": "tiny"}, "packages": {"torch": "2.13.0"},
+            "seconds_per_notebook": {"01_data_prep": 9.04, "02_simulation": 30.0},
+            "peak_memory_mib_per_notebook": {"01_data_prep": 800.4}, "wall_seconds": 120.0, "peak_memory_mib": 2048.0}
+    fields = analysis.run_card_table(card).set_index("field")["value"]
+    assert fields["params file"] == "params/ci.yaml" and "git commit" not in fields.index
+    assert fields["models"] == "policy: tiny" and fields["pipeline wall time"] == "2.0 min"
+    timing = analysis.display_frame(analysis.timing_table(card), digits=0)
+    assert timing.to_dict("records") == [
+        {"notebook": "01_data_prep", "wall time (s)": "9", "peak memory (MiB)": "800"},
+        {"notebook": "02_simulation", "wall time (s)": "30", "peak memory (MiB)": analysis.MISSING},
+    ]
