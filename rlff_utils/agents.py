@@ -317,7 +317,9 @@ class Critic:
 
     ``mode="votes"``: ``samples`` answers at ``temperature``, parsed by label, mean value.
     ``mode="probs"``: one ``score_choices`` call, expected value (deterministic).
-    ``counts`` in a result are label votes (votes) or a one-hot of the most likely label (probs).
+    ``mode="rule"``: no model; the planted rule of :mod:`rlff_utils.planted` on the rollout's
+    supporter turns (a positive control, see ``params/planted.yaml``).
+    ``counts`` in a result are label votes (votes) or a one-hot of the chosen label (probs, rule).
     """
 
     def __init__(
@@ -331,8 +333,8 @@ class Critic:
         max_history_turns: int | None = None,
         max_new_tokens: int = 8,
     ):
-        if mode not in ("votes", "probs"):
-            raise ValueError(f"critic mode must be 'votes' or 'probs', not {mode!r}")
+        if mode not in ("votes", "probs", "rule"):
+            raise ValueError(f"critic mode must be 'votes', 'probs' or 'rule', not {mode!r}")
         self.backend, self.mode, self.samples = backend, mode, samples
         self.temperature, self.threshold, self.seed = temperature, threshold, seed
         self.max_history_turns, self.max_new_tokens = max_history_turns, max_new_tokens
@@ -346,6 +348,8 @@ class Critic:
         reproducible seed per call."""
         if not contexts:
             return []
+        if self.mode == "rule":
+            return [self._rule(c) for c in contexts]
         conversations = [critic_messages(c, self.max_history_turns) for c in contexts]
         if seed is None and seeds is None:
             seed = self.seed + 7919 * self._calls
@@ -370,4 +374,13 @@ class Critic:
                 probs[label] += p
             results.append(probs_result(probs, self.threshold))
         return results
+
+    def _rule(self, context: dict[str, Any]) -> CriticResult:
+        from .planted import rule_label
+
+        if "rollout" not in context:
+            raise ValueError("critic mode 'rule' judges rollouts: the context has no 'rollout' turns")
+        label = rule_label([t["text"] for t in context["rollout"] if t["speaker"] == SUPPORTER])
+        score = CRITIC_LABELS[label]
+        return CriticResult(score, score > self.threshold, {k: int(k == label) for k in CRITIC_LABELS}, 0)
 

@@ -163,7 +163,7 @@ class DataParams(_Strict):
 class SimulationParams(_Strict):
     num_candidates: int = Field(4, ge=1, description="m: candidate responses per context")
     max_turns: int = Field(8, ge=1, description="T: rollout turns (seeker+supporter exchanges)")
-    critic_mode: Literal["votes", "probs"] = "votes"
+    critic_mode: Literal["votes", "probs", "rule"] = "votes"
     critic_samples: int = Field(10, ge=1, description="votes mode: sampled answers per judgement")
     critic_temperature: float = Field(1.1, ge=0.0, le=2.0)
     success_threshold: float = Field(0.5, ge=-1.0, le=1.0)
@@ -342,7 +342,7 @@ class EvaluationParams(_Strict):
     )
     max_turns: int = Field(8, ge=1)
     num_cases: int | None = Field(None, ge=1)
-    critic_mode: Literal["votes", "probs"] = "votes"
+    critic_mode: Literal["votes", "probs", "rule"] = "votes"
     critic_samples: int = Field(10, ge=1)
     critic_temperature: float = Field(1.1, ge=0.0, le=2.0)
     success_threshold: float = Field(0.5, ge=-1.0, le=1.0)

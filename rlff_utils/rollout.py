@@ -174,7 +174,7 @@ class Trajectory:
         """What the agents see: the descriptive fields and the dialogue so far (with only the
         last ``context_turns`` turns of the starting history, when given; all rollout turns)."""
         history = self.history[-context_turns:] if context_turns else self.history
-        return {**self.meta, "history": history + self.turns}
+        return {**self.meta, "history": history + self.turns, "rollout": list(self.turns)}
 
     @property
     def goal_reached(self) -> bool:

@@ -33,3 +33,20 @@ def test_rule_label(turns, label):
 
 def test_advice_needs_no_question():
     assert gives_advice("Try to get some sleep.") and not gives_advice("Have you tried to sleep?")
+
+
+def test_rule_critic_judges_the_rollout_only():
+    from rlff_utils.agents import Critic
+
+    critic = Critic(None, "rule", threshold=0.5)
+    history = [{"speaker": "seeker", "text": "I lost my job."},
+               {"speaker": "supporter", "text": "How do you feel about it?"},  # real history: not judged
+               {"speaker": "seeker", "text": "Bad."}]
+    asks = [{"speaker": "supporter", "text": "How are you feeling now?"}, {"speaker": "seeker", "text": "Sad."}]
+    advises = [{"speaker": "supporter", "text": "You should look for a new one."}, {"speaker": "seeker", "text": "Ok."}]
+    ctx = lambda rollout: {"history": history + rollout, "rollout": rollout}  # noqa: E731
+    solved, worse, same = critic.judge([ctx(asks), ctx(advises), ctx([])])
+    assert (solved.score, solved.success) == (1.0, True)
+    assert (worse.score, worse.success) == (-1.0, False) and same.score == -0.5
+    with pytest.raises(ValueError, match="rollout"):
+        critic.judge([{"history": history}])
