@@ -99,6 +99,29 @@ def metrics(records: Sequence[dict[str, Any]], cap: int, samples: int = 1000, se
     }
 
 
+def paired_difference(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]], cap: int,
+                      samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """SR and AT of ``ours`` minus ``theirs`` on the cases both have, with paired percentile
+    bootstrap 95% intervals (a resample draws cases, keeping each case's two outcomes together:
+    same cases, same simulator seeds, so the case-to-case variation cancels)."""
+    a = {r["case_id"]: r for r in ours}
+    b = {r["case_id"]: r for r in theirs}
+    shared = [c for c in a if c in b]
+    if not shared:
+        return {"cases": 0, "SR_diff": None, "SR_diff_ci95": None, "AT_diff": None, "AT_diff_ci95": None}
+    oa, ob = outcomes([a[c] for c in shared]), outcomes([b[c] for c in shared])
+    sa, sb = [float(o.success) for o in oa], [float(o.success) for o in ob]
+    ta, tb = [float(o.turns if o.success else cap) for o in oa], [float(o.turns if o.success else cap) for o in ob]
+    diff = lambda x, y: (x - y).mean(axis=1)  # noqa: E731
+    return {
+        "cases": len(shared),
+        "SR_diff": float(np.mean(sa) - np.mean(sb)),
+        "SR_diff_ci95": bootstrap_ci(sa, sb, stat=diff, samples=samples, seed=seed),
+        "AT_diff": float(np.mean(ta) - np.mean(tb)),
+        "AT_diff_ci95": bootstrap_ci(ta, tb, stat=diff, samples=samples, seed=seed),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Pairwise judge
 # --------------------------------------------------------------------------------------------
@@ -332,10 +355,16 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
             _roll_systems(params, plan, cases, stores)
         rows = []
         wanted = {c["case_id"] for c in cases}
+        records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
+        main = main_system(params)
         for s, adapter in plan:
-            records = [r for r in stores[s.name].load() if r["case_id"] in wanted]
+            records = records_of[s.name]
             result = {**system_metrics(records, params), "system": s.model_dump(),
                       "adapter": str(adapter) if adapter else None}
+            if s.name == main:  # the main system against each baseline, case by case
+                result["paired_vs"] = {
+                    other: paired_difference(records, theirs, e.max_turns, e.bootstrap_samples, params.seed)
+                    for other, theirs in records_of.items() if other != main}
             runs.write_json(result, lay.system_metrics(s.name))
             rows.append({"system": s.name, "prompt": s.prompt, "adapter": bool(adapter), "cases": result["cases"],
                          "SR": result["SR"], "SR_ci95": result["SR_ci95"], "AT": result["AT"],

@@ -193,3 +193,18 @@ def test_missing_policy_adapter_is_a_clear_error(ci_params, tiny_model_path):
     data.prepare_data(ci_params)
     with pytest.raises(FileNotFoundError, match="run notebook 04"):
         ev.run_evaluation(ci_params)
+
+
+def test_paired_difference_keeps_cases_together():
+    def rec(case, success, turns):
+        return {"case_id": case, "goal_reached": success, "turns_used": turns, "emotion_type": "x"}
+
+    ours = [rec(f"c{i}", i % 2 == 0, 1) for i in range(20)]            # 10 of 20 succeed
+    theirs = [rec(f"c{i}", i % 4 == 0, 1) for i in range(20)] + [rec("only-theirs", True, 1)]
+    d = ev.paired_difference(ours, theirs, cap=3, samples=500)
+    assert d["cases"] == 20 and d["SR_diff"] == pytest.approx(0.5 - 0.25)
+    lo, hi = d["SR_diff_ci95"]
+    assert lo <= 0.25 <= hi and lo > 0  # the 5 extra wins are never offset by a loss
+    assert d["AT_diff"] < 0  # successes end at turn 1, failures count the cap
+    same = ev.paired_difference(ours, ours, cap=3, samples=200)
+    assert same["SR_diff"] == 0 and same["SR_diff_ci95"] == (0.0, 0.0)
