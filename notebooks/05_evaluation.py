@@ -80,10 +80,25 @@ per_emotion = pd.DataFrame({s: {e: v["SR"] for e, v in m["SR_by_emotion"].items(
 per_emotion.round(2)
 
 # %% [markdown]
-# ## A conversation of the RLFF-ESC policy and of the vanilla baseline
+# ## The main system against each baseline, case by case
+#
+# Every system meets the same cases with the same simulator seeds, so the differences are paired: a
+# bootstrap over cases resamples each case's two outcomes together (95% intervals).
 
 # %%
 main = evaluate.main_system(params)
+paired = metrics.get(main, {}).get("paired_vs", {})
+pd.DataFrame([{"system": main, "baseline": b, "cases": d["cases"],
+               "SR difference (points)": None if d["SR_diff"] is None else f"{100 * d['SR_diff']:+.1f} "
+               f"[{100 * d['SR_diff_ci95'][0]:+.1f}, {100 * d['SR_diff_ci95'][1]:+.1f}]",
+               "AT difference": None if d["AT_diff"] is None else f"{d['AT_diff']:+.2f} "
+               f"[{d['AT_diff_ci95'][0]:+.2f}, {d['AT_diff_ci95'][1]:+.2f}]"}
+              for b, d in paired.items()])
+
+# %% [markdown]
+# ## A conversation of the RLFF-ESC policy and of the vanilla baseline
+
+# %%
 for system in dict.fromkeys([main, table.system.iloc[0]]):
     record = evaluate.load_transcripts(params, system)[0]
     print(f"=== {system} | case {record['case_id']} | {record['end_reason']} after {record['turns_used']} turns")

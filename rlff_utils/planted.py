@@ -76,3 +76,53 @@ def rule_label(supporter_turns: Sequence[str]) -> str:
 def rollout_supporter_turns(context: dict[str, Any], rollout_start: int) -> list[str]:
     """The supporter turns written after the real history (``history[rollout_start:]``)."""
     return [t["text"] for t in context["history"][rollout_start:] if t["speaker"] == "supporter"]
+
+
+# --------------------------------------------------------------------------------------------
+# Did the policy learn the rule? Before vs after GRPO on held-out prompts
+# --------------------------------------------------------------------------------------------
+
+
+def compliance_before_after(params, prompts: int = 16, samples: int = 4) -> dict[str, Any]:
+    """Share of the policy's replies that ask about feelings, before (base policy) and after GRPO
+    (base + this run's adapter), on held-out prompts (the evaluation cases' openings, never
+    trained on) in the prompt style GRPO trains, with the same sampling seed per (prompt, sample)
+    for both; the difference carries a paired bootstrap 95% interval over prompts. Written to the
+    policy stage folder."""
+    import numpy as np
+
+    from . import runs
+    from .agents import policy_messages, visible_reply
+    from .backends import get_backend
+    from .data import load_eval_cases
+    from .rollout import derive_seed
+    from .stats import bootstrap_ci
+
+    lay = runs.layout(params)
+    if not (lay.adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no trained adapter in {lay.adapter}: run notebook 04 first")
+    cases = load_eval_cases(params)[:prompts]
+    cfg = params.grpo.config
+    role = params.models.policy.model_copy(update={"temperature": cfg.temperature,
+                                                   "max_new_tokens": cfg.max_completion_length})
+    convs = [policy_messages(c, "reasoning", max_history_turns=params.data.max_history_turns) for c in cases]
+    seeds = [derive_seed(params.seed, "planted-compliance", c["case_id"]) for c in cases]
+    replies = {}
+    for name, adapter in (("before", None), ("after", str(lay.adapter))):
+        backend = get_backend(role, adapter=adapter, seed=params.seed)
+        out = backend.generate(convs, n=samples, seeds=seeds)
+        replies[name] = [[visible_reply(x) for x in row] for row in out]
+    per_prompt = {k: [float(np.mean([asks_about_feelings(x) for x in row])) for row in v] for k, v in replies.items()}
+    diff = lambda a, b: (a - b).mean(axis=1)  # noqa: E731
+    result = {
+        "rule": "asks about feelings (rlff_utils.planted.asks_about_feelings)",
+        "prompts": len(cases), "samples_per_prompt": samples, "temperature": cfg.temperature,
+        "max_new_tokens": cfg.max_completion_length, "prompt_style": "reasoning",
+        "before": float(np.mean(per_prompt["before"])), "after": float(np.mean(per_prompt["after"])),
+        "difference": float(np.mean(per_prompt["after"]) - np.mean(per_prompt["before"])),
+        "difference_ci95": bootstrap_ci(per_prompt["after"], per_prompt["before"], stat=diff, seed=params.seed),
+        "examples": [{"case_id": c["case_id"], "before": b[0], "after": a[0]}
+                     for c, b, a in list(zip(cases, replies["before"], replies["after"]))[:3]],
+    }
+    runs.write_json(result, lay.planted_compliance)
+    return result

@@ -188,6 +188,8 @@ class RunLayout:
     def samples_before_after(self) -> Path: return self.stage(POLICY) / "samples_before_after.jsonl"
     @property
     def subprocess_params(self) -> Path: return self.stage(POLICY) / "run_params.yaml"
+    @property
+    def planted_compliance(self) -> Path: return self.stage(POLICY) / "planted_compliance.json"
 
     # 05 evaluation
     def system_dir(self, system: str) -> Path: return self.stage(EVALUATION) / system
