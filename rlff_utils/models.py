@@ -9,9 +9,12 @@ loads in seconds. Any Hugging Face id or local folder works wherever an alias do
 ``shaped-*`` aliases are random-weight models in the exact geometry of the paper's models
 (Qwen2.5-7B, Llama-3.2-1B, Llama-3.1-8B: layers, widths, heads, rope) with the embedded tokenizer's
 vocabulary: they check memory, speed and the GPU code path without downloading any weights. They
-are built from a config on the GPU where there is one (seconds), in bf16. ``ALIAS@layers=N`` keeps
-the widths and builds only N layers, so the same geometry fits a CPU test
-(``shaped-qwen2.5-7b@layers=1``: 0.6B parameters instead of 6.9B).
+are built from a config on the GPU where there is one (seconds), in bf16. Two suffixes cut them
+down for a CPU, the architecture otherwise unchanged: ``ALIAS@layers=N`` keeps the widths and builds
+N layers (``shaped-qwen2.5-7b@layers=1``: 0.6B parameters instead of 6.9B, still 0.8 GFLOP per
+token); ``ALIAS@narrow=K`` divides the widths (hidden, intermediate, head dimension) by K and keeps
+the head counts, rope, tying and vocabulary; both combine: ``shaped-qwen2.5-7b@layers=2,narrow=16``
+runs the whole pipeline on a CPU in minutes.
 
 Cache: ``$RLFF_CACHE`` or ``~/.cache/rlff-esc``. Shaped builds are multi-GB and rebuild in seconds,
 so they go to ``$RLFF_SHAPED_CACHE`` when set, else to ``/dev/shm`` (memory, gone at reboot) when it
@@ -141,8 +144,9 @@ REGISTRY: dict[str, EmbeddedGGUF | TinyFromConfig | ShapedFromConfig] = {
     ),
 }
 
-# `ALIAS@layers=N`: a shaped alias at reduced depth (same widths, N layers).
-_DEPTH = re.compile(r"^(?P<alias>[^@]+)@layers=(?P<layers>[0-9]+)$")
+# `ALIAS@layers=N`, `ALIAS@narrow=K`, `ALIAS@layers=N,narrow=K`: a shaped alias cut down (see above).
+_VARIANT = re.compile(r"^(?P<alias>[^@]+)@(?P<opts>[a-z]+=[0-9]+(?:,[a-z]+=[0-9]+)*)$")
+VARIANT_KEYS = ("layers", "narrow")
 
 # Bumped whenever a build recipe changes, so stale caches are rebuilt rather than reused.
 BUILD_VERSION = "v3"
@@ -173,22 +177,33 @@ def shaped_cache_root(nbytes: int = 0) -> Path:
     return roots[-1]
 
 
-def split_depth(name: str) -> tuple[str, int | None]:
-    """``"shaped-x@layers=2"`` -> ``("shaped-x", 2)``; any other name -> ``(name, None)``."""
-    m = _DEPTH.match(name)
-    return (m["alias"], int(m["layers"])) if m else (name, None)
+def split_variant(name: str) -> tuple[str, dict[str, int]]:
+    """``"shaped-x@layers=2,narrow=16"`` -> ``("shaped-x", {"layers": 2, "narrow": 16})``; a name
+    without a suffix -> ``(name, {})``. Checks nothing (see :func:`model_name_problem`)."""
+    m = _VARIANT.match(name)
+    if not m:
+        return name, {}
+    return m["alias"], {k: int(v) for k, v in (item.split("=") for item in m["opts"].split(","))}
 
 
-def _depth_problem(name: str) -> str | None:
-    alias, layers = split_depth(name)
-    if layers is None:
-        return None
+def _variant_problem(name: str) -> str | None:
+    alias, opts = split_variant(name)
     spec = REGISTRY.get(alias)
     if not isinstance(spec, ShapedFromConfig):
         shaped = sorted(a for a, s in REGISTRY.items() if isinstance(s, ShapedFromConfig))
-        return f"{name!r}: only the shaped aliases take `@layers=N` ({', '.join(shaped)}), not {alias!r}"
+        return f"{name!r}: only the shaped aliases take a `@layers=N,narrow=K` suffix ({', '.join(shaped)}), not {alias!r}"
+    keys = _VARIANT.match(name)["opts"].count("=")
+    unknown = sorted(set(opts) - set(VARIANT_KEYS))
+    if unknown or keys != len(opts):
+        return f"{name!r}: the suffix takes each of {', '.join(VARIANT_KEYS)} at most once (got {_VARIANT.match(name)['opts']!r})"
+    layers, k = opts.get("layers", spec.num_layers), opts.get("narrow", 1)
     if not 1 <= layers <= spec.num_layers:
-        return f"{name!r}: {alias} has {spec.num_layers} layers; `@layers=N` needs 1 <= N <= {spec.num_layers}"
+        return f"{name!r}: {alias} has {spec.num_layers} layers; `layers=N` needs 1 <= N <= {spec.num_layers}"
+    shape = dict(spec.shape)
+    widths = [shape["hidden_size"] // shape["num_attention_heads"], shape["intermediate_size"]]
+    if k < 1 or any(w % k for w in widths):
+        return (f"{name!r}: `narrow=K` must divide {alias}'s head dimension ({widths[0]}) and intermediate "
+                f"size ({widths[1]})")
     return None
 
 
@@ -196,8 +211,8 @@ def model_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a local model, or None. Checked at params validation."""
     if name in REGISTRY:
         return None
-    if _DEPTH.match(name):
-        return _depth_problem(name)
+    if _VARIANT.match(name):
+        return _variant_problem(name)
     if Path(name).expanduser().is_dir():
         return None
     if _HUB_ID.match(name):
@@ -281,19 +296,23 @@ def _tokenizer_folder(alias: str) -> Path:
 
 
 def shaped_config(name: str):
-    """The transformers config a shaped alias (``ALIAS`` or ``ALIAS@layers=N``) builds: the
-    published shape, the tokenizer's vocabulary size and special tokens."""
+    """The transformers config a shaped alias (``ALIAS`` or ``ALIAS@layers=N,narrow=K``) builds:
+    the published shape (cut down as the suffix says), the tokenizer's vocabulary and special tokens."""
     from transformers import AutoConfig, AutoTokenizer
 
     problem = model_name_problem(name)
-    alias, layers = split_depth(name)
+    alias, opts = split_variant(name)
     spec = REGISTRY.get(alias)
     if problem or not isinstance(spec, ShapedFromConfig):
         raise ValueError(problem or f"{name!r} is not a shaped alias")
     tok = AutoTokenizer.from_pretrained(_tokenizer_folder(spec.tokenizer))
     fields = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.shape}
-    if layers is not None:
-        fields["num_hidden_layers"] = layers
+    fields["num_hidden_layers"] = opts.get("layers", spec.num_layers)
+    k = opts.get("narrow", 1)
+    fields["hidden_size"] //= k
+    fields["intermediate_size"] //= k
+    if "head_dim" in fields:
+        fields["head_dim"] //= k
     return AutoConfig.for_model(
         spec.model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, **fields,
@@ -361,11 +380,11 @@ def resolve_model(name: str) -> str:
     """What ``from_pretrained`` should read for ``name``: a cached folder for aliases (built on
     first use), the folder itself for local paths, the id for hub models."""
     spec = REGISTRY.get(name)
-    if spec is None and _DEPTH.match(name):
-        problem = _depth_problem(name)
+    if spec is None and _VARIANT.match(name):
+        problem = _variant_problem(name)
         if problem:
             raise ValueError(problem)
-        spec = REGISTRY[split_depth(name)[0]]
+        spec = REGISTRY[split_variant(name)[0]]
     if spec is None:
         problem = model_name_problem(name)
         if problem:
@@ -384,8 +403,8 @@ def resolve_model(name: str) -> str:
 
 
 def _resolve_shaped(name: str, spec: ShapedFromConfig) -> Path:
-    alias, layers = split_depth(name)
-    folder = f"{alias}-{layers}layers-{BUILD_VERSION}" if layers is not None else f"{alias}-{BUILD_VERSION}"
+    alias, opts = split_variant(name)
+    folder = "-".join([alias, *(f"{k}{opts[k]}" for k in VARIANT_KEYS if k in opts), BUILD_VERSION])
     for root in _shaped_roots():  # an earlier build, wherever it went
         if (root / folder / "config.json").is_file():
             return root / folder
@@ -398,7 +417,7 @@ def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot be loaded on this machine without a download, or None when it can:
     registry aliases need their build in the cache or what builds it (the embedded model's
     package, or for shaped models the cached tokenizer). Other names: None (not checked)."""
-    alias, _ = split_depth(name)
+    alias, _ = split_variant(name)
     spec = REGISTRY.get(alias)
     if isinstance(spec, EmbeddedGGUF):
         if (cache_root() / "models" / f"{alias}-{BUILD_VERSION}" / "config.json").is_file():

@@ -83,14 +83,29 @@ def test_shaped_configs_have_the_published_geometry(shaped_cache):
     assert models.shaped_config("shaped-llama3.1-8b@layers=3").num_hidden_layers == 3
 
 
-def test_depth_suffix_is_validated():
+def test_cut_down_suffix_is_validated():
     assert models.model_name_problem("shaped-qwen2.5-7b@layers=2") is None
+    assert models.model_name_problem("shaped-qwen2.5-7b@layers=2,narrow=16") is None
     assert "1 <= N <= 28" in models.model_name_problem("shaped-qwen2.5-7b@layers=29")
     assert "1 <= N <= 16" in models.model_name_problem("shaped-llama3.2-1b@layers=0")
+    assert "head dimension (128)" in models.model_name_problem("shaped-qwen2.5-7b@narrow=3")
+    assert "at most once" in models.model_name_problem("shaped-qwen2.5-7b@layers=1,layers=2")
+    assert "at most once" in models.model_name_problem("shaped-qwen2.5-7b@depth=1")
     assert "only the shaped aliases" in models.model_name_problem("tiny-random-smollm2@layers=1")
-    assert models.split_depth("shaped-llama3.2-1b@layers=4") == ("shaped-llama3.2-1b", 4)
+    assert models.split_variant("shaped-llama3.2-1b@layers=4,narrow=2") == ("shaped-llama3.2-1b", {"layers": 4, "narrow": 2})
+    assert models.split_variant("org/model") == ("org/model", {})
     with pytest.raises(ValueError, match="only the shaped aliases"):
         models.resolve_model("smollm2-135m-instruct@layers=1")
+
+
+def test_narrow_variant_keeps_the_architecture_but_divides_the_widths(shaped_cache):
+    full = models.shaped_config("shaped-llama3.2-1b")
+    cut = models.shaped_config("shaped-llama3.2-1b@layers=2,narrow=16")
+    assert (cut.num_hidden_layers, cut.hidden_size, cut.intermediate_size, cut.head_dim) == (2, 128, 512, 4)
+    for same in ("num_attention_heads", "num_key_value_heads", "tie_word_embeddings", "vocab_size", "rope_parameters"):
+        assert getattr(cut, same) == getattr(full, same), same
+    qwen = models.shaped_config("shaped-qwen2.5-7b@narrow=16")
+    assert (qwen.num_hidden_layers, qwen.hidden_size, qwen.intermediate_size) == (28, 224, 1184)
 
 
 def test_shaped_model_at_reduced_depth_builds_loads_and_runs(shaped_cache, device):
