@@ -42,7 +42,7 @@ bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # The paper's knobs on random-weight models shaped like the paper's, built on the GPU (nothing is
-# downloaded); prints time and memory. Extra pipeline options: make gpu-check ARGS="--set grpo.max_steps=1"
+# downloaded); prints time and memory. Extra pipeline options: make gpu-check ARGS="--set grpo.trainer.max_steps=1"
 gpu-check: $(STAMP)
 	$(PY) -m tools.gpu_check params/gpu_check.yaml $(ARGS)
 

@@ -1,7 +1,7 @@
 """The offline GPU dry run (`make gpu-check`): the paper path on paper-shaped random-weight models.
 
     python -m tools.gpu_check                                  # params/gpu_check.yaml, all notebooks
-    python -m tools.gpu_check --set grpo.max_steps=1 --only 04 # any pipeline option
+    python -m tools.gpu_check --set grpo.trainer.max_steps=1 --only 04 # any pipeline option
 
 Prints the device, runs the six notebooks on ``params/gpu_check.yaml`` (see its header for what the
 run checks and what it does not), and prints what it took: wall time per notebook, peak kernel
