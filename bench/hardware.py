@@ -16,7 +16,6 @@ decoding step does with the weights), either one overridden by ``--bandwidth-gbs
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass
 
@@ -54,16 +53,9 @@ def device_name(device: str = "auto") -> str:
 
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device if device.startswith("cuda") else "cuda"))
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu: {model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    from rlff_utils.report import cpu_model
+
+    return f"cpu: {cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def measure_read_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:

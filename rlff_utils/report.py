@@ -162,15 +162,18 @@ def _device() -> str:
             return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     except ImportError:  # pragma: no cover
         pass
-    cpu = platform.processor() or platform.machine()
+    return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what the platform says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"CPU: {cpu} ({os.cpu_count()} cores)"
+    return platform.processor() or platform.machine()
 
 
 def _versions() -> dict[str, str]:
