@@ -47,11 +47,31 @@ def _mathml(tex: str, display: str) -> str:
 
 def math_to_mathml(markdown: str) -> str:
     """``$$...$$`` and ``$...$`` replaced by MathML; code spans and fences are left alone."""
+    formulas: dict[str, str] = {}
+    return _fill_math(_math_placeholders(markdown, formulas), formulas)
+
+
+def _math_placeholders(markdown: str, formulas: dict[str, str]) -> str:
+    """Formulas swapped for plain tokens that the Markdown renderer passes through untouched
+    (MathML written into Markdown would be taken apart as inline HTML); ``formulas`` collects
+    the MathML by token (numbered on from what it holds)."""
+
+    def keep(tex: str, display: str) -> str:
+        token = f"rlffmath{len(formulas):05d}x"
+        formulas[token] = _mathml(tex, display)
+        return f"\n\n{token}\n\n" if display == "block" else token
+
     parts = _CODE.split(markdown)
     for i in range(0, len(parts), 2):
-        text = _BLOCK.sub(lambda m: "\n\n" + _mathml(m.group(1), "block") + "\n\n", parts[i])
-        parts[i] = _INLINE.sub(lambda m: _mathml(m.group(1), "inline"), text)
+        text = _BLOCK.sub(lambda m: keep(m.group(1), "block"), parts[i])
+        parts[i] = _INLINE.sub(lambda m: keep(m.group(1), "inline"), text)
     return "".join(parts)
+
+
+def _fill_math(html_text: str, formulas: dict[str, str]) -> str:
+    for token, mathml in formulas.items():
+        html_text = html_text.replace(token, mathml)
+    return html_text
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +114,7 @@ def report_notebook(nb):
             cell.outputs = [o for o in cell.outputs if not _is_noise(o)]
         cells.append(cell)
     nb.cells = cells
-    return _with_mathml(nb)
+    return nb
 
 
 def _is_noise(output) -> bool:
@@ -104,11 +124,12 @@ def _is_noise(output) -> bool:
     return "\r" in text and "%|" in text  # a text progress bar that went to stdout
 
 
-def _with_mathml(nb):
+def _with_math_tokens(nb) -> tuple[Any, dict[str, str]]:
+    formulas: dict[str, str] = {}
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            cell.source = math_to_mathml(cell.source)
-    return nb
+            cell.source = _math_placeholders(cell.source, formulas)
+    return nb, formulas
 
 
 def _exporter(report: bool):
@@ -130,14 +151,16 @@ def render_notebook(notebook: Path, report_dir: Path | None = None) -> tuple[Pat
 
     nb = nbformat.read(notebook, as_version=4)
     full = notebook.with_suffix(".html")
-    body, _ = _exporter(report=False).from_notebook_node(_with_mathml(copy.deepcopy(nb)))
-    full.write_text(body, encoding="utf-8")
+    tokenised, formulas = _with_math_tokens(copy.deepcopy(nb))
+    body, _ = _exporter(report=False).from_notebook_node(tokenised)
+    full.write_text(_fill_math(body, formulas), encoding="utf-8")
     page = None
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         page = report_dir / f"{notebook.stem}.html"
-        body, _ = _exporter(report=True).from_notebook_node(report_notebook(nb))
-        page.write_text(body, encoding="utf-8")
+        tokenised, formulas = _with_math_tokens(report_notebook(nb))
+        body, _ = _exporter(report=True).from_notebook_node(tokenised)
+        page.write_text(_fill_math(body, formulas), encoding="utf-8")
     return full, page
 
 

@@ -42,6 +42,7 @@ def test_report_page_has_no_code_no_stderr_and_offline_math(tmp_path):
     text = page.read_text()
     assert "secret_source_line" not in text and "Loading weights" not in text and "kept line" in text
     assert "$$" not in re.sub(r"<[^>]+>", "", text) and "<math" in text
+    assert "<mtext>fut</mtext>" in text  # the MathML arrives whole, not taken apart by the Markdown renderer
     assert "cdnjs" not in text and "mathjax" not in text.lower()  # nothing fetched from a CDN
     assert f"data:image/png;base64,{PNG[:20]}" in text
     assert "params.yaml" in text and "/somewhere" not in text  # parameters once, as a table, no machine path
