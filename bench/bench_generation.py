@@ -11,7 +11,9 @@ For each batch size B, on the same synthetic chat prompts (``--prompt-tokens`` e
 Both are printed as a fraction of the bandwidth bound (bench/hardware.py: every weight read once
 per step, so at most B x bandwidth / weight bytes tokens/s), next to the device's name.
 ``--lora-r 16`` attaches an unmerged LoRA adapter on every linear layer first, as GRPO generates.
-Default model: the Qwen2.5-7B shape on a GPU (nothing downloaded), the embedded SmolLM2 on a CPU.
+Defaults per device: on a GPU the Qwen2.5-7B shape (nothing downloaded), batches 1, 8 and 32,
+600-token prompts, 64 new tokens; on a CPU the embedded SmolLM2, batches 1 and 8, 128-token
+prompts, 32 new tokens.
 
     python bench/bench_generation.py                                   # defaults for this device
     python bench/bench_generation.py --batch-sizes 1,32 --lora-r 16 --json out.json
@@ -39,9 +41,9 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=None, help="default: shaped-qwen2.5-7b on cuda, smollm2-135m-instruct on cpu")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on cuda, float32 on cpu")
-    ap.add_argument("--batch-sizes", default="1,8,32")
-    ap.add_argument("--prompt-tokens", type=int, default=600)
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch-sizes", default=None, help="default: 1,8,32 on cuda, 1,8 on cpu")
+    ap.add_argument("--prompt-tokens", type=int, default=None, help="default: 600 on cuda, 128 on cpu")
+    ap.add_argument("--new-tokens", type=int, default=None, help="default: 64 on cuda, 32 on cpu")
     ap.add_argument("--lora-r", type=int, default=0, help=">0: attach an unmerged LoRA adapter of this rank")
     ap.add_argument("--bandwidth-gbs", type=float, default=None, help="override the device's bandwidth")
     ap.add_argument("--seed", type=int, default=0)
@@ -67,7 +69,11 @@ def main(argv=None) -> int:
     from rlff_utils.params import ModelRole
 
     device = pick_device(args.device)
-    model_name = args.model or ("shaped-qwen2.5-7b" if device.startswith("cuda") else "smollm2-135m-instruct")
+    gpu = device.startswith("cuda")
+    model_name = args.model or ("shaped-qwen2.5-7b" if gpu else "smollm2-135m-instruct")
+    args.batch_sizes = args.batch_sizes or ("1,8,32" if gpu else "1,8")
+    args.prompt_tokens = args.prompt_tokens or (600 if gpu else 128)
+    args.new_tokens = args.new_tokens or (64 if gpu else 32)
     engine = HFEngine(model_name, device=device, dtype=args.dtype)
     if args.lora_r:
         from peft import LoraConfig, get_peft_model
@@ -87,6 +93,7 @@ def main(argv=None) -> int:
         "lora_r": args.lora_r,
         "weight_bytes_per_step": weight_bytes,
         "bound_ms_per_step": round(1e3 * weight_bytes / (bw.gbs * 1e9), 2) if bw.gbs else None,
+        "batch_sizes": args.batch_sizes,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
         "load_average": round(os.getloadavg()[0], 2),

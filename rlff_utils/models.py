@@ -177,25 +177,30 @@ def shaped_cache_root(nbytes: int = 0) -> Path:
     return roots[-1]
 
 
+def _variant_items(name: str) -> tuple[str, list[tuple[str, int]]] | None:
+    m = _VARIANT.match(name)
+    if not m:
+        return None
+    return m["alias"], [(k, int(v)) for k, v in (item.split("=") for item in m["opts"].split(","))]
+
+
 def split_variant(name: str) -> tuple[str, dict[str, int]]:
     """``"shaped-x@layers=2,narrow=16"`` -> ``("shaped-x", {"layers": 2, "narrow": 16})``; a name
     without a suffix -> ``(name, {})``. Checks nothing (see :func:`model_name_problem`)."""
-    m = _VARIANT.match(name)
-    if not m:
-        return name, {}
-    return m["alias"], {k: int(v) for k, v in (item.split("=") for item in m["opts"].split(","))}
+    parsed = _variant_items(name)
+    return (parsed[0], dict(parsed[1])) if parsed else (name, {})
 
 
 def _variant_problem(name: str) -> str | None:
-    alias, opts = split_variant(name)
+    alias, items = _variant_items(name)
     spec = REGISTRY.get(alias)
     if not isinstance(spec, ShapedFromConfig):
         shaped = sorted(a for a, s in REGISTRY.items() if isinstance(s, ShapedFromConfig))
         return f"{name!r}: only the shaped aliases take a `@layers=N,narrow=K` suffix ({', '.join(shaped)}), not {alias!r}"
-    keys = _VARIANT.match(name)["opts"].count("=")
-    unknown = sorted(set(opts) - set(VARIANT_KEYS))
-    if unknown or keys != len(opts):
-        return f"{name!r}: the suffix takes each of {', '.join(VARIANT_KEYS)} at most once (got {_VARIANT.match(name)['opts']!r})"
+    keys = [k for k, _ in items]
+    if len(set(keys)) != len(keys) or not set(keys) <= set(VARIANT_KEYS):
+        return f"{name!r}: the suffix takes each of {', '.join(VARIANT_KEYS)} at most once"
+    opts = dict(items)
     layers, k = opts.get("layers", spec.num_layers), opts.get("narrow", 1)
     if not 1 <= layers <= spec.num_layers:
         return f"{name!r}: {alias} has {spec.num_layers} layers; `layers=N` needs 1 <= N <= {spec.num_layers}"
@@ -331,7 +336,7 @@ def count_parameters(config) -> int:
 
 def _build_shaped(name: str, spec: ShapedFromConfig, target: Path) -> None:
     """Random init in bf16 directly on the GPU when there is one (seconds for 7B; on a CPU the
-    random-number generation is the cost, about 10 s per billion parameters), then save."""
+    random-number generation is the cost: about 15 s for one layer of the 7B shape), then save."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
