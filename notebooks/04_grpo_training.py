@@ -52,20 +52,22 @@ from rlff_utils.params import load_params
 from rlff_utils.plots import plot_grpo_curves
 
 params = load_params(params_file, overrides)
-print(f"run {params.run_name!r} -> {grpo.policy_dir(params)}")
+layout = runs.layout(params)
+print(f"run {params.run_name!r} -> {layout.stage(runs.POLICY)}")
 
 # %% [markdown]
 # ## The setting
 #
-# Every knob comes from the params file (`grpo:` section). Ablations are switches there:
+# Every knob comes from the params file: the project's own in `grpo:`, TRL's in `grpo.trainer:` (any
+# `GRPOConfig` field, merged over the project's defaults). Ablations are switches there:
 # `format_reward: false` (R = R_fut; the format reward is still computed with weight 0 so compliance stays
 # comparable), `reward_model: random` (an untrained reward head) or `reward_model: ranking`.
 
 # %%
 pd.set_option("display.max_colwidth", None)
 card = grpo.protocol(params)
-display(pd.Series(card["objective"], name="objective").to_frame())
-pd.Series(card["grpo"], name="value").to_frame()
+display(pd.Series(card["objective"], name="objective").astype(str).to_frame())
+pd.Series({**params.grpo.model_dump(exclude={"trainer"}), **params.grpo.args}, name="value").astype(str).to_frame()
 
 # %% [markdown]
 # ## The prompts
@@ -144,8 +146,8 @@ else:
 # ## Artefacts
 #
 # `policy/adapter/` (the LoRA adapter; `grpo.load_policy(params)` returns base + adapter for generation,
-# `merge=True` folds it in), `protocol.json`, `grpo_config.json` (the effective TRL config),
+# `merge=True` folds it in), `stage.json` (the settings and the objective), `grpo_config.json` (the effective TRL config),
 # `log_history.json`, `curves.csv`/`curves.png`, `samples_before_after.jsonl`.
 
 # %%
-sorted(p.name for p in grpo.policy_dir(params).iterdir())
+sorted(p.name for p in layout.stage(runs.POLICY).iterdir())

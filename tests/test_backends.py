@@ -63,11 +63,12 @@ def test_hf_samples_share_one_prompt_pass(tiny):
     assert torch.equal(ref, got)
 
 
-def test_hf_per_row_seeds_do_not_depend_on_the_batch(tiny):
+def test_hf_per_row_seeds_do_not_depend_on_the_batch(tiny, device):
     """A conversation with a given seed gets the same samples alone or among others (other
     lengths, so other padding and positions in the length-sorted batch), with or without the
     shared prompt pass; its n samples are distinct draws, sample s the same whatever n is."""
-    wide = get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=16))
+    wide = get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=16,
+                                 device=device))
     assert wide.engine is tiny.engine
     alone = wide.generate([CONV_A], n=3, seeds=[7])[0]
     batch = wide.generate([CONV_B, CONV_A, CONV_B[:2]], n=3, seeds=[1, 7, 2])
