@@ -45,9 +45,9 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import plots, runs
+from rlff_utils import analysis, plots, runs
 from rlff_utils.params import load_params
-from rlff_utils.reward import inputs, scorer, train, validation
+from rlff_utils.reward import inputs, learned_critic, scorer, train, validation
 
 params = load_params(params_file, overrides)
 stage_dir = runs.layout(params).stage(runs.REWARD_MODEL)
@@ -119,7 +119,7 @@ plots.reward_calibration(report, params);
 # `f(prompts, completions, history=..., **kwargs) -> list[float]` for the variant in `grpo.reward_model`. It
 # loads the saved adapter once per process, scores in batches without gradients and strips reasoning before
 # scoring. Here it scores all candidates of two held-out contexts, next to their simulated $R_\text{fut}$
-# (the loaded model is kept in `scorers` for the validation below):
+# (the loaded model is kept in `scorers` for the validity cards below):
 
 # %%
 scorers = scorer.ScorerCache()
@@ -127,36 +127,67 @@ scorer.reward_examples(params, splits.test, n_contexts=2, cache=scorers).style.s
     subset=["candidate_reply"], **{"white-space": "pre-wrap", "text-align": "left"}).format(precision=3)
 
 # %% [markdown]
-# ## Validation against human signals
+# ## Do the judges know a helped seeker? Validity cards on real conversations
 #
-# Everything above checks the reward model against the *simulator*. ESConv also has a human signal: after each
-# conversation the seeker reported their emotional intensity before and after (1–5). On real ESConv dialogues
-# that the simulation never used we compute
+# Everything above checks the reward model against the *simulator*, whose verdicts come from the critic. Both
+# rest on one assumption: the critic's verdict tracks whether a real seeker was helped. Real conversations with
+# a known outcome test it. **Helped**: ESConv conversations whose seeker reported an emotional intensity at
+# least `validation.min_intensity_drop` points lower after the chat than before (a seeded sample). **Not
+# helped**: the conversations the ESConv authors left out because the seeker reported no improvement or low
+# empathy/relevance. (ESConv conversations the simulation drew contexts from are left out.) Each judge gets a
+# card:
 #
-# * the reward model's mean score of the real supporter's replies, each given its history
-#   (`reward_model.human_validation_turns` evenly spaced replies per dialogue);
-# * the critic's judgement of the real dialogue, seeing its last `data.max_history_turns` turns as it does at
-#   the end of a simulated rollout (the judge behind $v_\text{end}$);
+# * **ROC-AUC** of its score for "helped" (0.5: chance; below 0.5 it prefers the failures), with a stratified
+#   bootstrap 95% interval and the Mann-Whitney p; Spearman $\rho$ with the intensity drop;
+# * mean score and **top label** per group, the share of **unparsable answers** and of conversations left
+#   **without a verdict**;
+# * the same AUC for a **trivial baseline**, the number of turns, so length is never mistaken for judgement.
 #
-# and their Spearman correlation with the seeker's **intensity drop** (initial − final). Neither was trained on
-# this signal; whatever the numbers are, they say how far the simulated reward tracks what seekers felt. With the
-# small embedded model, expect little.
+# The judges: the simulation's **critic** (its model, mode and window: each conversation's last
+# `data.max_history_turns` turns, as it sees the end of a rollout), the **evaluation critic** when it is
+# another judge (the card that applies to the SR/AT of notebook 05 is named in `validity.json`), the **reward
+# model** GRPO uses (`grpo.reward_model`) scoring the real final supporter turn in its context, and the
+# **learned critic**.
+#
+# ### The learned critic
+#
+# `critic_mode: learned` replaces the LLM's verdict by a classifier grounded in what seekers reported: a
+# two-class head on the reward-model backbone (LoRA, the same trainer as the variants above) that reads a
+# conversation's last `data.max_history_turns` turns. Its examples: whole conversations (helped: label 1; the
+# failed ones: 0) and, where the seeker rated the help turn by turn, the conversation up to a rating
+# $\ge 4$ (1) or $\le 2$ (0). Train and validation are split by conversation; its card is computed on
+# conversations it never saw (`validation.learned_critic.heldout_fraction` of each card group). Its score
+# $2\,P(\text{helped}) - 1 \in [-1, 1]$ keeps the critic's meaning, so success is still score $>$
+# `success_threshold`. It is trained once per run (reused while its settings and data are unchanged).
 
 # %%
-hv = validation.validate_against_humans(params, cache=scorers)
-for note in hv.notes:
+if "learned_critic" in params.validation.judges:
+    lc = learned_critic.train_learned_critic(params)
+    print(f"learned critic: {'reused' if lc['reused'] else 'trained'}; conversations {lc['conversations']}, "
+          f"training examples {lc['train']}")
+
+# %%
+cards = validation.validity_cards(params, cache=scorers)
+for note in cards.notes:
     print("note:", note)
-hv.correlations.round(3)
+for line in cards.summaries():
+    print(line)
+print("evaluation critic's card:", cards.evaluation_critic.get("card") or cards.evaluation_critic.get("note"))
+analysis.display_table(cards.table(), digits=2)
+
+# %% [markdown]
+# Left: each judge's scores of the two groups (a judge that knows a helped seeker puts the left box higher);
+# right: the ROC curves, with the turn-count baseline dashed and chance dotted.
 
 # %%
-plots.reward_human_validation(hv, params);
+plots.reward_validity(cards, params);
 
 # %% [markdown]
 # ## Artefacts
 #
 # Under `reward_model/`: per variant `adapter/` (LoRA + score head), `rm_config.json`, `metrics.json`,
-# `test_predictions.csv`, `log_history.json`; `comparison.csv`, `splits.csv`, `human_validation.{csv,json}`
-# the figures, and `stage.json` (the settings this stage ran with). Notebook 04 reads the adapter of
+# `test_predictions.csv`, `log_history.json`; `comparison.csv`, `splits.csv`, `validity.{json,csv}` (the cards
+# and every judge's score per real conversation), `learned_critic/` (its adapter, config and record), the figures, and `stage.json` (the settings this stage ran with). Notebook 04 reads the adapter of
 # `grpo.reward_model` through `scorer.load_reward_function`.
 
 # %%

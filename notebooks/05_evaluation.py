@@ -68,6 +68,18 @@ fig = plots.plot_system_bars(table, lay.eval_figure("sr_at"))
 pd.Series(runs.read_record(params.run_dir, runs.EVALUATION)["settings"], name="value").to_frame()
 
 # %% [markdown]
+# ### How far the critic behind these numbers can be trusted
+#
+# SR and AT are the evaluation critic's verdicts. Its validity card from notebook 03 (real conversations whose
+# seekers were helped against failed ones) is saved in every system's `metrics.json` and in the stage's record
+# (`critic_card`): an AUC near 0.5, or not above the turn-count baseline, means the critic cannot tell a helped
+# seeker from one who was not, and the SR/AT above say more about the critic than about the support.
+
+# %%
+card = runs.read_record(params.run_dir, runs.EVALUATION).get("critic_card") or {}
+pd.Series({k: v for k, v in card.items()}, name="evaluation critic's validity card", dtype=object).to_frame()
+
+# %% [markdown]
 # ## SR@k and success per emotion type
 
 # %%

@@ -18,8 +18,8 @@
 #
 # Reads what the stages wrote under `outputs/` — every run there, or the runs named in
 # `analysis.runs` — and puts them side by side: the main results table in the paper's shape
-# (system × dataset: SR, AT), SR@k curves, the simulated reward signal, the reward-model variant
-# comparison and its validation, GRPO curves, and the run card with time and memory per notebook.
+# (system × dataset: SR, AT, and the validity of the critic that decided them), SR@k curves, the simulated
+# reward signal, the reward-model variant comparison, the judges' validity cards, GRPO curves, and the run card with time and memory per notebook.
 # Only files are read (no model, no dataset), so this notebook renders in seconds and can compare a
 # CPU smoke run with a paper-scale run copied from a GPU machine. Tables are written as CSV (numeric)
 # and Markdown and figures as PNG to `outputs/<run>/report/`.
@@ -77,7 +77,7 @@ plots.plot_r_fut_distribution(rewards, layout.report_figure("r_fut_distribution"
 analysis.write_table(analysis.simulation_table(runs), out, "simulation")
 
 # %% [markdown]
-# ## Reward model: variant comparison, scores against $R_\text{fut}$, and the seekers' own reports
+# ## Reward model: variant comparison and scores against $R_\text{fut}$
 
 # %%
 analysis.write_table(analysis.reward_model_table(runs), out, "reward_models")
@@ -89,8 +89,17 @@ analysis.write_table(analysis.reward_model_table(runs), out, "reward_models")
 # %%
 plots.plot_rm_score_vs_r_fut(analysis.reward_model_predictions(runs), layout.report_figure("rm_score_vs_r_fut"));
 
+# %% [markdown]
+# ## Do the judges know a helped seeker? Validity cards
+#
+# Each run's critic, reward model and learned critic on real conversations with a known outcome (ESConv
+# conversations whose seekers' intensity fell, against the authors' failed ones; notebook 03): ROC-AUC for
+# "helped" with its 95% interval (0.5: chance), Spearman with the intensity drop, top labels per group,
+# unparsable answers, and the turn-count baseline. `evaluation` marks the card of the critic behind the run's
+# SR/AT (the main table's `critic AUC`).
+
 # %%
-analysis.write_table(analysis.human_validation_table(runs), out, "human_signal_validation")
+analysis.write_table(analysis.validity_table(runs), out, "validity_cards", digits=2)
 
 # %% [markdown]
 # ## GRPO training curves

@@ -18,10 +18,13 @@ the critic: explicit reasoning (``<think>...</think>``) and a strategy tag are t
 
 Critic (PPDPP, Deng et al. 2023): the question "has the seeker's problem been solved?" with four
 answers worse / same / better / solved valued -1 / -0.5 / 0.5 / 1. ``votes`` samples n answers
-and averages the values of those that name a label; ``probs`` reads the probability of each
-answer from one scoring call and takes the expected value (no sampling noise). When no sampled
-answer names a label the judgement carries no information: its score is NaN, it never counts as
-success, and it is reported (``unparsed``) instead of being silently scored as some label.
+and averages the values of those that name a label (on the hf backend they are drawn from the
+model's probabilities of the four labels, so every one names a label); ``probs`` reads the
+probability of each answer from one scoring call and takes the expected value (no sampling noise).
+When no sampled answer names a label the judgement carries no information: its score is NaN, it
+never counts as success, and it is reported (``unparsed``) instead of being silently scored as
+some label. ``learned`` replaces the question by a classifier trained on real seekers' outcomes
+(:mod:`rlff_utils.reward.learned_critic`).
 """
 
 from __future__ import annotations
@@ -312,19 +315,70 @@ def probs_result(probabilities: dict[str, float], threshold: float) -> CriticRes
     return CriticResult(score, score > threshold, {k: int(k == top) for k in CRITIC_LABELS}, 0)
 
 
+def _samples_label_distribution(backend: Any) -> bool:
+    """Votes on this backend are drawn from its probabilities of the four labels (the in-process
+    hf backend, which has no constrained decoding); vLLM constrains sampling itself (guided
+    choice) and an API endpoint is parsed and counted."""
+    from .backends import HFBackend
+
+    return isinstance(backend, HFBackend)
+
+
+def label_distribution(scores: list[float], forms: list[tuple[str, str]]) -> dict[str, float]:
+    """Probability per label from ``score_choices`` over the surface forms (summed per label)."""
+    probs = dict.fromkeys(CRITIC_LABELS, 0.0)
+    for (label, _), p in zip(forms, scores):
+        probs[label] += p
+    return probs
+
+
+def sampled_votes(probabilities: dict[str, float], n: int, temperature: float, seed: int) -> list[str]:
+    """``n`` labels drawn from the label distribution tempered by ``temperature`` (p^(1/T),
+    renormalised; 0: the most probable label every time), by a generator of this judgement's
+    own ``seed``. Empty when the distribution is undefined."""
+    import numpy as np
+
+    labels = list(probabilities)
+    p = np.asarray([probabilities[k] for k in labels], dtype=float)
+    if not np.isfinite(p).all() or p.sum() <= 0:
+        return []
+    if temperature <= 0:
+        return [labels[int(p.argmax())]] * n
+    logp = np.log(np.clip(p / p.sum(), 1e-300, None)) / temperature
+    q = np.exp(logp - logp.max())
+    rng = np.random.default_rng(seed)
+    return [labels[i] for i in rng.choice(len(labels), size=n, p=q / q.sum())]
+
+
+def learned_result(score: float, threshold: float) -> CriticResult:
+    """A learned critic's judgement: ``score`` = 2·P(helped) − 1; counts one-hot of its class."""
+    if not math.isfinite(score):
+        return CriticResult(math.nan, False, {}, 1)
+    return CriticResult(float(score), score > threshold, {"helped": int(score >= 0), "not helped": int(score < 0)}, 0)
+
+
 class Critic:
     """PPDPP's critic over any :class:`~rlff_utils.backends.ChatBackend`.
 
-    ``mode="votes"``: ``samples`` answers at ``temperature``, parsed by label, mean value.
+    ``mode="votes"``: ``samples`` answers at ``temperature``, mean label value. On the hf backend
+    the answers are drawn from the model's probabilities of the four labels (one
+    ``score_choices`` call, tempered by ``temperature``, seeded per judgement), so none is
+    unparsable; vLLM samples under guided choice; an API endpoint's free answers are parsed and
+    the unparsable ones counted.
     ``mode="probs"``: one ``score_choices`` call, expected value (deterministic).
     ``mode="rule"``: no model; the planted rule of :mod:`rlff_utils.planted` on the rollout's
     supporter turns (a positive control, see ``params/planted.yaml``).
-    ``counts`` in a result are label votes (votes) or a one-hot of the chosen label (probs, rule).
+    ``mode="learned"``: ``backend`` is a :class:`rlff_utils.reward.learned_critic.LearnedCritic`,
+    a classifier trained on real seekers' outcomes; score 2·P(helped) − 1.
+    ``counts`` in a result are label votes (votes) or a one-hot of the chosen label (probs, rule,
+    learned).
     """
+
+    MODES = ("votes", "probs", "rule", "learned")
 
     def __init__(
         self,
-        backend: "ChatBackend",
+        backend: Any,
         mode: str,
         samples: int = 10,
         temperature: float = 1.1,
@@ -333,12 +387,31 @@ class Critic:
         max_history_turns: int | None = None,
         max_new_tokens: int = 8,
     ):
-        if mode not in ("votes", "probs", "rule"):
-            raise ValueError(f"critic mode must be 'votes', 'probs' or 'rule', not {mode!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"critic mode must be one of {', '.join(map(repr, self.MODES))}, not {mode!r}")
         self.backend, self.mode, self.samples = backend, mode, samples
         self.temperature, self.threshold, self.seed = temperature, threshold, seed
         self.max_history_turns, self.max_new_tokens = max_history_turns, max_new_tokens
         self._calls = 0
+
+    @classmethod
+    def for_stage(cls, params: Any, stage: Literal["simulation", "evaluation"], backend: Any = None,
+                  max_history_turns: int | None = None) -> "Critic":
+        """The critic a stage's params configure: ``models.critic`` with ``simulation.critic_*``
+        or ``models.eval_critic`` with ``evaluation.critic_*``; in ``learned`` mode the run's
+        learned critic (trained in notebook 03). ``backend``: an already loaded one for the role."""
+        s = params.simulation if stage == "simulation" else params.evaluation
+        if s.critic_mode == "learned":
+            from .reward.learned_critic import load_learned_critic
+
+            backend = load_learned_critic(params)
+        elif backend is None:
+            from .backends import get_backend
+
+            backend = get_backend(params.models.critic if stage == "simulation" else params.models.eval_critic,
+                                  seed=params.seed)
+        return cls(backend, s.critic_mode, s.critic_samples, s.critic_temperature, s.success_threshold,
+                   seed=params.seed, max_history_turns=max_history_turns)
 
     def judge(self, contexts: list[dict[str, Any]], seed: int | None = None,
               seeds: list[int] | None = None) -> list[CriticResult]:
@@ -350,10 +423,21 @@ class Critic:
             return []
         if self.mode == "rule":
             return [self._rule(c) for c in contexts]
+        if self.mode == "learned":
+            histories = [_turns(c, self.max_history_turns) for c in contexts]
+            return [learned_result(float(s), self.threshold) for s in self.backend.score_states(histories)]
         conversations = [critic_messages(c, self.max_history_turns) for c in contexts]
         if seed is None and seeds is None:
             seed = self.seed + 7919 * self._calls
         self._calls += 1
+        forms = [(label, form) for label, fs in CHOICE_FORMS.items() for form in fs]
+        if self.mode == "votes" and _samples_label_distribution(self.backend):
+            if seeds is None:
+                seeds = [seed + i for i in range(len(contexts))]
+            rows = self.backend.score_choices(conversations, [form for _, form in forms])
+            return [votes_result(sampled_votes(label_distribution(row, forms), self.samples, self.temperature, s) or
+                                 [""] * self.samples, self.threshold)
+                    for row, s in zip(rows, seeds)]
         if self.mode == "votes":
             answers = self.backend.generate(
                 conversations,
@@ -365,15 +449,8 @@ class Critic:
                 guided_choice=list(CRITIC_LABELS),
             )
             return [votes_result(a, self.threshold) for a in answers]
-        forms = [(label, form) for label, fs in CHOICE_FORMS.items() for form in fs]
         scores = self.backend.score_choices(conversations, [form for _, form in forms])
-        results = []
-        for row in scores:
-            probs = dict.fromkeys(CRITIC_LABELS, 0.0)
-            for (label, _), p in zip(forms, row):
-                probs[label] += p
-            results.append(probs_result(probs, self.threshold))
-        return results
+        return [probs_result(label_distribution(row, forms), self.threshold) for row in scores]
 
     def _rule(self, context: dict[str, Any]) -> CriticResult:
         from .planted import rule_label
@@ -383,4 +460,3 @@ class Critic:
         label = rule_label([t["text"] for t in context["rollout"] if t["speaker"] == SUPPORTER])
         score = CRITIC_LABELS[label]
         return CriticResult(score, score > self.threshold, {k: int(k == label) for k in CRITIC_LABELS}, 0)
-

@@ -247,20 +247,25 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype_backend="numpy_nullable")
 
 
-EVALUATION_COLUMNS = ["run", "dataset", "system", "cases", "sr", "sr_lo", "sr_hi", "at", "at_lo", "at_hi"]
+EVALUATION_COLUMNS = ["run", "dataset", "system", "cases", "sr", "sr_lo", "sr_hi", "at", "at_lo", "at_hi",
+                      "critic_card", "critic_auc", "critic_auc_lo", "critic_auc_hi"]
 
 
 def evaluation_table(runs: list[Path]) -> pd.DataFrame:
     """The paper's main table, numeric: one row per (run, dataset, system) with SR (a share) and
-    AT and the bounds of their 95% bootstrap intervals."""
+    AT and the bounds of their 95% bootstrap intervals, and the validity card of the critic that
+    decided them (its key in ``validity.json`` and its AUC for "helped" on real conversations)."""
     rows = []
     for run in runs:
         for metrics_file in RunLayout(run).all_system_metrics():
             m = read_json(metrics_file)
             sr_ci, at_ci = m.get("SR_ci95") or [None, None], m.get("AT_ci95") or [None, None]
+            card = m.get("critic_card") or {}
+            auc_ci = card.get("auc_ci95") or [None, None]
             rows.append({"run": run.name, "dataset": m.get("dataset", ""), "system": metrics_file.parent.name,
                          "cases": m["cases"], "sr": m["SR"], "sr_lo": sr_ci[0], "sr_hi": sr_ci[1],
-                         "at": m["AT"], "at_lo": at_ci[0], "at_hi": at_ci[1]})
+                         "at": m["AT"], "at_lo": at_ci[0], "at_hi": at_ci[1], "critic_card": card.get("card"),
+                         "critic_auc": card.get("auc"), "critic_auc_lo": auc_ci[0], "critic_auc_hi": auc_ci[1]})
     return records_frame(rows, EVALUATION_COLUMNS)
 
 
@@ -280,10 +285,11 @@ def format_main_table(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     t = table[["run", "dataset", "system", "cases"]].copy()
-    for src, name, scale in (("sr", "SR (%)", 100.0), ("at", "AT", 1.0)):
-        for suffix in ("", "_lo", "_hi"):
-            t[name + suffix] = table[src + suffix] * scale
-    return display_frame(t, digits={"SR (%)": 1, "AT": 2})
+    for src, name, scale in (("sr", "SR (%)", 100.0), ("at", "AT", 1.0), ("critic_auc", "critic AUC", 1.0)):
+        if src in table.columns:
+            for suffix in ("", "_lo", "_hi"):
+                t[name + suffix] = pd.to_numeric(table[src + suffix], errors="coerce") * scale
+    return display_frame(t, digits={"SR (%)": 1, "AT": 2, "critic AUC": 2})
 
 
 def simulation_table(runs: list[Path]) -> pd.DataFrame:
@@ -342,20 +348,23 @@ def reward_model_predictions(runs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "variant", "r_fut", "label", "score"])
 
 
-def human_validation_table(runs: list[Path]) -> pd.DataFrame:
-    """Spearman of reward-model and critic scores with the seekers' reported intensity drop, each
-    with its bootstrap interval (``rm_spearman_lo`` / ``rm_spearman_hi``, ...)."""
-    rows = []
+def validity_table(runs: list[Path]) -> pd.DataFrame:
+    """Every run's validity cards (``reward_model/validity.json``), one row per (run, card): AUC
+    for "helped" with its interval, Mann-Whitney p, Spearman with the intensity drop, the
+    turn-count baseline; ``evaluation`` marks the card of the critic behind the run's SR/AT."""
+    from .validity import card_from_dict, cards_frame
+
+    frames = []
     for run in runs:
-        v = _read_json(RunLayout(run).human_validation)
-        if isinstance(v, dict):
-            row = {"run": run.name, **{k: x for k, x in v.items() if not isinstance(x, (list, dict))}}
-            for who in ("rm", "critic"):
-                for old, new in (("ci95_low", "spearman_lo"), ("ci95_high", "spearman_hi")):
-                    if f"{who}_{old}" in row:
-                        row[f"{who}_{new}"] = row.pop(f"{who}_{old}")
-            rows.append(row)
-    return records_frame(rows)
+        v = _read_json(RunLayout(run).validity)
+        if isinstance(v, dict) and v.get("cards"):
+            t = cards_frame({k: card_from_dict(c) for k, c in v["cards"].items()})
+            applies = (v.get("evaluation_critic") or {}).get("card")
+            frames.append(t.assign(evaluation=t["card"] == applies).assign(run=run.name))
+    if not frames:
+        return pd.DataFrame()
+    t = pd.concat(frames, ignore_index=True)
+    return t[["run", *[c for c in t.columns if c != "run"]]]
 
 
 def grpo_curves(runs: list[Path]) -> pd.DataFrame:

@@ -46,6 +46,7 @@ from .rollout import (
     routed_supporter,
 )
 from .stats import bootstrap_ci
+from .validity import evaluation_card
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,8 +323,7 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore]) -> No
         for s, adapter in plan
     }
     seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
-    critic = Critic(get_backend(m.eval_critic, seed=params.seed), e.critic_mode, e.critic_samples,
-                    e.critic_temperature, e.success_threshold, seed=params.seed, max_history_turns=None)
+    critic = Critic.for_stage(params, "evaluation")
     supporter = routed_supporter(supporters, "system")
     rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, critic, seed=params.seed,
                      desc=f"eval ({len(plan)} systems)", already=[r for st in stores.values() for r in st.load()],
@@ -348,7 +348,9 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
     lay = runs.layout(params)
     cases = load_eval_cases(params)[: e.num_cases] if e.num_cases else load_eval_cases(params)
     plan, skipped = plan_systems(params)
-    with runs.begin_stage(params, runs.EVALUATION, force, require_upstream=_needed_upstream(params)):
+    card = evaluation_card(params)  # the critic's validity card, beside every SR/AT it decides
+    with runs.begin_stage(params, runs.EVALUATION, force, require_upstream=_needed_upstream(params),
+                          extra={"critic_card": card}):
         write_prompts(lay.prompts(runs.EVALUATION))
         stores = {s.name: TrajectoryStore(lay.transcripts(s.name), CASE_KEY) for s, _ in plan}
         if plan:
@@ -360,7 +362,7 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
         for s, adapter in plan:
             records = records_of[s.name]
             result = {**system_metrics(records, params), "system": s.model_dump(),
-                      "adapter": str(adapter) if adapter else None}
+                      "adapter": str(adapter) if adapter else None, "critic_card": card}
             if s.name == main:  # the main system against each baseline, case by case
                 result["paired_vs"] = {
                     other: paired_difference(records, theirs, e.max_turns, e.bootstrap_samples, params.seed)
@@ -368,7 +370,8 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
             runs.write_json(result, lay.system_metrics(s.name))
             rows.append({"system": s.name, "prompt": s.prompt, "adapter": bool(adapter), "cases": result["cases"],
                          "SR": result["SR"], "SR_ci95": result["SR_ci95"], "AT": result["AT"],
-                         "AT_ci95": result["AT_ci95"]})
+                         "AT_ci95": result["AT_ci95"], "critic_AUC": card.get("auc"),
+                         "critic_AUC_ci95": card.get("auc_ci95")})
         runs.write_json(skipped, lay.skipped_systems)
     table = pd.DataFrame(rows)
     table.attrs["skipped"] = skipped
@@ -401,7 +404,8 @@ def run_quality(params) -> pd.DataFrame:
     baselines = [b for b in evaluated if b != main]
     if main not in evaluated or not baselines:
         return pd.DataFrame()
-    with runs.begin_stage(params, runs.EVALUATION, require_upstream=_needed_upstream(params)):
+    with runs.begin_stage(params, runs.EVALUATION, require_upstream=_needed_upstream(params),
+                          extra={"critic_card": evaluation_card(params)}):
         judge = get_backend(params.models.judge, seed=params.seed)
         tables, sheet_pairs, sheet_names = [], [], []
         for b in baselines:

@@ -163,7 +163,7 @@ class DataParams(_Strict):
 class SimulationParams(_Strict):
     num_candidates: int = Field(4, ge=1, description="m: candidate responses per context")
     max_turns: int = Field(8, ge=1, description="T: rollout turns (seeker+supporter exchanges)")
-    critic_mode: Literal["votes", "probs", "rule"] = "votes"
+    critic_mode: Literal["votes", "probs", "rule", "learned"] = "votes"
     critic_samples: int = Field(10, ge=1, description="votes mode: sampled answers per judgement")
     critic_temperature: float = Field(1.1, ge=0.0, le=2.0)
     success_threshold: float = Field(0.5, ge=-1.0, le=1.0)
@@ -202,10 +202,6 @@ class RewardModelParams(_Strict):
     )
     early_stopping_patience: int = Field(2, ge=1)
     retrain: bool = Field(False, description="train again even where a variant's metrics.json exists")
-    human_validation_dialogues: int = Field(50, ge=0, description="ESConv dialogues for the survey check")
-    human_validation_turns: int | None = Field(
-        6, ge=1, description="supporter turns scored per dialogue, evenly spaced (None: all)"
-    )
     trainer: dict[str, Any] = Field(
         default_factory=dict,
         description="extra transformers TrainingArguments (weight_decay, lr_scheduler_type, warmup_steps, ...): "
@@ -250,6 +246,48 @@ class RewardModelParams(_Strict):
             except ValueError as e:
                 raise ValueError(f"transformers TrainingArguments refuses these settings: {e}") from None
         return v
+
+
+class LearnedCriticParams(_Strict):
+    """The learned critic (``critic_mode: learned``): a two-class head on ``models.reward_backbone``
+    with LoRA, trained on real outcomes (see :mod:`rlff_utils.reward.learned_critic`). Training
+    knobs left unset are ``reward_model``'s."""
+
+    heldout_fraction: float = Field(0.3, gt=0, le=1, description="share of each card group held out: its card")
+    valid_fraction: float = Field(0.15, gt=0, lt=1, description="share of the training conversations for early stopping")
+    max_train_conversations: int | None = Field(
+        None, ge=1, description="conversations per outcome trained on (None: every not-helped one, as many helped)")
+    feedback_prefixes: bool = Field(True, description="also train on prefixes ending at a seeker's 1-5 feedback")
+    feedback_high: int = Field(4, ge=1, le=5, description="a prefix rated at least this: helped")
+    feedback_low: int = Field(2, ge=1, le=5, description="a prefix rated at most this: not helped")
+    epochs: float | None = Field(None, gt=0)
+    learning_rate: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    max_length: int | None = Field(None, ge=32)
+    lora_r: int | None = Field(None, ge=1)
+    lora_alpha: int | None = Field(None, ge=1)
+    lora_layers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _feedback(self) -> "LearnedCriticParams":
+        if self.feedback_low >= self.feedback_high:
+            raise ValueError("feedback_low must be below feedback_high")
+        return self
+
+
+class ValidationParams(_Strict):
+    """Validity cards (notebook 03): does a judge score real conversations whose seekers were helped
+    (ESConv, intensity drop >= ``min_intensity_drop``) above those whose seekers were not (the ESConv
+    authors' failed conversations, ``data.esconv_failed_path``)? See :mod:`rlff_utils.validity`."""
+
+    judges: list[Literal["critic", "reward_model", "learned_critic"]] = Field(
+        default_factory=lambda: ["critic", "reward_model", "learned_critic"])
+    failed_conversations: int | None = Field(None, ge=1, description="failed ones carded (seeded; None: all)")
+    success_conversations: int | None = Field(
+        None, ge=1, description="successful ESConv ones sampled (seeded; None: as many as failed ones)")
+    min_intensity_drop: int = Field(2, ge=1, le=4, description="initial - final intensity of a successful one")
+    bootstrap_samples: int = Field(1000, ge=10)
+    learned_critic: LearnedCriticParams = Field(default_factory=LearnedCriticParams)
 
 
 # TRL GRPOConfig values the project chooses (the paper's settings); ``grpo.trainer`` overrides
@@ -342,7 +380,7 @@ class EvaluationParams(_Strict):
     )
     max_turns: int = Field(8, ge=1)
     num_cases: int | None = Field(None, ge=1)
-    critic_mode: Literal["votes", "probs", "rule"] = "votes"
+    critic_mode: Literal["votes", "probs", "rule", "learned"] = "votes"
     critic_samples: int = Field(10, ge=1)
     critic_temperature: float = Field(1.1, ge=0.0, le=2.0)
     success_threshold: float = Field(0.5, ge=-1.0, le=1.0)
@@ -376,6 +414,7 @@ class RunParams(_Strict):
     data: DataParams = Field(default_factory=DataParams)
     simulation: SimulationParams = Field(default_factory=SimulationParams)
     reward_model: RewardModelParams = Field(default_factory=RewardModelParams)
+    validation: ValidationParams = Field(default_factory=ValidationParams)
     grpo: GRPOParams = Field(default_factory=GRPOParams)
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
     analysis: AnalysisParams = Field(default_factory=AnalysisParams)
@@ -796,6 +835,11 @@ def check_data_files(params: RunParams) -> None:
                     f"online (unset HF_HUB_OFFLINE) to fetch {d.esconv_hub_id} from the Hugging Face hub.")
     if d.esconv_failed_path and not Path(d.esconv_failed_path).is_file():
         raise ParamsError(f"{src}: data.esconv_failed_path: file not found: {d.esconv_failed_path}")
+    learned = [f"{s}.critic_mode" for s in ("simulation", "evaluation") if getattr(params, s).critic_mode == "learned"]
+    if learned and ("esconv" not in d.datasets or not d.esconv_failed_path):
+        raise ParamsError(f"{src}: {' and '.join(learned)} 'learned' trains on ESConv's surveys and its failed "
+                          "conversations: needs 'esconv' in data.datasets and data.esconv_failed_path "
+                          "(or RLFF_DATA_DIR holding esconv/failed/FailedESConv_dev.json)")
     if "extes" in d.datasets:
         if not d.extes_path:
             raise ParamsError(f"{src}: data.extes_path: not set (set it, or RLFF_DATA_DIR holding extes/ExTES.json)")

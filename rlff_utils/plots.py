@@ -29,7 +29,7 @@ from . import grpo, runs
 if TYPE_CHECKING:  # pragma: no cover
     from .params import RunParams
     from .reward.train import RewardModelReport
-    from .reward.validation import HumanValidation
+    from .reward.validation import ValidityReport
 
 NOTE = "rlff-note"  # gid of the in-panel notes (degenerate panels, coinciding lines)
 DATASET_NAMES = {"esconv": "ESConv", "extes": "ExTES"}
@@ -410,28 +410,64 @@ def plot_learning_curves(log: pd.DataFrame, path: str | Path | None = None):
     return _save(fig, path)
 
 
-def plot_human_validation(hv: "HumanValidation", path: str | Path | None = None):
-    """The reward model's and the critic's view of real dialogues against the seeker's reported
-    intensity drop; ρ in each title."""
-    rho = {r["signal"]: r for r in hv.correlations.to_dict("records")}
-    fig, axes = _subplots(1, 2, (11, 4))
-    for ax, col, signal, ylabel in (
-        (axes[0, 0], "rm_score", f"reward model ({hv.variant})", "reward-model score"),
-        (axes[0, 1], "critic_score", "critic", "critic score (0–1)"),
-    ):
-        f = hv.frame.dropna(subset=[col, "intensity_drop"])
-        if len(f):
-            sns.regplot(f, x="intensity_drop", y=col, x_jitter=0.15, ax=ax, scatter_kws={"alpha": 0.6})
-            c = _constant(f[col])
+def _card_scores(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The conversations and scores behind card ``key`` of a validity frame: group, score (NaN:
+    no verdict), on the held-out conversations for the learned critic's cards."""
+    column = "critic" if key == "critic_heldout" else key
+    f = frame[frame["heldout"].astype(bool)] if key in ("critic_heldout", "learned_critic") else frame
+    return f.assign(score=pd.to_numeric(f.get(f"{column}_score"), errors="coerce"))[["group", "score", "turns"]]
+
+
+VALIDITY_GROUPS = {"success": "helped (intensity drop)", "failed": "not helped (failed)"}
+
+
+def plot_validity(frame: pd.DataFrame, cards: dict, path: str | Path | None = None):
+    """Each judge's scores of real conversations by outcome group (one panel per judge), and the
+    ROC curves of every card with the turn-count baseline (last panel). ``cards``: key ->
+    :class:`rlff_utils.validity.ValidityCard` (a :class:`~rlff_utils.reward.validation.ValidityReport`'s)."""
+    from sklearn.metrics import roc_curve
+
+    keys = [k for k in cards if k != "critic_heldout"] or ["(none)"]
+    fig, axes = _subplots(1, len(keys) + 1, (3.4 * len(keys) + 4.6, 3.9))
+    order = list(VALIDITY_GROUPS.values())
+    for ax, key in zip(axes[0], keys):
+        if key not in cards:
+            note(ax, "no card: see the notes", "center")
+            ax.set(title="validity", xlabel="seeker's outcome", ylabel="judge's score")
+            continue
+        g = _card_scores(frame, key).dropna(subset=["score"]).assign(outcome=lambda f: f["group"].map(VALIDITY_GROUPS))
+        if len(g):
+            sns.boxplot(g, x="outcome", y="score", order=order, ax=ax, color="white", showfliers=False)
+            sns.stripplot(g, x="outcome", y="score", order=order, ax=ax, hue="outcome", hue_order=order, legend=False,
+                          alpha=0.6, size=3.5)
+            c = _constant(g["score"])
             if c is not None:
-                note(ax, f"constant {c:.3g} over {len(f)} dialogues", "top")
+                note(ax, f"constant score {c:.3g}", "top")
         else:
-            note(ax, "no dialogue with both values", "center")
-        r = rho.get(signal, {})
-        value = r.get("spearman")
-        rho_txt = "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
-        ax.set(title=f"{signal}: Spearman ρ = {rho_txt} (n = {r.get('n', 0)})",
-               xlabel="seeker's intensity drop (initial − final, points)", ylabel=ylabel)
+            note(ax, "no verdict", "center")
+        card = cards[key]
+        lo, hi = card.auc_ci95
+        ax.set(title=f"{key.replace('_', ' ')}: AUC {card.auc:.2f} [{lo:.2f}, {hi:.2f}]", xlabel="seeker's outcome",
+               ylabel="judge's score (its own scale)")
+        ax.tick_params(axis="x", labelsize=8)
+    ax = axes[0, -1]
+    ax.plot([0, 1], [0, 1], color="#999999", lw=0.8, ls=":", label="chance (AUC 0.5)")
+    for i, (key, card) in enumerate(cards.items()):
+        g = _card_scores(frame, key).dropna(subset=["score"])
+        y = (g["group"] == "success").astype(int)
+        if y.nunique() == 2:
+            fpr, tpr, _ = roc_curve(y, g["score"])
+            ax.plot(fpr, tpr, marker=MARKERS[i % len(MARKERS)], markersize=3, lw=1.4,
+                    label=f"{key.replace('_', ' ')} (AUC {card.auc:.2f})")
+    base = frame.dropna(subset=["turns"])
+    if (base["group"] == "success").any() and (base["group"] == "failed").any():
+        fpr, tpr, _ = roc_curve((base["group"] == "success").astype(int), base["turns"].astype(float))
+        auc = next((c.baseline_auc for c in cards.values() if c.baseline), math.nan)
+        ax.plot(fpr, tpr, color="#555555", ls="--", lw=1, label=f"turn count (baseline, AUC {auc:.2f})")
+    ax.set(title="ROC: helped vs not helped", xlabel="false-positive rate (not-helped ones above the cut)",
+           ylabel="true-positive rate (helped ones above the cut)", xlim=(0, 1), ylim=(0, 1.02))
+    legend_outside(ax, "judge")
+    fig.suptitle("validity on real ESConv conversations")
     return _save(fig, path)
 
 
@@ -450,9 +486,9 @@ def reward_calibration(report: "RewardModelReport", params: "RunParams"):
     return plot_calibration(report.predictions, runs.layout(params).rm_figure("calibration"))
 
 
-def reward_human_validation(hv: "HumanValidation", params: "RunParams"):
-    """``reward_model/human_validation.png``."""
-    return plot_human_validation(hv, runs.layout(params).rm_figure("human_validation"))
+def reward_validity(report: "ValidityReport", params: "RunParams"):
+    """``reward_model/validity.png``."""
+    return plot_validity(report.frame, report.cards, runs.layout(params).rm_figure("validity"))
 
 
 # ---- GRPO (notebooks 04, 06) -----------------------------------------------------------------

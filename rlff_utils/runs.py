@@ -5,7 +5,8 @@ who is writing it.
       data/           01  dialogues/ contexts/ eval_cases/ stats.json overview.png
       simulation/     02  trajectories.jsonl reward_dataset.jsonl reward_dataset_meta.json summary.json prompts.json
                           (rollout_state.json while a batch is in flight)
-      reward_model/   03  <variant>/{adapter,metrics.json,...} comparison.csv splits.csv human_validation.json
+      reward_model/   03  <variant>/{adapter,metrics.json,...} comparison.csv splits.csv validity.{json,csv}
+                          learned_critic/{adapter,critic_config.json,metrics.json}
       policy/         04  adapter/ checkpoints/ curves.csv log_history.json train_summary.json grpo_config.json
       evaluation/     05  <system>/{transcripts.jsonl,metrics.json} judgements.csv win_rates.csv human_sheet.csv
                           prompts.json skipped_systems.json <figure>.png (rollout_state.json in flight)
@@ -164,9 +165,19 @@ class RunLayout:
     @property
     def rm_comparison(self) -> Path: return self.stage(REWARD_MODEL) / "comparison.csv"
     @property
-    def human_validation_csv(self) -> Path: return self.stage(REWARD_MODEL) / "human_validation.csv"
+    def validity(self) -> Path: return self.stage(REWARD_MODEL) / "validity.json"
     @property
-    def human_validation(self) -> Path: return self.stage(REWARD_MODEL) / "human_validation.json"
+    def validity_csv(self) -> Path: return self.stage(REWARD_MODEL) / "validity.csv"
+    @property
+    def learned_critic_dir(self) -> Path: return self.stage(REWARD_MODEL) / "learned_critic"
+    @property
+    def learned_critic_adapter(self) -> Path: return self.learned_critic_dir / "adapter"
+    @property
+    def learned_critic_config(self) -> Path: return self.learned_critic_dir / "critic_config.json"
+    @property
+    def learned_critic_metrics(self) -> Path: return self.learned_critic_dir / "metrics.json"
+    @property
+    def learned_critic_checkpoints(self) -> Path: return self.learned_critic_dir / "checkpoints"
     def rm_figure(self, name: str) -> Path: return self.stage(REWARD_MODEL) / f"{name}.png"
 
     # 04 policy

@@ -114,10 +114,10 @@ def simulation_agents(params: "RunParams"):
     rollouts; roles that share a model share one engine. The critic's window is set per call
     (``critic_context_turns``: the context's last ``data.max_history_turns`` turns + the rollout)."""
     m, sim, turns = params.models, params.simulation, params.data.max_history_turns
-    backends = {role: get_backend(getattr(m, role), seed=params.seed) for role in ("policy", "system", "user_sim", "critic")}
+    roles = ("policy", "system", "user_sim") + (() if sim.critic_mode == "learned" else ("critic",))
+    backends = {role: get_backend(getattr(m, role), seed=params.seed) for role in roles}
     style: PromptStyle = "reasoning" if sim.reasoning_format else "vanilla"
-    critic = Critic(backends["critic"], sim.critic_mode, sim.critic_samples, sim.critic_temperature,
-                    sim.success_threshold, seed=params.seed, max_history_turns=None)
+    critic = Critic.for_stage(params, "simulation", backends.get("critic"))
     return (
         candidate_sampler(backends["policy"], style, turns),
         backend_supporter(backends["system"], "vanilla", turns),
@@ -148,6 +148,10 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
         t0 = time.perf_counter()
         backends: dict[str, Any] = {}
         if len(previous) < len(wanted):
+            if sim.critic_mode == "learned":  # trained on real outcomes, before it judges (or reused)
+                from .reward.learned_critic import train_learned_critic
+
+                train_learned_critic(params)
             first, later, seeker, critic, backends = simulation_agents(params)
             for b in backends.values():
                 b.stats.reset()

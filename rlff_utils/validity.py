@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -165,18 +165,96 @@ def validity_card(
     return card
 
 
-def cards_frame(cards: Sequence[ValidityCard]):
-    """Cards side by side (one row each), intervals as ``[lo, hi]`` text next to numeric columns."""
+def _labels(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def cards_frame(cards: Sequence[ValidityCard] | Mapping[str, ValidityCard]):
+    """Cards side by side (one row each; with a mapping, its keys in a ``card`` column), numeric:
+    intervals as ``_lo`` / ``_hi`` columns beside the value, top labels as text."""
     import pandas as pd
 
+    items = list(cards.items()) if isinstance(cards, Mapping) else [(None, c) for c in cards]
     rows = []
-    for c in cards:
+    for key, c in items:
         rows.append({
+            **({"card": key} if key is not None else {}),
             "judge": c.judge, "n_success": c.n_success, "n_failed": c.n_failed,
             "auc": c.auc, "auc_lo": c.auc_ci95[0], "auc_hi": c.auc_ci95[1], "mann_whitney_p": c.mann_whitney_p,
-            "spearman_drop": c.spearman_drop, "spearman_lo": c.spearman_drop_ci95[0], "spearman_hi": c.spearman_drop_ci95[1],
+            "spearman_drop": c.spearman_drop, "spearman_drop_lo": c.spearman_drop_ci95[0],
+            "spearman_drop_hi": c.spearman_drop_ci95[1], "n_with_drop": c.n_with_drop,
             "mean_success": c.mean_score_success, "mean_failed": c.mean_score_failed,
+            "top_labels_success": _labels(c.top_labels_success), "top_labels_failed": _labels(c.top_labels_failed),
             "no_verdict_share": c.no_verdict_share, "unparsed_answer_share": c.unparsed_answer_share,
-            "baseline": c.baseline, "baseline_auc": c.baseline_auc,
+            "baseline": c.baseline, "baseline_auc": c.baseline_auc, "baseline_auc_lo": c.baseline_auc_ci95[0],
+            "baseline_auc_hi": c.baseline_auc_ci95[1],
         })
     return pd.DataFrame(rows)
+
+
+def card_from_dict(d: dict[str, Any]) -> ValidityCard:
+    """A card read back from JSON (``null`` → NaN, lists → intervals)."""
+    def num(x: Any) -> float:
+        return math.nan if x is None else float(x)
+
+    def pair(x: Any) -> tuple[float, float]:
+        return (num(x[0]), num(x[1])) if x else (math.nan, math.nan)
+
+    fields = dict(d)
+    for k in ("auc", "mann_whitney_p", "mean_score_success", "mean_score_failed", "spearman_drop", "baseline_auc",
+              "no_verdict_share"):
+        if k in fields:
+            fields[k] = num(fields[k])
+    for k in ("auc_ci95", "spearman_drop_ci95", "baseline_auc_ci95"):
+        if k in fields:
+            fields[k] = pair(fields[k])
+    return ValidityCard(**fields)
+
+
+# --------------------------------------------------------------------------------------------
+# Which card applies to which critic
+# --------------------------------------------------------------------------------------------
+
+
+def critic_window(params: Any, stage: str) -> int:
+    """The turns a stage's critic reads: the simulation's sees ``data.max_history_turns``; the
+    evaluation's whole conversations, never longer than the opening + 2 turns per exchange."""
+    return params.data.max_history_turns if stage == "simulation" else 1 + 2 * params.evaluation.max_turns
+
+
+def critic_identity(params: Any, stage: str) -> dict[str, Any]:
+    """What makes a stage's critic the judge it is (model, mode, sampling, window): two stages
+    with the same identity share one card."""
+    from .runs import EXECUTION_FIELDS, json_ready
+
+    s = params.simulation if stage == "simulation" else params.evaluation
+    if s.critic_mode in ("learned", "rule"):
+        return {"mode": s.critic_mode}
+    role = params.models.critic if stage == "simulation" else params.models.eval_critic
+    out = {"model": {k: v for k, v in role.model_dump().items() if k not in EXECUTION_FIELDS},
+           "mode": s.critic_mode, "window": critic_window(params, stage)}
+    if s.critic_mode == "votes":
+        out |= {"samples": s.critic_samples, "temperature": s.critic_temperature}
+    return json_ready(out)
+
+
+SUMMARY_FIELDS = ("judge", "n_success", "n_failed", "auc", "auc_ci95", "mann_whitney_p", "spearman_drop",
+                  "unparsed_answer_share", "no_verdict_share", "baseline", "baseline_auc")
+
+
+def evaluation_card(params: Any) -> dict[str, Any]:
+    """The card of the evaluation's critic, for every SR/AT it decides (its key in the run's
+    ``validity.json`` and the card's headline numbers), or ``{"card": None, "note": why}``."""
+    from .runs import layout, read_json
+
+    saved = read_json(layout(params).validity, default=None)
+    if not saved:
+        return {"card": None, "note": "no validity card in this run (notebook 03)"}
+    applies = saved.get("evaluation_critic") or {}
+    if applies.get("identity") != critic_identity(params, "evaluation"):
+        return {"card": None, "note": "the run's cards were computed for another evaluation critic: rerun notebook 03"}
+    key = applies.get("card")
+    card = (saved.get("cards") or {}).get(key) if key else None
+    if not card:
+        return {"card": None, "note": applies.get("note") or "no card for the evaluation critic"}
+    return {"card": key, **{k: card.get(k) for k in SUMMARY_FIELDS}}

@@ -230,3 +230,35 @@ def test_critic_probs_mode_sums_surface_forms():
 def test_critic_rejects_unknown_mode():
     with pytest.raises(ValueError, match="votes"):
         Critic(ScriptedBackend(), "median")
+
+
+def test_sampled_votes_follow_the_tempered_label_distribution():
+    probs = {"worse": 0.1, "same": 0.2, "better": 0.3, "solved": 0.4}
+    assert agents.sampled_votes(probs, 5, 0.0, seed=1) == ["solved"] * 5  # T = 0: the most probable label
+    draws = agents.sampled_votes(probs, 4000, 1.0, seed=2)
+    shares = {k: draws.count(k) / len(draws) for k in probs}
+    assert all(abs(shares[k] - p) < 0.03 for k, p in probs.items())
+    hot = agents.sampled_votes(probs, 4000, 3.0, seed=2)  # high temperature flattens towards uniform
+    assert hot.count("worse") / 4000 > shares["worse"] + 0.05
+    assert agents.sampled_votes(probs, 10, 1.0, seed=3) == agents.sampled_votes(probs, 10, 1.0, seed=3)
+    assert agents.sampled_votes(dict.fromkeys(probs, math.nan), 3, 1.0, seed=0) == []
+
+
+def test_votes_on_the_hf_backend_name_a_label_every_time_and_reproduce(tiny_model_path):
+    """A random tiny model names no label when it writes freely; its votes are drawn from its
+    probabilities of the four labels instead, seeded per judgement."""
+    from rlff_utils.backends import get_backend
+    from rlff_utils.params import ModelRole
+
+    backend = get_backend(ModelRole(name="tiny-random-smollm2", batch_size=4))
+    other = {**CONTEXT, "situation": "My dog is ill.", "history": CONTEXT["history"][:3]}
+    critic = Critic(backend, "votes", samples=12, temperature=1.1, threshold=0.5)
+    first = critic.judge([CONTEXT, other], seeds=[5, 6])
+    assert all(r.unparsed == 0 and sum(r.counts.values()) == 12 and math.isfinite(r.score) for r in first)
+    assert [r.as_dict() for r in critic.judge([CONTEXT, other], seeds=[5, 6])] == [r.as_dict() for r in first]
+    alone = critic.judge([other], seeds=[6])[0]  # a judgement depends on its own seed only
+    assert alone.as_dict() == first[1].as_dict()
+    many = [critic.judge([CONTEXT], seeds=[s])[0].counts for s in range(8)]
+    assert len({tuple(c.values()) for c in many}) > 1  # other seeds, other votes
+    free = backend.generate([agents.critic_messages(CONTEXT)], n=12, temperature=1.1, max_new_tokens=8, seed=5)[0]
+    assert sum(agents.parse_critic_answer(a) is None for a in free) > 6  # what parse-and-count would have faced

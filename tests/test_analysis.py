@@ -113,3 +113,31 @@ def test_run_card_and_timing_tables():
         {"notebook": "01_data_prep", "wall time (s)": "9", "peak memory (MiB)": "800"},
         {"notebook": "02_simulation", "wall time (s)": "30", "peak memory (MiB)": analysis.MISSING},
     ]
+
+
+def test_validity_cards_across_runs_and_beside_every_sr(tmp_path):
+    from rlff_utils import runs
+    from rlff_utils.validity import validity_card
+
+    _run(tmp_path, "a", {"vanilla": (0.2, 7.0), "rlff-esc": (0.5, 5.5)})
+    _run(tmp_path, "b", {"rlff-esc": (0.4, 6.0)})
+    critic = validity_card("critic (x, probs, last 4 turns)", [0.5, 1.0, 0.5, 0.4], [-0.5, 0.5, 0.2, 0.1],
+                           baseline="turn count", baseline_success=[3, 4, 5, 6], baseline_failed=[4, 6, 3, 2], samples=50)
+    learned = validity_card("learned critic (held-out)", [0.9, 0.8], [0.1, -0.2], samples=50)
+    runs.write_json({"cards": {"critic": critic.as_dict(), "learned_critic": learned.as_dict()},
+                     "evaluation_critic": {"card": "critic"}}, tmp_path / "a" / "reward_model" / "validity.json")
+    for system in ("vanilla", "rlff-esc"):  # what run_evaluation writes beside SR/AT
+        path = tmp_path / "a" / "evaluation" / system / "metrics.json"
+        m = json.loads(path.read_text())
+        path.write_text(json.dumps({**m, "critic_card": {"card": "critic", "auc": critic.auc, "auc_ci95": list(critic.auc_ci95)}}))
+    table = analysis.validity_table(analysis.list_runs(tmp_path))
+    assert list(table["card"]) == ["critic", "learned_critic"] and set(table["run"]) == {"a"}
+    assert list(table["evaluation"]) == [True, False] and table["auc"].tolist() == [critic.auc, learned.auc]
+    shown = analysis.display_frame(table, 2).set_index("card")
+    assert shown.loc["critic", "auc"] == f"{critic.auc:.2f} [{critic.auc_ci95[0]:.2f}, {critic.auc_ci95[1]:.2f}]"
+    main = analysis.evaluation_table(analysis.list_runs(tmp_path)).set_index(["run", "system"])
+    assert main.loc[("a", "rlff-esc"), "critic_auc"] == critic.auc and main.loc[("a", "rlff-esc"), "critic_card"] == "critic"
+    assert pd.isna(main.loc[("b", "rlff-esc"), "critic_auc"])  # no card in that run
+    shown = analysis.format_main_table(analysis.evaluation_table(analysis.list_runs(tmp_path))).set_index(["run", "system"])
+    assert shown.loc[("a", "vanilla"), "critic AUC"].startswith(f"{critic.auc:.2f} [")
+    assert shown.loc[("b", "rlff-esc"), "critic AUC"] == analysis.MISSING

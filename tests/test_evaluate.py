@@ -161,6 +161,8 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
     assert m["SR"] == ev.success_rate(ev.outcomes(records)) and len(m["SR_at_k"]) == cap
     record = runs.read_record(ci_params.run_dir, runs.EVALUATION)
     assert record["complete"] and record["settings"]["evaluation"]["max_turns"] == cap
+    # the critic's validity card goes beside every SR/AT (none here: notebook 03 did not run)
+    assert m["critic_card"] == record["critic_card"] == {"card": None, "note": "no validity card in this run (notebook 03)"}
     assert lay.prompts(runs.EVALUATION).is_file() and not (lay.stage(runs.EVALUATION) / "protocol_card.json").exists()
     # a rerun resumes: nothing new is generated, the numbers are identical
     transcripts = lay.transcripts("rlff-esc").read_bytes()

@@ -55,6 +55,14 @@ def test_paper_files_carry_the_paper_settings():
         ("simulation:\n  max_turns: 2\n  max_turns: 3", "line 2", "duplicate key 'max_turns'"),
         ("data: {datasets: [reddit]}", "data.datasets.0", "'esconv' or 'extes'"),
         ("run_name: 'a b'", "run_name", "pattern"),
+        ("validation: {judges: [oracle]}", "validation.judges.0", "'critic', 'reward_model' or 'learned_critic'"),
+        ("validation: {success_conversations: 0}", "validation.success_conversations", "greater than or equal to 1"),
+        ("validation: {learned_critic: {heldout_fraction: 0}}", "validation.learned_critic.heldout_fraction",
+         "greater than 0"),
+        ("validation: {learned_critic: {feedback_low: 4, feedback_high: 4}}", "validation.learned_critic",
+         "feedback_low must be below feedback_high"),
+        ("validation: {learned_critic: {epochs: 1, lora_rank: 4}}", "validation.learned_critic.lora_rank", "unknown key"),
+        ("evaluation: {critic_mode: oracle}", "evaluation.critic_mode", "'learned'"),
     ],
 )
 def test_bad_params_name_file_and_field(tmp_path, data_dir, text, field, words):
@@ -75,6 +83,24 @@ def test_unset_environment_variable_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv("RLFF_DATA_DIR", raising=False)
     with pytest.raises(ParamsError, match="data.esconv_dir: environment variable RLFF_DATA_DIR is not set"):
         load_params(write(tmp_path, "data: {esconv_dir: '${RLFF_DATA_DIR}/esconv'}"))
+
+
+def test_validation_section_sizes_and_the_learned_critics_data(tmp_path, monkeypatch, data_dir):
+    smoke = load_params(ROOT / "params" / "smoke.yaml")
+    v = smoke.validation
+    assert (v.failed_conversations, v.success_conversations) == (24, 24) and v.learned_critic.heldout_fraction == 1.0
+    assert set(v.judges) == {"critic", "reward_model", "learned_critic"}
+    paper = load_params(ROOT / "params" / "paper_qwen2.5-7b_esconv.yaml", check_files=False).validation
+    assert (paper.failed_conversations, paper.success_conversations, paper.min_intensity_drop) == (None, None, 2)
+    assert paper.learned_critic.heldout_fraction < 1
+    assert load_params(ROOT / "params" / "base" / "paper.yaml", check_files=False).simulation.critic_mode == "votes"
+    learned = write(tmp_path, "evaluation: {critic_mode: learned}")
+    assert load_params(learned).data.esconv_failed_path  # found under RLFF_DATA_DIR
+    monkeypatch.setenv("RLFF_DATA_DIR", str(tmp_path / "elsewhere"))
+    esconv = {"data.esconv_dir": str(data_dir / "esconv")}
+    with pytest.raises(ParamsError, match=r"evaluation.critic_mode 'learned' .* data.esconv_failed_path"):
+        load_params(learned, esconv)
+    assert load_params(write(tmp_path, "evaluation: {critic_mode: probs}", "fine.yaml"), esconv)
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from rlff_utils import grpo, plots
-from rlff_utils.reward.validation import HumanValidation
+from rlff_utils.validity import validity_card
 
 
 def _log_history(steps: int, format_reward: float = 0.0, kl: float | None = 0.0):
@@ -65,12 +65,23 @@ def _predictions():
     return pd.DataFrame(rows)
 
 
-def _human_validation():
-    frame = pd.DataFrame({"dialogue_id": [str(i) for i in range(6)], "intensity_drop": [0, 1, 2, 3, 1, 2],
-                          "rm_score": [0.1, 0.2, 0.3, 0.4, 0.2, 0.3], "critic_score": [0.5] * 6})
-    corr = pd.DataFrame([{"signal": "reward model (classification)", "n": 6, "spearman": 0.9},
-                         {"signal": "critic", "n": 6, "spearman": float("nan")}])
-    return HumanValidation(frame, corr, "classification", [])
+def _validity():
+    """A validity frame and cards: a critic that separates the groups, a reward model with one
+    constant score, and the learned critic on the held-out half."""
+    groups = ["success"] * 6 + ["failed"] * 6
+    frame = pd.DataFrame({"dialogue_id": [str(i) for i in range(12)], "group": groups, "heldout": [i % 2 == 0 for i in range(12)],
+                          "turns": [20 + i for i in range(12)], "intensity_drop": [2, 3, 2, 4, 2, 3] + [0, None, 1, 0, -1, None],
+                          "critic_score": [0.5, 1.0, 0.5, 0.5, 1.0, -0.5, -0.5, 0.5, -1.0, -0.5, 0.5, -1.0],
+                          "reward_model_score": [0.5] * 12,
+                          "learned_critic_score": [0.8, None, 0.2, None, 0.9, None, -0.6, None, 0.1, None, -0.3, None]})
+    cards = {}
+    for key in ("critic", "reward_model", "learned_critic"):
+        f = frame[frame["heldout"]] if key == "learned_critic" else frame
+        cards[key] = validity_card(key, f[f.group == "success"][f"{key}_score"].tolist(),
+                                   f[f.group == "failed"][f"{key}_score"].tolist(), baseline="turn count",
+                                   baseline_success=f[f.group == "success"]["turns"].tolist(),
+                                   baseline_failed=f[f.group == "failed"]["turns"].tolist(), samples=50)
+    return frame, cards
 
 
 def _eval_table():
@@ -107,7 +118,7 @@ FIGURES = {
     "calibration": lambda: plots.plot_calibration(_predictions()),
     "score_distributions": lambda: plots.plot_score_distributions(_predictions()),
     "learning_curves": lambda: plots.plot_learning_curves(_learning_log()),
-    "human_validation": lambda: plots.plot_human_validation(_human_validation()),
+    "validity": lambda: plots.plot_validity(*_validity()),
     "grpo": lambda: plots.plot_grpo_curves(grpo.curves_frame(_log_history(4))),
     "grpo_one_step": lambda: plots.plot_grpo_curves(grpo.curves_frame(_log_history(1))),
     "grpo_runs": lambda: plots.plot_grpo_curves(pd.concat([grpo.curves_frame(_log_history(30)).assign(run="a"),
@@ -194,8 +205,11 @@ def test_constant_series_are_noted_and_moving_ones_are_not():
     fig = plots.plot_simulation(*_sim_frames(success=True))
     assert plots.notes(fig) == []
     plt.close(fig)
-    fig = plots.plot_human_validation(_human_validation())
-    assert plots.notes(fig) == ["constant 0.5 over 6 dialogues"]  # the critic panel
+    fig = plots.plot_validity(*_validity())
+    assert plots.notes(fig) == ["constant score 0.5"]  # the reward-model panel
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("critic: AUC 0.83 [") and titles[-1] == "ROC: helped vs not helped"
+    assert len(fig.axes[-1].lines) == 1 + 3 + 1  # chance, three judges, the turn-count baseline
     plt.close(fig)
 
 

@@ -1,6 +1,7 @@
 """Reward package: the split, the three training sets, real training on a separable synthetic
-signal (tiny model), metrics, the GRPO reward function, the random reference, the human-signal
-validation, the `reward_model.trainer` block and the stage's stale-result check."""
+signal (tiny model), metrics, the GRPO reward function, the random reference, the validity card of
+the trained reward model on real conversations, the `reward_model.trainer` block and the stage's
+stale-result check. The cards of every judge: tests/test_validity.py."""
 
 from __future__ import annotations
 
@@ -55,13 +56,12 @@ def synthetic_frame(n_dialogues: int = 16, contexts_per_dialogue: int = 1, candi
 
 
 def _params(tmp: Path, **overrides):
-    """ci params for a run under ``tmp``; the human-validation settings are those of
-    test_human_validation_on_real_esconv, which validates the module's trained run."""
+    """ci params for a run under ``tmp``; the validity settings are those of
+    test_reward_model_card_on_real_esconv, which cards the module's trained run."""
     base = {
         "output_root": str(tmp / "outputs"),
         "data.max_dialogues": 60,
-        "reward_model.human_validation_dialogues": 5,
-        "reward_model.human_validation_turns": 3,
+        "validation.judges": ["reward_model"],
         "reward_model.epochs": 3,
         "reward_model.learning_rate": 3e-3,
         "reward_model.batch_size": 8,
@@ -156,25 +156,6 @@ def test_dataset_builders():
     rank = inputs.ranking_dataset(frame, 4)
     assert len(rank) == len(pairs) and set(rank.column_names) >= {"chosen", "rejected"}
     assert rank["chosen"][0] == inputs.format_input(frame.loc[pairs["chosen"][0], "history"], frame.loc[pairs["chosen"][0], "candidate_reply"], 4)
-
-
-def test_spearman_bootstrap_interval():
-    """A perfect monotone relation gives [1, 1]; a noisy one an interval around its estimate that
-    narrows with more data."""
-    from scipy.stats import spearmanr
-
-    x = np.arange(20.0)
-    assert validation.spearman_bootstrap_ci(x, x**3) == (1.0, 1.0)
-    rng = np.random.default_rng(0)
-    widths = []
-    for n in (20, 400):
-        a = rng.normal(size=n)
-        b = a + rng.normal(scale=1.5, size=n)
-        lo, hi = validation.spearman_bootstrap_ci(a, b, seed=1)
-        assert lo < spearmanr(a, b).statistic < hi
-        widths.append(hi - lo)
-    assert widths[1] < widths[0] / 2
-    assert all(math.isnan(v) for v in validation.spearman_bootstrap_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
 
 
 def test_metrics_perfect_and_degenerate():
@@ -292,16 +273,10 @@ def test_untrained_variant_and_skipped_ranking_fail_clearly(tmp_path, tiny_model
 
 def test_figures(trained, tmp_path):
     params, report = trained
-    hv = validation.HumanValidation(
-        pd.DataFrame({"intensity_drop": [1, 2, 0, 3], "rm_score": [0.2, 0.5, 0.1, 0.9], "critic_score": [0.5, -0.5, 0.0, 1.0]}),
-        pd.DataFrame([validation.spearman_row("reward model (classification)", pd.Series([0.2, 0.5, 0.1, 0.9]), pd.Series([1, 2, 0, 3]))]),
-        "classification",
-    )
     for fig_fn, data in (
         (plots.plot_calibration, report.predictions),
         (plots.plot_score_distributions, report.predictions),
         (plots.plot_learning_curves, report.log_frame()),
-        (plots.plot_human_validation, hv),
     ):
         path = tmp_path / f"{fig_fn.__name__}.png"
         fig_fn(data, path)
@@ -313,35 +288,35 @@ def test_figures(trained, tmp_path):
         (plots.reward_learning_curves, report, "learning_curves"),
         (plots.reward_score_distributions, report, "score_distributions"),
         (plots.reward_calibration, report, "calibration"),
-        (plots.reward_human_validation, hv, "human_validation"),
     ):
         lay.rm_figure(name).unlink(missing_ok=True)
         fig_fn(data, params)
         assert lay.rm_figure(name).stat().st_size > 1000, name
 
 
-# ---- human-signal validation -----------------------------------------------------------------
+# ---- the reward model's validity card ---------------------------------------------------------
 
 
-def test_human_validation_on_real_esconv(trained, data_dir, monkeypatch):
+def test_reward_model_card_on_real_esconv(trained, data_dir, monkeypatch):
+    """The trained classification head (GRPO's reward model) scores the real final supporter turn
+    of 6 successful and 6 failed ESConv conversations, none the simulation drew contexts from."""
     from rlff_utils.data import load_contexts, prepare_data
 
     params, _ = trained
     monkeypatch.setenv("RLFF_DATA_DIR", str(data_dir))
     prepare_data(params)
-    hv = validation.validate_against_humans(params)
-    assert hv.variant == "classification"
-    assert len(hv.frame) == 5 and hv.frame["turns_scored"].between(1, 3).all()
-    assert hv.frame["rm_score"].between(0, 1).all()
-    assert (hv.frame["intensity_drop"] == hv.frame["initial_intensity"] - hv.frame["final_intensity"]).all()
-    assert list(hv.correlations["n"])[0] == 5 and len(hv.correlations) == 3
+    report = validation.validity_cards(params)
+    assert list(report.cards) == ["reward_model"], report.notes
+    card = report.cards["reward_model"]
+    assert (card.n_success, card.n_failed) == (6, 6) and "classification" in card.judge
+    assert report.frame["reward_model_score"].between(0, 1).all()
+    assert card.auc_ci95[0] <= card.auc <= card.auc_ci95[1] and card.baseline == "turn count"
     used = {c["dialogue_id"] for c in load_contexts(params)}
-    assert not used & set(hv.frame["dialogue_id"])
-    c = hv.correlations.iloc[0]
-    if math.isfinite(c["spearman"]):
-        assert c["ci95_low"] <= c["spearman"] <= c["ci95_high"]
-    again = validation.validate_against_humans(params)  # cached: same numbers, no model call needed
-    pd.testing.assert_frame_equal(again.frame, hv.frame, check_dtype=False)
+    assert not used & set(report.frame["dialogue_id"])
+    direct = validation.reward_model_scores(params, [d for d, _ in validation.outcome_sets(params).card])
+    assert report.frame["reward_model_score"].tolist() == pytest.approx(direct, abs=1e-6)
+    again = validation.validity_cards(params)  # cached: same numbers, no model call needed
+    pd.testing.assert_frame_equal(again.frame, report.frame, check_dtype=False)
 
 
 # ---- the notebook ----------------------------------------------------------------------------
@@ -372,8 +347,11 @@ def test_notebook_03_runs_on_ci_params(tmp_path, data_dir, tiny_model_path, monk
     lay = runs.layout(params)
     table = pd.read_csv(lay.rm_comparison)
     assert table["variant"].tolist() == ["classification", "regression", "ranking", "random"]
-    assert runs.read_json(lay.human_validation)["dialogues"] == params.reward_model.human_validation_dialogues
-    for fig in ("learning_curves", "score_distributions", "calibration", "human_validation"):
+    cards = runs.read_json(lay.validity)["cards"]
+    assert set(cards) >= {"critic", "reward_model", "learned_critic"}
+    assert all(c["n_success"] == params.validation.success_conversations for c in cards.values())
+    assert (lay.learned_critic_adapter / "adapter_config.json").is_file()
+    for fig in ("learning_curves", "score_distributions", "calibration", "validity"):
         assert lay.rm_figure(fig).is_file(), fig
     assert runs.read_record(params.run_dir, runs.REWARD_MODEL)["complete"]
 
@@ -443,7 +421,7 @@ def test_stage_refuses_stale_results_and_reuses_them_across_execution_changes(tr
     with pytest.raises(runs.StaleStageError, match="learning_rate"):
         scorer.load_reward_function(changed, "classification")
     with pytest.raises(runs.StaleStageError):
-        validation.validate_against_humans(changed)
+        validation.validity_cards(changed)
 
     faster = _params(root, **{"reward_model.batch_size": 4})
     again = train.train_reward_models(faster, frame=synthetic_frame())

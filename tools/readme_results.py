@@ -3,7 +3,7 @@
     python -m tools.readme_results outputs/smoke
 
 Replaces the text between the RESULTS markers in README.md with the run's main table, reward-model
-comparison, human-signal validation and simulation statistics, so the README never quotes numbers
+comparison, validity cards and simulation statistics, so the README never quotes numbers
 that no run produced.
 """
 
@@ -23,7 +23,8 @@ def section(run: Path) -> str:
     for title, name in [
         ("Interactive evaluation (SR, AT with 95% bootstrap intervals)", "main_results"),
         ("Reward-model variants (held-out split)", "reward_models"),
-        ("Human-signal validation (Spearman with the seekers' reported intensity drop)", "human_signal_validation"),
+        ("Validity cards (real conversations: helped vs failed; AUC, Spearman with the intensity drop)",
+         "validity_cards"),
         ("Simulation", "simulation"),
     ]:
         path = report / f"{name}.md"

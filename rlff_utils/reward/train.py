@@ -39,7 +39,7 @@ from .scorer import load_scorer, predict
 from .variants import NUM_LABELS, VARIANTS, RewardModelError, check_variant, stage_writer, variant_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..params import RunParams
+    from ..params import RewardModelParams, RunParams
 
 FINGERPRINT = "fingerprint.json"  # inside a variant's checkpoints folder: what its checkpoints were trained on
 
@@ -49,13 +49,15 @@ FINGERPRINT = "fingerprint.json"  # inside a variant's checkpoints folder: what 
 # --------------------------------------------------------------------------------------------
 
 
-def training_arguments(params: "RunParams", output_dir: Path, n_train: int, has_valid: bool, config_cls=None, **extra):
+def training_arguments(params: "RunParams", output_dir: Path, n_train: int, has_valid: bool, config_cls=None,
+                       rm: "RewardModelParams | None" = None, **extra):
     """``TrainingArguments`` (or ``config_cls``, e.g. TRL's ``RewardConfig``): the project's
     defaults, updated by ``reward_model.trainer``, then the settings the project's own fields
-    decide (which the trainer block may not name; params loading refuses them)."""
+    decide (which the trainer block may not name; params loading refuses them). ``rm``: the
+    training knobs (default ``reward_model``; the learned critic passes its own)."""
     from transformers import TrainingArguments
 
-    rm = params.reward_model
+    rm = rm or params.reward_model
     steps_per_epoch = max(1, math.ceil(n_train / (rm.batch_size * rm.gradient_accumulation_steps)))
     total = max(1, int(steps_per_epoch * rm.epochs))
     defaults = {
@@ -116,46 +118,46 @@ def resume_point(ckpt_dir: Path, stamp: dict[str, Any]) -> str | None:
     return last
 
 
-def _trainer(params: "RunParams", variant: str, model, tok, train, valid, callbacks):
+def _trainer(params: "RunParams", rm: "RewardModelParams", ckpts: Path, ranking: bool, model, tok, train, valid,
+             callbacks):
     """transformers' ``Trainer`` for the labelled heads, TRL's ``RewardTrainer`` for ranking."""
     from transformers import DataCollatorWithPadding, Trainer
 
-    ckpts, has_valid = runs.layout(params).rm_checkpoints(variant), len(valid) > 0
+    has_valid = len(valid) > 0
     common = {"model": model, "train_dataset": train, "eval_dataset": valid if has_valid else None,
               "processing_class": tok, "callbacks": callbacks}
-    if variant == "ranking":
+    if ranking:
         from trl import RewardConfig, RewardTrainer
 
-        args = training_arguments(params, ckpts, len(train), has_valid, RewardConfig, max_length=None,
+        args = training_arguments(params, ckpts, len(train), has_valid, RewardConfig, rm=rm, max_length=None,
                                   disable_dropout=False)
         return RewardTrainer(args=args, **common)
-    args = training_arguments(params, ckpts, len(train), has_valid)
+    args = training_arguments(params, ckpts, len(train), has_valid, rm=rm)
     return Trainer(args=args, data_collator=DataCollatorWithPadding(tok), **common)
 
 
-def fit(params: "RunParams", variant: str, splits: RMSplits) -> tuple[Any, list[dict], dict[str, Any]]:
-    """Train one variant with early stopping on the validation split; returns (peft model,
-    log history, facts for its metrics). Raises RewardModelError on data no model can learn from."""
+def fit_head(params: "RunParams", rm: "RewardModelParams", num_labels: int, tok, train, valid, ckpts: Path,
+             stamp: dict[str, Any], ranking: bool = False) -> tuple[Any, list[dict], dict[str, Any]]:
+    """Train a LoRA head on the backbone (``num_labels`` outputs; ``ranking``: TRL's pairwise
+    loss) on tokenised ``train``, early-stopping on ``valid``, checkpointing every epoch into
+    ``ckpts`` and resuming there when ``stamp`` (what the checkpoints were trained on) matches.
+    Returns (peft model, log history, facts). Every head of the project trains here."""
     from peft import get_peft_model
     from transformers import EarlyStoppingCallback
 
-    rm, role = params.reward_model, params.models.reward_backbone
-    tok = load_rm_tokenizer(role.name)
-    train, valid, notes = training_sets(variant, splits, tok, params)
     has_valid = len(valid) > 0
-    if not has_valid:
-        notes.append("empty validation set: trained for all epochs without early stopping")
+    notes = [] if has_valid else ["empty validation set: trained for all epochs without early stopping"]
     facts: dict[str, Any] = {"notes": notes, "n_train": len(train), "n_valid": len(valid)}
-
-    model = load_backbone(role.name, NUM_LABELS[variant], params.seed, tok.pad_token_id, precision(params).train_dtype)
+    model = load_backbone(params.models.reward_backbone.name, num_labels, params.seed, tok.pad_token_id,
+                          precision(params).train_dtype)
     model = get_peft_model(model, lora_config(rm, model))
     for weight in model.parameters():  # the trained weights stay fp32 whatever the backbone holds
         if weight.requires_grad:
             weight.data = weight.data.float()
     callbacks = [EarlyStoppingCallback(early_stopping_patience=rm.early_stopping_patience)] if has_valid else []
-    trainer = _trainer(params, variant, model, tok, train, valid, callbacks)
+    trainer = _trainer(params, rm, ckpts, ranking, model, tok, train, valid, callbacks)
 
-    resume = resume_point(runs.layout(params).rm_checkpoints(variant), fingerprint(params, variant, train, valid))
+    resume = resume_point(ckpts, stamp)
     facts["resumed_from"] = Path(resume).name if resume else None
     t0 = time.monotonic()
     trainer.train(resume_from_checkpoint=resume)
@@ -163,6 +165,18 @@ def fit(params: "RunParams", variant: str, splits: RMSplits) -> tuple[Any, list[
     facts["epochs_run"] = round(float(trainer.state.epoch or 0), 2)
     facts["best_eval_loss"] = trainer.state.best_metric
     return trainer.model, trainer.state.log_history, facts
+
+
+def fit(params: "RunParams", variant: str, splits: RMSplits) -> tuple[Any, list[dict], dict[str, Any]]:
+    """Train one variant with early stopping on the validation split; returns (peft model,
+    log history, facts for its metrics). Raises RewardModelError on data no model can learn from."""
+    tok = load_rm_tokenizer(params.models.reward_backbone.name)
+    train, valid, notes = training_sets(variant, splits, tok, params)
+    ckpts = runs.layout(params).rm_checkpoints(variant)
+    model, log, facts = fit_head(params, params.reward_model, NUM_LABELS[variant], tok, train, valid, ckpts,
+                                 fingerprint(params, variant, train, valid), ranking=variant == "ranking")
+    facts["notes"] = notes + facts["notes"]
+    return model, log, facts
 
 
 def _reuse(params: "RunParams", variant: str) -> VariantResult | None:

@@ -1,11 +1,27 @@
-"""The reward model and the critic against a human signal: ESConv's seeker survey.
+"""The run's judges against real outcomes: validity cards (notebook 03, after training).
 
-After each ESConv conversation the seeker reported their emotional intensity before and after
-(1–5). On real dialogues the simulation never used, :func:`validate_against_humans` computes the
-Spearman ρ of (a) the reward model's mean score of the real supporter replies and (b) the critic's
-judgement of the real dialogue with the seeker's intensity drop, each with a bootstrap interval.
-Neither signal was trained on the survey, so this checks both against people rather than against
-the simulator.
+RLFF-ESC trains on the critic's verdicts and on a reward model that learned them, so both must
+tell a seeker who was helped from one who was not. On real conversations with a known outcome
+(:mod:`rlff_utils.outcomes`: ESConv conversations whose seeker's intensity fell by at least
+``validation.min_intensity_drop``, against the ESConv authors' failed conversations) each judge in
+``validation.judges`` gets a card (:mod:`rlff_utils.validity`: ROC-AUC with a stratified bootstrap
+interval and Mann-Whitney p, Spearman with the intensity drop, mean score and top labels per group,
+unparsable answers, conversations without a verdict, and the turn-count baseline):
+
+* ``critic``: the simulation's critic (``models.critic``, ``simulation.critic_*``) on each real
+  conversation's last ``data.max_history_turns`` turns, as it sees the end of a rollout;
+* ``eval_critic`` (with ``critic`` in the judges): the evaluation's critic (``models.eval_critic``, ``evaluation.critic_*``) on
+  the last ``1 + 2·evaluation.max_turns`` turns (the longest conversation it judges), carded
+  separately only when it is another judge than the simulation's; ``validity.json`` names the card
+  that applies to the evaluation's SR/AT either way;
+* ``reward_model``: the reward model GRPO uses (``grpo.reward_model``; ``random``: the untrained
+  head) scoring the real final supporter turn in its context;
+* ``learned_critic``: the critic trained on real outcomes (:mod:`.learned_critic`), on the
+  conversations it never saw; ``critic_heldout`` is the simulation's critic on the same ones when
+  they are not the whole card set.
+
+Saved as ``validity.json`` (cards, settings, notes) and ``validity.csv`` (one row per
+conversation: group, turns, drop, every judge's score and label), reused while the settings match.
 """
 
 from __future__ import annotations
@@ -19,253 +35,248 @@ import pandas as pd
 
 from .. import runs
 from ..data import SUPPORTER
+from ..outcomes import FAILED, SUCCESS, OutcomeError, intensity_drop, outcome_sets, stable_seed
+from ..validity import ValidityCard, card_from_dict, cards_frame, critic_identity, critic_window, validity_card
 from .scorer import ScorerCache, load_scorer
 from .variants import stage_writer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import Dialogue
+    from ..dialogues import Dialogue
     from ..params import RunParams
 
-FRAME_COLUMNS = ["dialogue_id", "initial_intensity", "final_intensity", "intensity_drop", "rm_score",
-                 "critic_score", "turns_scored"]
+BASE_COLUMNS = ["dialogue_id", "group", "heldout", "turns", "intensity_drop"]
+BASELINE = "turn count"
 
 
 @dataclass
-class HumanValidation:
-    """Per dialogue: the reward model's mean score over its real supporter turns, the critic's
-    judgement of the whole real dialogue, and the seeker's own intensity drop (initial − final)."""
+class ValidityReport:
+    """Every card of the run, the per-conversation scores behind them, and which card applies to
+    the evaluation's critic."""
 
+    cards: dict[str, ValidityCard]
     frame: pd.DataFrame
-    correlations: pd.DataFrame
-    variant: str
+    evaluation_critic: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def table(self) -> pd.DataFrame:
+        return cards_frame(self.cards)
 
-def human_validation_variant(params: "RunParams") -> str:
-    """The variant GRPO will use, when it is a trained one; else the first trained variant."""
-    g = params.grpo.reward_model
-    return g if g in params.reward_model.variants else params.reward_model.variants[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Step 1: the dialogues
-# --------------------------------------------------------------------------------------------
-
-
-def survey_dialogues(params: "RunParams") -> tuple[list["Dialogue"], list[str]]:
-    """ESConv dialogues with both survey intensities, none that the simulation drew contexts
-    from (those shaped the reward model), a seeded sample of ``human_validation_dialogues``."""
-    import random
-
-    from ..data import load_contexts, load_dialogues
-
-    notes = []
-    n = params.reward_model.human_validation_dialogues
-    dialogues = [
-        d for d in load_dialogues(params)
-        if d.dataset == "esconv" and d.initial_emotion_intensity is not None and d.final_emotion_intensity is not None
-    ]
-    try:
-        used = {c["dialogue_id"] for c in load_contexts(params)}
-    except FileNotFoundError:
-        used = set()
-    fresh = [d for d in dialogues if d.id not in used]
-    if len(fresh) < min(n, len(dialogues)):
-        notes.append(f"only {len(fresh)} surveyed dialogues unused by the simulation; dialogues it used are included")
-        fresh = dialogues
-    fresh = sorted(fresh, key=lambda d: d.id)
-    sample = random.Random(params.seed).sample(fresh, min(n, len(fresh)))
-    return sorted(sample, key=lambda d: d.id), notes
-
-
-def _spaced(positions: list[int], k: int | None) -> list[int]:
-    if k is None or len(positions) <= k:
-        return positions
-    return sorted({positions[int(round(i))] for i in np.linspace(0, len(positions) - 1, k)})
+    def summaries(self) -> list[str]:
+        return [c.summary() for c in self.cards.values()]
 
 
 # --------------------------------------------------------------------------------------------
-# Step 2: the two signals per dialogue
+# Each judge's scores of the card's conversations
 # --------------------------------------------------------------------------------------------
 
 
-def reward_model_scores(params: "RunParams", variant: str, dialogues: list["Dialogue"],
-                        cache: ScorerCache | None = None) -> pd.DataFrame:
-    """Per dialogue (index): the reward model's ``mean`` score over up to
-    ``human_validation_turns`` evenly spaced real supporter replies, and their number (``size``)."""
-    histories, replies, owner = [], [], []
-    for d in dialogues:
-        turns = [t.model_dump() for t in d.turns]
-        positions = [i for i, t in enumerate(turns) if t["speaker"] == SUPPORTER and i > 0]
-        for i in _spaced(positions, params.reward_model.human_validation_turns):
-            histories.append(turns[:i])
-            replies.append(turns[i]["text"])
-            owner.append(d.id)
-    scorer = cache.get(params, variant) if cache is not None else load_scorer(params, variant)
-    per_turn = pd.DataFrame({"dialogue_id": owner, "score": scorer.score(histories, replies)})
-    return per_turn.groupby("dialogue_id")["score"].agg(["mean", "size"])
+def _contexts(dialogues: list["Dialogue"]) -> list[dict[str, Any]]:
+    return [{"situation": d.situation or "", "emotion_type": d.emotion_type or "", "problem_type": d.problem_type or "",
+             "history": [{"speaker": t.speaker, "text": t.text} for t in d.turns]} for d in dialogues]
 
 
-def critic_scores(params: "RunParams", dialogues: list["Dialogue"]) -> list[float]:
-    """The simulation's critic on each whole real dialogue, seeing its last
-    ``data.max_history_turns`` turns as at the end of a rollout (NaN when it named no label)."""
+def critic_judgements(params: "RunParams", stage: str, dialogues: list["Dialogue"]) -> pd.DataFrame:
+    """The stage's critic (LLM modes) on each real conversation's last turns (its window), each
+    judgement seeded by its conversation: score, top label and unparsable answers per conversation."""
     from ..agents import Critic
-    from ..backends import get_backend
 
-    sim = params.simulation
-    critic = Critic(
-        get_backend(params.models.critic, seed=params.seed),
-        sim.critic_mode,
-        samples=sim.critic_samples,
-        temperature=sim.critic_temperature,
-        threshold=sim.success_threshold,
-        seed=params.seed,
-        max_history_turns=params.data.max_history_turns,  # what the simulation's critic sees
-    )
-    contexts = [
-        {"situation": d.situation or "", "emotion_type": d.emotion_type or "", "problem_type": d.problem_type or "",
-         "history": [t.model_dump() for t in d.turns]}
-        for d in dialogues
-    ]
-    return [j.score for j in critic.judge(contexts)]
+    critic = Critic.for_stage(params, stage, max_history_turns=critic_window(params, stage))
+    seeds = [stable_seed(params.seed, "critic card", stage, d.id) for d in dialogues]
+    results = critic.judge(_contexts(dialogues), seeds=seeds)
+    labels = [max(r.counts, key=r.counts.get) if math.isfinite(r.score) and any(r.counts.values()) else None
+              for r in results]
+    return pd.DataFrame({"score": [r.score for r in results], "label": labels, "unparsed": [r.unparsed for r in results]})
 
 
-def dialogue_frame(dialogues: list["Dialogue"], rm_scores: pd.DataFrame, critic: list[float]) -> pd.DataFrame:
-    """One row per dialogue: the survey, the reward model's mean and the critic's score."""
-    return pd.DataFrame(
-        {
-            "dialogue_id": [d.id for d in dialogues],
-            "initial_intensity": [d.initial_emotion_intensity for d in dialogues],
-            "final_intensity": [d.final_emotion_intensity for d in dialogues],
-            "intensity_drop": [d.initial_emotion_intensity - d.final_emotion_intensity for d in dialogues],
-            "rm_score": [rm_scores["mean"].get(d.id, math.nan) for d in dialogues],
-            "critic_score": critic,
-            "turns_scored": [int(rm_scores["size"].get(d.id, 0)) for d in dialogues],
-        },
-        columns=FRAME_COLUMNS,
-    )
+def reward_model_scores(params: "RunParams", dialogues: list["Dialogue"], cache: ScorerCache | None = None) -> list[float]:
+    """The GRPO reward model (``grpo.reward_model``) on each conversation's final supporter turn
+    given the turns before it (NaN when the conversation has no supporter turn after the first)."""
+    variant = params.grpo.reward_model
+    scorer = cache.get(params, variant) if cache is not None else load_scorer(params, variant)
+    histories, replies, owner = [], [], []
+    for k, d in enumerate(dialogues):
+        turns = [{"speaker": t.speaker, "text": t.text} for t in d.turns]
+        last = max((i for i, t in enumerate(turns) if t["speaker"] == SUPPORTER and i > 0), default=None)
+        if last is not None:
+            histories.append(turns[:last])
+            replies.append(turns[last]["text"])
+            owner.append(k)
+    out = np.full(len(dialogues), np.nan)
+    out[owner] = scorer.score(histories, replies)
+    return out.tolist()
 
 
-# --------------------------------------------------------------------------------------------
-# Step 3: correlations
-# --------------------------------------------------------------------------------------------
+def learned_critic_scores(params: "RunParams", dialogues: list["Dialogue"]) -> list[float]:
+    """The learned critic's 2·P(helped) − 1 on each whole conversation (its window)."""
+    from .learned_critic import load_learned_critic
 
-
-def spearman_bootstrap_ci(x, y, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of Spearman's rho, resampling (x, y) pairs: with a few dozen
-    dialogues the p-value alone hides how wide the plausible range is. Resamples whose ranks are
-    constant (rho undefined) are left out; ``scipy.stats.bootstrap`` would instead return NaN for
-    the whole interval as soon as one resample is constant, which small samples hit often."""
-    from scipy.stats import rankdata
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(x), size=(samples, len(x)))
-    rx, ry = rankdata(x[idx], axis=1), rankdata(y[idx], axis=1)
-    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
-    denom = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
-    rho = np.divide((rx * ry).sum(1), denom, out=np.full(samples, np.nan), where=denom > 0)
-    rho = rho[np.isfinite(rho)]
-    if not len(rho):
-        return (math.nan, math.nan)
-    lo, hi = np.quantile(rho, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def spearman_row(signal: str, x: pd.Series, y: pd.Series, seed: int = 0) -> dict[str, Any]:
-    """ρ, its p-value and bootstrap interval over the pairs where both values exist, or a note
-    saying why the correlation is undefined."""
-    from scipy.stats import spearmanr
-
-    ok = x.notna() & y.notna()
-    x, y = x[ok], y[ok]
-    row = {"signal": signal, "n": int(ok.sum()), "spearman": math.nan, "p_value": math.nan,
-           "ci95_low": math.nan, "ci95_high": math.nan, "note": ""}
-    if len(x) < 3:
-        row["note"] = "fewer than 3 dialogues with both values"
-    elif x.nunique() < 2 or y.nunique() < 2:
-        row["note"] = "constant input: correlation undefined"
-    else:
-        res = spearmanr(x, y)
-        row["spearman"], row["p_value"] = float(res.statistic), float(res.pvalue)
-        row["ci95_low"], row["ci95_high"] = spearman_bootstrap_ci(x, y, seed=seed)
-    return row
-
-
-def correlations(frame: pd.DataFrame, variant: str, seed: int) -> pd.DataFrame:
-    """Reward model vs intensity drop, critic vs intensity drop, reward model vs critic."""
-    return pd.DataFrame([
-        spearman_row(f"reward model ({variant})", frame["rm_score"], frame["intensity_drop"], seed),
-        spearman_row("critic", frame["critic_score"], frame["intensity_drop"], seed),
-        spearman_row("reward model vs critic", frame["rm_score"], frame["critic_score"], seed),
-    ])
-
-
-def headline(frame: pd.DataFrame, rho: pd.DataFrame, variant: str) -> dict[str, Any]:
-    """Flat numbers, for tables across runs."""
-    rm, critic = rho.iloc[0], rho.iloc[1]
-    stats = ("spearman", "ci95_low", "ci95_high", "p_value")
-    return {"variant": variant, "dialogues": int(len(frame)), **{f"rm_{k}": rm[k] for k in stats},
-            **{f"critic_{k}": critic[k] for k in stats}, "n_critic": int(critic["n"])}
+    critic = load_learned_critic(params)
+    return critic.score_states([[{"speaker": t.speaker, "text": t.text} for t in d.turns] for d in dialogues]).tolist()
 
 
 # --------------------------------------------------------------------------------------------
-# The step of notebook 03: cached by its settings
+# Cards
 # --------------------------------------------------------------------------------------------
 
 
-def validation_settings(params: "RunParams", variant: str) -> dict[str, Any]:
-    """What the saved validation depends on beyond the stage record (which variant, and which
-    training of it), so a retrained or other variant is validated again."""
-    adapter = runs.layout(params).rm_adapter(variant) / "adapter_config.json"
-    rm = params.reward_model
-    return {
-        "variant": variant,
-        "model_version": adapter.stat().st_mtime_ns if adapter.is_file() else None,
-        "dialogues": rm.human_validation_dialogues,
-        "turns_per_dialogue": rm.human_validation_turns,
-        "critic": params.models.critic.name,
-        "critic_mode": params.simulation.critic_mode,
-        "critic_turns": params.data.max_history_turns,
-        "seed": params.seed,
-    }
+def _card(params: "RunParams", judge: str, frame: pd.DataFrame, key: str, answers_each: int | None,
+          protocol: dict[str, Any]) -> ValidityCard:
+    """One judge's card over ``frame``'s conversations (its ``<key>_score`` / ``_label`` /
+    ``_unparsed`` columns)."""
+    s, f = frame[frame["group"] == SUCCESS], frame[frame["group"] == FAILED]
+    with_drop = frame[frame["intensity_drop"].notna()]
+    labels = f"{key}_label" in frame.columns
+    unparsed = f"{key}_unparsed" in frame.columns and answers_each
+    return validity_card(
+        judge, s[f"{key}_score"].tolist(), f[f"{key}_score"].tolist(),
+        drops=with_drop["intensity_drop"].astype(float).tolist(), drop_scores=with_drop[f"{key}_score"].tolist(),
+        success_labels=s[f"{key}_label"].tolist() if labels else None,
+        failed_labels=f[f"{key}_label"].tolist() if labels else None,
+        unparsed_answers=int(frame[f"{key}_unparsed"].sum()) if unparsed else None,
+        answers=len(frame) * answers_each if unparsed else None,
+        baseline=BASELINE, baseline_success=s["turns"].astype(float).tolist(),
+        baseline_failed=f["turns"].astype(float).tolist(),
+        samples=params.validation.bootstrap_samples, seed=params.seed,
+        protocol={"min_intensity_drop": params.validation.min_intensity_drop, **protocol})
 
 
-def _saved(lay: runs.RunLayout, settings: dict[str, Any]) -> HumanValidation | None:
-    saved = runs.read_json(lay.human_validation, default=None)
-    if not saved or not lay.human_validation_csv.is_file() or saved.get("settings") != runs.json_ready(settings):
+def _critic_protocol(params: "RunParams", stage: str) -> tuple[str, dict[str, Any], int]:
+    s = params.simulation if stage == "simulation" else params.evaluation
+    role = params.models.critic if stage == "simulation" else params.models.eval_critic
+    window = critic_window(params, stage)
+    name = "critic" if stage == "simulation" else "evaluation critic"
+    answers = s.critic_samples if s.critic_mode == "votes" else 1
+    sampling = (f", {s.critic_samples} votes at T = {s.critic_temperature}" if s.critic_mode == "votes" else "")
+    protocol = {"model": role.name, "backend": role.backend, "mode": s.critic_mode, "window": window,
+                "samples": s.critic_samples if s.critic_mode == "votes" else None,
+                "temperature": s.critic_temperature if s.critic_mode == "votes" else None}
+    return f"{name} ({role.name}, {s.critic_mode}{sampling}, last {window} turns)", protocol, answers
+
+
+def card_settings(params: "RunParams") -> dict[str, Any]:
+    """What the saved cards depend on beyond the stage record: the judges' identities, the reward
+    model GRPO uses (and which training of it), the learned critic's training."""
+    lay = runs.layout(params)
+    variant = params.grpo.reward_model
+    adapter = lay.rm_adapter(variant) / "adapter_config.json" if variant != "random" else None
+    learned = runs.read_json(lay.learned_critic_metrics, default=None)
+    return runs.json_ready({
+        "validation": params.validation.model_dump(), "seed": params.seed,
+        "critic": critic_identity(params, "simulation"), "eval_critic": critic_identity(params, "evaluation"),
+        "reward_model": variant, "model_version": adapter.stat().st_mtime_ns if adapter and adapter.is_file() else None,
+        "learned_critic": (learned or {}).get("fingerprint"),
+    })
+
+
+def _saved(lay: runs.RunLayout, settings: dict[str, Any]) -> ValidityReport | None:
+    saved = runs.read_json(lay.validity, default=None)
+    if not saved or saved.get("settings") != settings or not lay.validity_csv.is_file():
         return None
-    frame = pd.read_csv(lay.human_validation_csv, dtype={"dialogue_id": str})
-    rho = pd.DataFrame(saved["correlations"]).astype({"spearman": float, "p_value": float,
-                                                      "ci95_low": float, "ci95_high": float})
-    return HumanValidation(frame, rho, settings["variant"], saved.get("notes", []))
+    frame = pd.read_csv(lay.validity_csv, dtype={"dialogue_id": str, "group": str})
+    cards = {k: card_from_dict(v) for k, v in saved.get("cards", {}).items()}
+    return ValidityReport(cards, frame, saved.get("evaluation_critic", {}), saved.get("notes", []))
 
 
-def validate_against_humans(
-    params: "RunParams", variant: str | None = None, force: bool | None = None, cache: ScorerCache | None = None
-) -> HumanValidation:
-    """Both training signals against the seeker survey (see the module's docstring). Saved as
-    ``human_validation.{csv,json}`` and reused while :func:`validation_settings` are unchanged,
-    unless ``force`` (default ``reward_model.retrain``)."""
+def _base_frame(sets) -> pd.DataFrame:
+    return pd.DataFrame([{"dialogue_id": d.id, "group": g, "heldout": d.id in sets.heldout, "turns": len(d.turns),
+                          "intensity_drop": intensity_drop(d)} for d, g in sets.card], columns=BASE_COLUMNS)
+
+
+def _llm_critic_mode(params: "RunParams", stage: str) -> bool:
+    return (params.simulation if stage == "simulation" else params.evaluation).critic_mode in ("votes", "probs")
+
+
+def _compute(params: "RunParams", cache: ScorerCache | None) -> ValidityReport:
+    """Score the card's conversations with every judge and make the cards."""
+    from .learned_critic import train_learned_critic
+
+    v = params.validation
+    sets = outcome_sets(params)
+    notes = list(sets.notes)
+    dialogues = [d for d, _ in sets.card]
+    frame = _base_frame(sets)
+    cards: dict[str, ValidityCard] = {}
+    held = frame["heldout"].to_numpy(bool)
+    modes = {params.simulation.critic_mode, params.evaluation.critic_mode}
+
+    def add_critic(key: str, stage: str) -> None:
+        judge, protocol, answers = _critic_protocol(params, stage)
+        j = critic_judgements(params, stage, dialogues)
+        for col in ("score", "label", "unparsed"):
+            frame[f"{key}_{col}"] = j[col].to_numpy()
+        cards[key] = _card(params, judge, frame, key, answers, {**protocol, "conversations": "all"})
+        if key == "critic" and "learned_critic" in v.judges and not held.all():
+            cards["critic_heldout"] = _card(params, judge + " on the learned critic's held-out", frame[held], key,
+                                            answers, {**protocol, "conversations": "learned critic's held-out"})
+
+    if "critic" in v.judges:
+        if _llm_critic_mode(params, "simulation"):
+            add_critic("critic", "simulation")
+        else:
+            notes.append(f"simulation critic mode {params.simulation.critic_mode!r}: no LLM critic to card"
+                         + (" (its card is the learned critic's)" if params.simulation.critic_mode == "learned" else ""))
+    evaluation = {"identity": critic_identity(params, "evaluation"), "card": None}
+    if params.evaluation.critic_mode == "learned":
+        evaluation["card"] = "learned_critic"
+    elif not _llm_critic_mode(params, "evaluation"):
+        evaluation["note"] = f"evaluation critic mode {params.evaluation.critic_mode!r} judges rollouts only: no card"
+    elif "critic" not in v.judges:
+        evaluation["note"] = "the critics are not carded ('critic' is not in validation.judges)"
+    elif critic_identity(params, "evaluation") == critic_identity(params, "simulation") and "critic" in cards:
+        evaluation["card"] = "critic"
+    else:
+        add_critic("eval_critic", "evaluation")
+        evaluation["card"] = "eval_critic"
+
+    if "reward_model" in v.judges:
+        frame["reward_model_score"] = reward_model_scores(params, dialogues, cache)
+        cards["reward_model"] = _card(params, f"reward model ({params.grpo.reward_model}, final supporter turn)", frame,
+                                      "reward_model", None, {"variant": params.grpo.reward_model, "conversations": "all"})
+    if "learned_critic" in v.judges or "learned" in modes:
+        try:
+            record = train_learned_critic(params, sets)
+        except OutcomeError as e:
+            notes.append(f"learned critic: {e}")
+            return ValidityReport(cards, frame, _applies(evaluation, cards), notes)
+        if record.get("reused"):
+            notes.append("learned critic: reused (same settings and data)")
+        scores = np.full(len(frame), np.nan)
+        scores[held] = learned_critic_scores(params, [d for d, h in zip(dialogues, held) if h])
+        frame["learned_critic_score"] = scores
+        frame["learned_critic_label"] = [None if not h else ("helped" if s >= 0 else "not helped")
+                                         for s, h in zip(scores, held)]
+        cards["learned_critic"] = _card(
+            params, "learned critic (held-out)", frame[held], "learned_critic", None,
+            {"window": params.data.max_history_turns, "score": "2 P(helped) - 1", "conversations": "held-out",
+             "trained_on": record.get("conversations"), "examples": record.get("train")})
+    return ValidityReport(cards, frame, _applies(evaluation, cards), notes)
+
+
+def _applies(evaluation: dict[str, Any], cards: dict[str, ValidityCard]) -> dict[str, Any]:
+    if evaluation["card"] and evaluation["card"] not in cards:
+        evaluation["note"] = f"card {evaluation['card']!r} was not computed (see validation.judges and the notes)"
+        evaluation["card"] = None
+    return evaluation
+
+
+def validity_cards(params: "RunParams", force: bool | None = None, cache: ScorerCache | None = None) -> ValidityReport:
+    """Every judge's card (see the module docstring), trained learned critic included; saved as
+    ``validity.{json,csv}`` and reused while :func:`card_settings` are unchanged, unless ``force``
+    (default ``reward_model.retrain``). Without the failed conversations (or with no judge) the
+    report is empty and says why."""
     force = params.reward_model.retrain if force is None else force
-    variant = variant or human_validation_variant(params)
-    settings = validation_settings(params, variant)
     with stage_writer(params) as lay:
+        if not params.validation.judges:
+            return ValidityReport({}, pd.DataFrame(columns=BASE_COLUMNS), {}, ["validation.judges is empty: no card"])
+        settings = card_settings(params)
         if not force and (saved := _saved(lay, settings)):
             return saved
-        dialogues, notes = survey_dialogues(params)
-        if dialogues:
-            rm_scores = reward_model_scores(params, variant, dialogues, cache)
-            critic = critic_scores(params, dialogues)
-            frame = dialogue_frame(dialogues, rm_scores, critic)
-            unparsed = sum(1 for s in critic if not math.isfinite(s))
-            if unparsed:
-                notes.append(f"critic named no label for {unparsed} dialogue(s): left out of its correlation")
-        else:
-            notes.append("no ESConv dialogue with both survey intensities (or human_validation_dialogues is 0)")
-            frame = pd.DataFrame(columns=FRAME_COLUMNS)
-        rho = correlations(frame, variant, params.seed)
-        frame.to_csv(lay.human_validation_csv, index=False)
-        record = {**headline(frame, rho, variant), "settings": settings, "correlations": rho.to_dict("records"),
-                  "notes": notes}
-        runs.write_json(record, lay.human_validation)
-        return HumanValidation(frame, rho, variant, notes)
+        try:
+            report = _compute(params, cache)
+        except OutcomeError as e:
+            report = ValidityReport({}, pd.DataFrame(columns=BASE_COLUMNS), {}, [f"no card: {e}"])
+        settings = card_settings(params)  # the learned critic may have been trained just now
+        report.frame.to_csv(lay.validity_csv, index=False)
+        runs.write_json({"settings": settings, "cards": {k: c.as_dict() for k, c in report.cards.items()},
+                         "evaluation_critic": report.evaluation_critic, "notes": report.notes}, lay.validity)
+        return report
