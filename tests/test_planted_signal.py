@@ -49,7 +49,7 @@ def planted_run(tmp_path_factory, data_dir):
         "simulation.label_threshold": 1.0, "reward_model.variants": ["classification"],
         "reward_model.epochs": 4, "reward_model.learning_rate": 3e-3, "reward_model.batch_size": 8,
         "reward_model.max_length": 64, "reward_model.test_fraction": 0.3, "reward_model.valid_fraction": 0.15,
-        "reward_model.human_validation_dialogues": 0})
+        "validation.judges": ["reward_model"]})
     rng = random.Random(0)
     trajs, firsts = [], {}
     for d in range(24):
