@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -473,3 +474,24 @@ def test_clear_backends_drops_engines(tiny):
     assert backends._ENGINES
     backends.clear_backends()
     assert not backends._ENGINES
+
+
+@pytest.mark.parametrize("paper", sorted((Path(__file__).resolve().parents[1] / "params").glob("paper_*.yaml")),
+                         ids=lambda p: p.name)
+def test_paper_files_reach_their_simulator_endpoint(endpoint, monkeypatch, paper):
+    """`${SIM_BASE_URL:-...}` in the real paper files is expanded at load: the simulator and the
+    critic built from them talk to the server it names (here a loopback one)."""
+    from rlff_utils.agents import Critic
+    from rlff_utils.params import load_params
+
+    url, state = endpoint
+    monkeypatch.setenv("SIM_BASE_URL", url)
+    monkeypatch.setenv("SIM_API_KEY", "EMPTY")
+    p = load_params(paper, check_files=False)
+    assert p.models.user_sim.base_url == p.models.critic.base_url == url
+    out = get_backend(p.models.user_sim).generate([_user("hello")], n=1)
+    assert out == [["re:hello#0"]]
+    critic = Critic(get_backend(p.models.critic), "probs", threshold=0.5)
+    [verdict] = critic.judge([{"history": [{"speaker": "seeker", "text": "better now", "strategy": None}]}])
+    assert verdict.score > 0  # "better" was the most likely label the endpoint reported
+    assert state["requests"] == 2 and all(b["model"] == "Qwen/Qwen2.5-72B-Instruct" for b in state["bodies"])
