@@ -42,7 +42,6 @@ import pandas as pd
 
 from rlff_utils import evaluate, plots, runs
 from rlff_utils.params import load_params
-from rlff_utils.rollout import format_transcript
 
 params = load_params(params_file, overrides)
 lay = runs.layout(params)
@@ -108,13 +107,16 @@ pd.DataFrame([{"system": main, "baseline": b, "cases": d["cases"],
               for b, d in paired.items()])
 
 # %% [markdown]
-# ## A conversation of the RLFF-ESC policy and of the vanilla baseline
+# ## The same case under the RLFF-ESC policy and the vanilla baseline, side by side
+#
+# Each row is one turn: both systems' supporter replies, the simulated seeker's answers and the critic's
+# score after each (blank once a conversation has ended).
 
 # %%
-for system in dict.fromkeys([main, table.system.iloc[0]]):
-    record = evaluate.load_transcripts(params, system)[0]
-    print(f"=== {system} | case {record['case_id']} | {record['end_reason']} after {record['turns_used']} turns")
-    print(format_transcript(record, context_turns=1), "\n")
+baseline = "vanilla" if "vanilla" in set(table.system) and main != "vanilla" else table.system.iloc[0]
+pair = evaluate.side_by_side(params, baseline)
+print(f"case {pair.attrs.get('case_id')}: " + "; ".join(f"{k}: {v}" for k, v in pair.attrs.get("outcomes", {}).items()))
+pair.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}).format(precision=2, na_rep="–")
 
 # %% [markdown]
 # ## Response quality: pairwise judge and a blind sheet for human annotators

@@ -385,6 +385,35 @@ def load_transcripts(params, system: str) -> list[dict[str, Any]]:
     return TrajectoryStore(path, CASE_KEY).load()
 
 
+def side_by_side(params, baseline: str, case_id: str | None = None) -> pd.DataFrame:
+    """The same case under the main system and ``baseline``, turn by turn: each side's supporter
+    reply, the seeker's answer and the critic's score after it (blank once a side has ended)."""
+    main = main_system(params)
+    ours = {r["case_id"]: r for r in load_transcripts(params, main)}
+    theirs = {r["case_id"]: r for r in load_transcripts(params, baseline)}
+    shared = [c for c in ours if c in theirs]
+    if not shared:
+        return pd.DataFrame()
+    case = case_id if case_id in shared else shared[0]
+    sides = {main: ours[case], baseline: theirs[case]}
+    rows = [{"turn": 0, **{f"{name} supporter": "" for name in sides},
+             **{f"{name} seeker": r["history"][0]["text"] for name, r in sides.items()},
+             **{f"{name} critic": None for name in sides}}]
+    for k in range(max(r["turns_used"] for r in sides.values())):
+        row: dict[str, Any] = {"turn": k + 1}
+        for name, r in sides.items():
+            turns = r["turns"][2 * k: 2 * k + 2]
+            row[f"{name} supporter"] = turns[0]["text"] if turns else ""
+            row[f"{name} seeker"] = turns[1]["text"] if len(turns) > 1 else ""
+            row[f"{name} critic"] = r["critic_scores"][k] if k < len(r["critic_scores"]) else None
+        rows.append(row)
+    columns = [f"{name} {part}" for name in sides for part in ("supporter", "seeker", "critic")]
+    frame = pd.DataFrame(rows).set_index("turn")[columns]
+    frame.attrs["case_id"] = case
+    frame.attrs["outcomes"] = {name: f"{r['end_reason']} after {r['turns_used']} turn(s)" for name, r in sides.items()}
+    return frame
+
+
 def comparison_pairs(params, baseline: str, limit: int | None = None) -> list[tuple[dict, dict]]:
     """(main system, baseline) transcripts of the same cases, in case order."""
     ours = {r["case_id"]: r for r in load_transcripts(params, main_system(params))}

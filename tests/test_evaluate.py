@@ -156,6 +156,10 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
         assert r["history"][0]["speaker"] == "seeker" and 1 <= r["turns_used"] <= cap
         assert len(r["critic_scores"]) == r["turns_used"] and r["end_reason"] in ("goal", "max_turns")
         assert [t["speaker"] for t in r["turns"]] == ["supporter", "seeker"] * r["turns_used"]
+    pair = ev.side_by_side(ci_params, "vanilla")
+    assert list(pair.columns[:3]) == ["rlff-esc supporter", "rlff-esc seeker", "rlff-esc critic"]
+    assert pair.index[0] == 0 and pair.loc[0, "vanilla seeker"] == pair.loc[0, "rlff-esc seeker"]  # same opening
+    assert len(pair) == 1 + max(r["turns_used"] for r in records)
     m = json.loads(lay.system_metrics("rlff-esc").read_text())
     assert m["adapter"].endswith("adapter") and m["system"]["name"] == "rlff-esc"
     assert m["SR"] == ev.success_rate(ev.outcomes(records)) and len(m["SR_at_k"]) == cap
