@@ -95,6 +95,8 @@ CPU_OVERRIDES = {
     "data.max_contexts": 6, "data.max_eval_cases": 1,
     "simulation.max_contexts": 3, "simulation.max_turns": 1,  # 3 contexts: one per reward-model split
     "validation.failed_conversations": 3, "validation.success_conversations": 3,
+    "validation.learned_critic.max_train_conversations": 4, "validation.learned_critic.feedback_prefixes": False,
+    "validation.learned_critic.max_length": 128, "validation.bootstrap_samples": 20,
     "grpo.trainer.max_steps": 1, "grpo.trainer.per_device_train_batch_size": 4, "grpo.trainer.max_completion_length": 16,
     "evaluation.max_turns": 1, "evaluation.num_cases": 1, "evaluation.judge_pairs": 1,
     "evaluation.human_sheet_rows": 1, "evaluation.bootstrap_samples": 20,
