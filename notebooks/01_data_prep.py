@@ -29,6 +29,9 @@
 # the list of ESConv ids the project ships. Broken records are skipped and counted, never fatal.
 
 # %% tags=["parameters"]
+# The run: a params file (its relative paths start at the project root) and overrides as dotted
+# keys, like the command line's --set, e.g. {"simulation.num_candidates": 2, "run_name": "smoke-m2"}.
+# Give changed settings a new run_name: stages already run with other settings refuse to mix.
 params_file = "../params/smoke.yaml"
 overrides = {}
 
@@ -37,9 +40,9 @@ from IPython.display import display
 import pandas as pd
 
 from rlff_utils import data, plots
-from rlff_utils.params import load_params
+from rlff_utils.params import load_notebook_params
 
-params = load_params(params_file, overrides)
+params = load_notebook_params(params_file, overrides)
 print(f"run {params.run_name!r} -> {params.run_dir}")
 
 # %% [markdown]

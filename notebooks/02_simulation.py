@@ -38,6 +38,9 @@
 # Only the *visible* reply (after `</think>`) ever reaches the user simulator or the critic.
 
 # %% tags=["parameters"]
+# The run: a params file (its relative paths start at the project root) and overrides as dotted
+# keys, like the command line's --set, e.g. {"simulation.num_candidates": 2, "run_name": "smoke-m2"}.
+# Give changed settings a new run_name: stages already run with other settings refuse to mix.
 params_file = "../params/smoke.yaml"
 overrides = {}
 
@@ -49,12 +52,12 @@ from rlff_utils import runs
 from rlff_utils import simulate as sim
 from rlff_utils.agents import policy_messages
 from rlff_utils.data import load_contexts
-from rlff_utils.params import load_params
+from rlff_utils.params import load_notebook_params
 from rlff_utils.plots import plot_simulation
 from rlff_utils.reward.target import reward_frame
 from rlff_utils.rollout import format_transcript
 
-params = load_params(params_file, overrides)
+params = load_notebook_params(params_file, overrides)
 lay = runs.layout(params)
 out_dir = lay.stage(runs.SIMULATION)
 s = params.simulation

@@ -38,6 +38,9 @@
 # answers would tie, and a group without reward variance teaches nothing.
 
 # %% tags=["parameters"]
+# The run: a params file (its relative paths start at the project root) and overrides as dotted
+# keys, like the command line's --set, e.g. {"simulation.num_candidates": 2, "run_name": "smoke-m2"}.
+# Give changed settings a new run_name: stages already run with other settings refuse to mix.
 params_file = "../params/smoke.yaml"
 overrides = {}
 
@@ -46,10 +49,10 @@ from IPython.display import display
 import pandas as pd
 
 from rlff_utils import analysis, plots, runs
-from rlff_utils.params import load_params
+from rlff_utils.params import load_notebook_params
 from rlff_utils.reward import inputs, learned_critic, scorer, train, validation
 
-params = load_params(params_file, overrides)
+params = load_notebook_params(params_file, overrides)
 stage_dir = runs.layout(params).stage(runs.REWARD_MODEL)
 print(f"run {params.run_name!r}: backbone {params.models.reward_backbone.name}, "
       f"variants {params.reward_model.variants} -> {stage_dir}")

@@ -40,6 +40,9 @@
 # Groups in which all $G$ answers get the same reward carry no signal (`frac_reward_zero_std`).
 
 # %% tags=["parameters"]
+# The run: a params file (its relative paths start at the project root) and overrides as dotted
+# keys, like the command line's --set, e.g. {"simulation.num_candidates": 2, "run_name": "smoke-m2"}.
+# Give changed settings a new run_name: stages already run with other settings refuse to mix.
 params_file = "../params/smoke.yaml"
 overrides = {}
 
@@ -48,10 +51,10 @@ from IPython.display import display
 import pandas as pd
 
 from rlff_utils import analysis, grpo, runs
-from rlff_utils.params import load_params
+from rlff_utils.params import load_notebook_params
 from rlff_utils.plots import plot_grpo_curves
 
-params = load_params(params_file, overrides)
+params = load_notebook_params(params_file, overrides)
 layout = runs.layout(params)
 print(f"run {params.run_name!r} -> {layout.stage(runs.POLICY)}")
 

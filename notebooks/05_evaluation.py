@@ -32,6 +32,9 @@
 # (base + the adapter from notebook 04), and ablation adapters when they exist.
 
 # %% tags=["parameters"]
+# The run: a params file (its relative paths start at the project root) and overrides as dotted
+# keys, like the command line's --set, e.g. {"simulation.num_candidates": 2, "run_name": "smoke-m2"}.
+# Give changed settings a new run_name: stages already run with other settings refuse to mix.
 params_file = "../params/smoke.yaml"
 overrides = {}
 
@@ -41,9 +44,9 @@ from IPython.display import display
 import pandas as pd
 
 from rlff_utils import evaluate, plots, runs
-from rlff_utils.params import load_params
+from rlff_utils.params import load_notebook_params
 
-params = load_params(params_file, overrides)
+params = load_notebook_params(params_file, overrides)
 lay = runs.layout(params)
 print(json.dumps({k: v for k, v in params.evaluation.model_dump().items() if k != "systems"}, indent=1))
 pd.DataFrame([s.model_dump() for s in params.evaluation.systems])

@@ -25,6 +25,9 @@
 # and Markdown and figures as PNG to `outputs/<run>/report/`.
 
 # %% tags=["parameters"]
+# The run: a params file (its relative paths start at the project root) and overrides as dotted
+# keys, like the command line's --set, e.g. {"simulation.num_candidates": 2, "run_name": "smoke-m2"}.
+# Give changed settings a new run_name: stages already run with other settings refuse to mix.
 params_file = "../params/smoke.yaml"
 overrides = {}
 
@@ -32,10 +35,10 @@ overrides = {}
 from IPython.display import Markdown, display
 
 from rlff_utils import analysis, plots, report as run_report, runs as run_folders
-from rlff_utils.params import load_params
+from rlff_utils.params import load_notebook_params
 
 # This notebook only reads a run's outputs: the dataset need not be present.
-params = load_params(params_file, overrides, check_files=False)
+params = load_notebook_params(params_file, overrides, check_files=False)
 layout = run_folders.layout(params)
 out = layout.report
 card = run_report.run_card(params)
