@@ -115,7 +115,8 @@ def _check_report(run: Path) -> None:
     assert [p.stem for p in pages] == [s.name for s in pipeline.discover_stages(ROOT / "notebooks")]
     for page in pages:
         html = page.read_text()
-        assert "jp-InputArea" not in html and 'data-mime-type="application/vnd.jupyter.stderr"' not in html, page.name
+        assert not re.search(r'class="[^"]*jp-InputArea-editor', html), f"{page.name}: a code cell's input"
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html, page.name
         assert "jp-OutputArea-output" in html or page.stem == "01_data_prep"
         text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S))
         assert "$$" not in text, page.name
