@@ -40,7 +40,7 @@ from .data import SEEKER, STRATEGIES, SUPPORTER
 from .runs import write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backends import ChatBackend
+    pass
 
 PromptStyle = Literal["vanilla", "strategy", "reasoning"]
 

@@ -278,7 +278,6 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
 
 def _train(params: RunParams) -> GRPOResult:
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import GRPOTrainer
 
     from .models import load_tokenizer, resolve_model
     from .reward.scorer import load_reward_function
@@ -304,7 +303,7 @@ def _train(params: RunParams) -> GRPOResult:
         if last:
             print(f"resuming from {last}")
 
-    trainer = GRPOTrainer(
+    trainer = trainer_class(params)(
         model=resolve_model(params.models.policy.name),
         reward_funcs=reward_funcs,
         args=config,
@@ -414,6 +413,73 @@ def curves_frame(log_history: list[dict[str, Any]]):
         row["format_compliance"] = row["format_reward"]
         rows.append(row)
     return pd.DataFrame(rows, columns=["step", *CURVE_COLUMNS.values(), "format_compliance"])
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling with the adapter merged
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def merged_adapter(model):
+    """Inside: the active LoRA update ``W + s·BA`` is folded into each adapted layer's weight and
+    the adapter layers are bypassed, so a forward pass costs one matmul per layer instead of three
+    (what sampling pays at every decoding step). On exit every layer gets back its original weight
+    tensor itself, bit for bit: PEFT's own ``merge_adapter``/``unmerge_adapter`` subtract the update
+    again in the weights' precision, which in bf16 leaves rounding noise in the frozen base weights
+    after every step. The price is a second copy of the adapted weights while inside. A model
+    without LoRA layers passes through unchanged."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    originals = []
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if not isinstance(module, LoraLayer) or module.merged:
+                    continue
+                names = [a for a in module.active_adapters if a in module.lora_A]
+                if not names:
+                    continue
+                weight = module.get_base_layer().weight
+                merged = weight.data.clone()
+                for name in names:
+                    merged += module.get_delta_weight(name).to(merged.dtype)
+                originals.append((weight, weight.data))
+                weight.data = merged
+        if not originals:
+            yield model
+            return
+        with model.disable_adapter():
+            yield model
+    finally:
+        for weight, data in originals:
+            weight.data = data
+
+
+def trainer_class(params: RunParams):
+    """TRL's ``GRPOTrainer``, or with ``grpo.merge_adapter_for_generation`` a subclass that
+    samples the G completions inside :func:`merged_adapter` (training steps see the plain LoRA)."""
+    from trl import GRPOTrainer
+
+    if not params.grpo.merge_adapter_for_generation:
+        return GRPOTrainer
+
+    class MergedGenerationGRPOTrainer(GRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            ds = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            if ds is not None and getattr(ds, "zero_stage", 0) == 3:
+                raise ValueError("grpo.merge_adapter_for_generation needs whole weights on each rank: "
+                                 "not with DeepSpeed ZeRO-3 (use ZeRO-2 or turn it off)")
+
+        def _generate_single_turn(self, *args, **kwargs):
+            if self.use_vllm:
+                return super()._generate_single_turn(*args, **kwargs)
+            with merged_adapter(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_single_turn(*args, **kwargs)
+
+    return MergedGenerationGRPOTrainer
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from rlff_utils import backends
+from rlff_utils.backends import openai_api
 from rlff_utils.backends import BackendError, get_backend, trim_at_stop
 from rlff_utils.params import ModelRole, ParamsError, load_params
 
@@ -90,6 +91,21 @@ def test_hf_per_row_seeds_do_not_depend_on_the_batch(tiny, device):
         wide.generate([CONV_A], seed=1, seeds=[1])
 
 
+def test_hf_static_kv_cache_draws_the_same_samples(tiny, device):
+    """The fast path (a preallocated cache, compiled on a GPU) changes where keys and values live,
+    not what is sampled: same seeds, same replies as the dynamic cache; greedy too."""
+    static = get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=16,
+                                   device=device, kv_cache="static"))
+    dynamic = get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=16,
+                                    device=device))
+    assert static.engine is dynamic.engine
+    convs = [CONV_B, CONV_A, CONV_B[:2]]
+    assert static.generate(convs, n=3, seeds=[1, 7, 2]) == dynamic.generate(convs, n=3, seeds=[1, 7, 2])
+    assert static.generate(convs, temperature=0.0) == dynamic.generate(convs, temperature=0.0)
+    with pytest.raises(ValueError, match="kv_cache.*hf backend"):
+        ModelRole(name="gpt-4o", backend="openai", kv_cache="static")
+
+
 def test_hf_unseeded_sampling_follows_torch_rng(tiny):
     import torch
 
@@ -115,7 +131,7 @@ def test_hf_greedy_repeats_one_sample_and_left_padding_is_invisible(tiny):
 
 def test_hf_rows_grouped_by_length_come_back_in_input_order(tiny_model_path, device):
     """Batches are formed from length-sorted rows (little padding); answers keep the input order."""
-    from rlff_utils.backends import _by_length
+    from rlff_utils.backends.hf import _by_length
 
     assert _by_length([5, 2, 9, 2]) == [1, 3, 0, 2]
     small = get_backend(ModelRole(name="tiny-random-smollm2", temperature=0.0, max_new_tokens=6, batch_size=1,
@@ -387,8 +403,8 @@ def test_openai_endpoint_that_ignores_n_gets_separate_seeded_requests(endpoint, 
     b = get_backend(_role(url, concurrency=2))
     with caplog.at_level("WARNING", logger="rlff_utils.backends"):
         out = b.generate([_user("a"), _user("b")], n=3, seed=5)
-    seeds = {5: [5, backends._sample_seed(5, 1), backends._sample_seed(5, 2)],
-             6: [6, backends._sample_seed(6, 1), backends._sample_seed(6, 2)]}
+    seeds = {5: [5, openai_api._sample_seed(5, 1), openai_api._sample_seed(5, 2)],
+             6: [6, openai_api._sample_seed(6, 1), openai_api._sample_seed(6, 2)]}
     assert out == [[f"re:a#s{x}" for x in seeds[5]], [f"re:b#s{x}" for x in seeds[6]]]
     assert len(set(seeds[5] + seeds[6])) == 6
     assert b.ignores_n and sum("ignores n" in r.message for r in caplog.records) == 1  # logged once

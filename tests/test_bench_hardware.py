@@ -52,3 +52,24 @@ def test_weight_bytes_and_the_bound(hardware, tiny_model_path, shaped_cache):
     bw = hardware.Bandwidth(10.0, "test")  # 10 GB/s over 1 GB of weights: 10 steps/s, 80 tok/s at 8 rows
     assert hardware.bound_line(20.0, 8, 10**9, bw) == "25.0 % of the bandwidth bound (80 tok/s at 8 rows)"
     assert hardware.bound_line(5.0, 1, 10**9, bw).endswith("(10 tok/s at 1 row)")
+
+
+def test_generation_bench_times_the_fast_paths_as_ratios(project_root, tiny_model_path, tmp_path, capsys):
+    """bench_generation on the tiny model: both kv_cache settings, the LoRA adapter unmerged and
+    merged, each later variant printed as a ratio to the first, every row in the JSON."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_generation", project_root / "bench" / "bench_generation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gen.json"
+    assert bench.main(["--model", "tiny-random-smollm2", "--device", "cpu", "--batch-sizes", "1,2",
+                       "--prompt-tokens", "24", "--new-tokens", "4", "--kv-cache", "dynamic,static",
+                       "--lora-r", "4", "--lora-merged", "--bandwidth-gbs", "10", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    variants = [r["variant"] for r in result["rows"]]
+    assert variants == [v for v in ("kv_cache=dynamic, lora unmerged", "kv_cache=dynamic, lora merged",
+                                    "kv_cache=static, lora unmerged", "kv_cache=static, lora merged") for _ in (1, 2)]
+    assert all(r["backend_tokens"] > 0 and r["decode_ms_per_step"] > 0 for r in result["rows"])
+    printed = capsys.readouterr().out
+    assert printed.count(" vs kv_cache=dynamic, lora unmerged, batch ") == 6 and "of the bandwidth bound" in printed

@@ -199,6 +199,53 @@ def test_curves_from_log_history():
     assert (row.total_reward, row.future_reward, row.format_compliance, row.completion_length) == (0.5, 0.25, 0.5, 12.0)
 
 
+def _tiny_lora(tiny_model_path, dtype="float32"):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=getattr(torch, dtype))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_merged_adapter_computes_the_adapted_model_and_restores_the_base_bit_for_bit(tiny_model_path, dtype):
+    import torch
+
+    model = _tiny_lora(tiny_model_path, dtype)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits.float()
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits.float()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with grpo.merged_adapter(model):
+        with torch.no_grad():
+            merged = model(input_ids=ids).logits.float()
+    tol = 1e-4 if dtype == "float32" else 0.1
+    assert (adapted - base).abs().max() > 10 * tol  # the adapter matters, so the comparison means something
+    assert (merged - adapted).abs().max() < tol
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # base and adapter weights untouched
+    assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits.float(), adapted)  # the adapter is active again
+
+
+def test_merge_adapter_for_generation_is_checked_at_load(ci_params):
+    with pytest.raises(ValueError, match="use_vllm"):
+        load_params(ci_params.source, {"grpo.merge_adapter_for_generation": True, "grpo.trainer.use_vllm": True})
+    p = load_params(ci_params.source, {"grpo.merge_adapter_for_generation": True})
+    assert grpo.trainer_class(p).__name__ == "MergedGenerationGRPOTrainer"
+    assert grpo.trainer_class(ci_params).__name__ == "GRPOTrainer"
+
+
 # --------------------------------------------------------------------------------------------
 # A short real run
 # --------------------------------------------------------------------------------------------
@@ -299,3 +346,49 @@ def test_saved_adapter_loads_and_generates(trained):
     assert not type(merged).__name__.startswith("Peft")
     with pytest.raises(FileNotFoundError, match="notebook 04"):
         grpo.load_policy(p, adapter_dir=p.run_dir / "nowhere")
+
+
+def test_grpo_with_merged_generation_trains_the_adapter_and_keeps_the_base(tmp_path, data_dir, project_root,
+                                                                         monkeypatch):
+    """Two real GRPO steps (the second samples through a non-zero update) sampling through the merged weights: the adapter learns, generation did
+    run inside the merge, and the in-process base weights the next step trains on are the
+    original ones bit for bit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlff_utils.data import prepare_data
+    from rlff_utils.models import resolve_model
+
+    p = load_params(project_root / "params" / "ci.yaml", {
+        "output_root": str(tmp_path / "outputs"), "grpo.reward_model": "random",
+        "grpo.merge_adapter_for_generation": True, "grpo.trainer.max_steps": 2})
+    prepare_data(p)
+    seen, merges = {}, []
+    original_class, original_ctx = grpo.trainer_class, grpo.merged_adapter
+
+    def capturing(params):
+        cls = original_class(params)
+
+        class Capturing(cls):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                seen["trainer"] = self
+        return Capturing
+
+    def counting(model):
+        merges.append(type(model).__name__)
+        return original_ctx(model)
+
+    monkeypatch.setattr(grpo, "trainer_class", capturing)
+    monkeypatch.setattr(grpo, "merged_adapter", counting)
+    result = grpo.train_policy(p)
+    assert result.global_step == 2 and len(merges) >= 2 and merges and merges[0].startswith("Peft")
+    tensors = _lora_tensors(result.adapter_dir)
+    assert any(t.abs().max().item() > 0 for k, t in tensors.items() if "lora_B" in k)
+    record = json.loads((runs.layout(p).stage(runs.POLICY) / "stage.json").read_text())
+    assert record["settings"]["grpo"]["merge_adapter_for_generation"] is True
+    reference = AutoModelForCausalLM.from_pretrained(resolve_model(p.models.policy.name)).state_dict()
+    trained = seen["trainer"].accelerator.unwrap_model(seen["trainer"].model).get_base_model().state_dict()
+    plain = {k.replace(".base_layer", ""): v for k, v in trained.items() if "lora_" not in k}
+    assert set(reference) <= set(plain)
+    assert all(torch.equal(reference[k], plain[k].to(reference[k].dtype)) for k in reference)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 
-import pandas as pd
 import pytest
 
 from rlff_utils import runs

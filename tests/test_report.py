@@ -6,7 +6,6 @@ import base64
 import re
 
 import nbformat
-import pytest
 
 from rlff_utils import report, runs
 from rlff_utils.params import load_params
