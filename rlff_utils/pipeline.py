@@ -161,10 +161,18 @@ def run_pipeline(
     html: bool = True,
     notebooks_dir: Path | None = None,
     force: bool = False,
+    reuse_from: str | Path | None = None,
 ) -> list[Path]:
     """Validate the params (before any model loads), then execute the selected notebooks in order;
-    ``force`` first clears the selected stages' folders (their results are redone)."""
+    ``force`` first clears the selected stages' folders (their results are redone); ``reuse_from``
+    (a run name under the same output root, or a run folder) first copies that run's finished
+    stages that this run would compute identically (:func:`runs.reuse_stages`)."""
     params = load_params(params_file, overrides or {})
+    if reuse_from is not None:
+        source = Path(reuse_from) if Path(reuse_from).is_dir() else params.resolve(params.output_root) / str(reuse_from)
+        copied = runs.reuse_stages(params, source)
+        print(f"--reuse-from {source}: copied {', '.join(copied) if copied else 'no stage (none matches)'}",
+              flush=True)
     notebooks_dir = notebooks_dir or project_root() / "notebooks"
     stages = select_stages(discover_stages(notebooks_dir), only, start)
     for stage in stages:  # stale results stop the run now, before any kernel starts
@@ -227,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start", help="start at this notebook number")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     ap.add_argument("--force", action="store_true", help="clear the selected stages' results first and redo them")
+    ap.add_argument("--reuse-from", metavar="RUN",
+                    help="copy the finished stages of run RUN (a name under output_root, or a folder) that this "
+                         "run would compute identically, e.g. a negative control's data, simulation and reward model")
     ap.add_argument("--no-html", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="re-render the executed notebooks and the report index")
     args = ap.parse_args(argv)
@@ -237,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"report: {render_run(load_params(args.params_file, parse_set(args.sets), check_files=False))}")
             return 0
-        run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force)
-    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, FileNotFoundError) as e:
+        run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force,
+                     reuse_from=args.reuse_from)
+    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, FileNotFoundError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -432,6 +432,36 @@ def stage_is_complete(params: "RunParams", stage: str) -> bool:
     return bool(record and record.get("complete"))
 
 
+def reuse_stages(params: "RunParams", source_run: str | os.PathLike) -> list[str]:
+    """Copy into this run the finished stages of another run that this run would compute the same
+    way (an ablation that changes only GRPO reuses data, simulation and reward models): stage by
+    stage in order, a stage is copied when its record there is complete and matches this run's
+    settings and upstream exactly (the same comparison as :func:`check_stage`); the first stage
+    that differs, or that this run already has, ends the copying. Returns the stages copied."""
+    source = Path(source_run)
+    target = layout(params)
+    if source.resolve() == target.root.resolve():
+        raise ValueError(f"--reuse-from names this run's own folder ({source})")
+    if not source.is_dir():
+        raise FileNotFoundError(f"no run folder to reuse stages from: {source}")
+    copied = []
+    for stage in STAGES:
+        if stage == REPORT:
+            break
+        record = read_record(source, stage)
+        if read_record(target.root, stage) is not None or not (record and record.get("complete")):
+            break
+        if stage_differences(params, stage, record):
+            break
+        with stage_lock(target.stage(stage)):
+            shutil.copytree(source / stage, target.stage(stage), dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(LOCK))
+            write_json({**record, "run_name": params.run_name, "params_file": params.source,
+                        "copied_from": str(source.resolve())}, target.record(stage))
+        copied.append(stage)
+    return copied
+
+
 # --------------------------------------------------------------------------------------------
 # Lock
 # --------------------------------------------------------------------------------------------

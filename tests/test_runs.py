@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -66,6 +65,29 @@ def test_upstream_change_invalidates_downstream(params):
         pass
     with pytest.raises(runs.StaleStageError, match="upstream stage 'data'"):
         runs.check_stage(other, runs.SIMULATION)
+
+
+def test_an_ablation_reuses_exactly_the_stages_it_shares(params):
+    """A run differing only in GRPO copies data, simulation and reward model from another run,
+    stops at the policy (its settings differ) and then checks as its own run would; a run with
+    another seed copies nothing."""
+    for stage in (runs.DATA, runs.SIMULATION, runs.REWARD_MODEL, runs.POLICY):
+        with runs.begin_stage(params, stage, require_upstream=False) as folder:
+            (folder / "result.txt").write_text(stage)
+    source = runs.layout(params).root
+    ablation = with_(params, run_name="negative", **{"grpo.reward_model": "random"})
+    assert runs.reuse_stages(ablation, source) == [runs.DATA, runs.SIMULATION, runs.REWARD_MODEL]
+    lay = runs.layout(ablation)
+    assert (lay.stage(runs.REWARD_MODEL) / "result.txt").read_text() == runs.REWARD_MODEL
+    assert not lay.stage(runs.POLICY).exists() and not (lay.stage(runs.DATA) / runs.LOCK).exists()
+    record = runs.check_stage(ablation, runs.REWARD_MODEL)  # valid for the ablation as if it had run it
+    assert record["run_name"] == "negative" and record["copied_from"] == str(source.resolve())
+    with runs.begin_stage(ablation, runs.POLICY):  # upstream found complete in the ablation's folder
+        pass
+    assert runs.reuse_stages(ablation, source) == []  # stages it has are never overwritten
+    assert runs.reuse_stages(with_(params, run_name="other", seed=3), source) == []
+    with pytest.raises(ValueError, match="own folder"):
+        runs.reuse_stages(params, source)
 
 
 _HOLD = """
