@@ -451,12 +451,33 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them PyTorch
+    emulates bf16 and a forward pass is several times slower than in fp32 (measured on a 2-core
+    AMD EPYC without them: 5.5x for SmolLM2's prompt pass), with them about twice as fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:  # not Linux: no way to tell cheaply, so the safe choice
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def auto_dtype(device: str) -> str:
+    """What ``dtype: auto`` means on ``device``: bfloat16 where it is fast (a GPU that supports it,
+    a CPU with bf16 instructions), float32 elsewhere. The one place this is decided."""
+    import torch
+
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    if device == "cpu":
+        return "bfloat16" if cpu_has_bf16() else "float32"
+    return "float32"
+
+
 def pick_dtype(dtype: str, device: str):
     import torch
 
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
+    return getattr(torch, auto_dtype(device) if dtype == "auto" else dtype)
 
 
 def load_tokenizer(name: str, padding_side: str = "left"):

@@ -259,8 +259,21 @@ def run_card(params, run_dir: Path | None = None) -> dict[str, Any]:
         "peak_memory_mib": resources.get("peak_kernel_rss_mib"),
         "headline": headline(run_dir),
         "models": {role: getattr(params.models, role).name for role in type(params.models).model_fields},
+        "precision": _precision(params),
         "seed": params.seed,
     }
+
+
+def _precision(params) -> dict[str, str]:
+    """Each in-process role's dtype; ``auto`` with what it means on this machine (models.auto_dtype)."""
+    from .models import auto_dtype, pick_device
+
+    out = {}
+    for name in type(params.models).model_fields:
+        role = getattr(params.models, name)
+        if role.backend == "hf":
+            out[name] = f"auto: {auto_dtype(pick_device(role.device))}" if role.dtype == "auto" else role.dtype
+    return out
 
 
 def _fmt_ci(ci: Any, scale: float = 1.0, digits: int = 1) -> str:

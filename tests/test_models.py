@@ -144,3 +144,23 @@ def test_unavailable_models_are_named_with_what_is_missing(monkeypatch, tmp_path
     (tmp_path / "tokenizers" / f"absent-gguf-{models.BUILD_VERSION}" / "tokenizer_config.json").write_text("{}")
     assert models.unavailable_reason("shaped-absent") is None
     assert models.unavailable_reason("org/any-hub-model") is None
+
+
+def test_auto_dtype_is_bf16_only_where_the_device_runs_it_fast(monkeypatch, ci_params):
+    """dtype auto means one thing everywhere it is read (generation, GRPO, the reward backbone):
+    bf16 on a CPU with bf16 instructions, fp32 on one without (where bf16 is emulated and slow)."""
+    import torch
+
+    from rlff_utils.params import load_params, policy_precision
+    from rlff_utils.reward.backbone import precision
+
+    p = load_params(ci_params.source, {"output_root": ci_params.output_root, "models.policy.dtype": "auto",
+                                       "models.policy.device": "cpu", "models.reward_backbone.dtype": "auto",
+                                       "models.reward_backbone.device": "cpu"})
+    for has_bf16, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_has_bf16", lambda: has_bf16)
+        assert models.pick_dtype("auto", "cpu") is dtype
+        assert policy_precision(p) == str(dtype).removeprefix("torch.")
+        back = precision(p, device="cpu")
+        assert back.bf16 is has_bf16 and back.score_dtype is dtype
+        assert models.pick_dtype("float32", "cpu") is torch.float32  # an explicit dtype is kept

@@ -477,16 +477,12 @@ class RunParams(_Strict):
 
 def policy_precision(params: RunParams) -> str:
     """The policy's one precision knob, ``models.policy.dtype``, as GRPO's training precision:
-    bfloat16 / float16 / float32; ``auto`` is bfloat16 on a GPU that supports it, else float32."""
-    dtype = params.models.policy.dtype
-    if dtype != "auto":
-        return dtype
-    try:
-        import torch
-
-        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-    except ImportError:  # pragma: no cover
-        return "float32"
+    bfloat16 / float16 / float32; ``auto`` is :func:`rlff_utils.models.auto_dtype` on the policy's
+    device (bf16 on a GPU or CPU that runs it fast, else fp32)."""
+    role = params.models.policy
+    if role.dtype != "auto":
+        return role.dtype
+    return model_registry.auto_dtype(model_registry.pick_device(role.device))
 
 
 def _config_key(params: RunParams) -> str:

@@ -90,7 +90,7 @@ class Precision:
 
     ``dtype: bfloat16`` asks for bf16 on CPU too: the frozen backbone is then held in bf16 (a CPU
     with AVX512-BF16 or AMX runs its matmuls about twice as fast), the trained LoRA and score
-    weights in fp32 under autocast. ``auto`` means bf16 on a GPU that supports it, fp32 elsewhere.
+    weights in fp32 under autocast. ``auto``: ``models.auto_dtype`` (bf16 where the device runs it fast).
     """
 
     device: str  # where a saved model is scored
@@ -113,11 +113,12 @@ class Precision:
 def precision(params: "RunParams", device: str | None = None) -> Precision:
     import torch
 
-    from ..models import pick_device, pick_dtype
+    from ..models import auto_dtype, pick_device, pick_dtype
 
     role = params.models.reward_backbone
     device = device or pick_device(role.device)
     use_cuda = torch.cuda.is_available() and (role.device == "auto" or role.device.startswith("cuda"))
-    bf16 = role.dtype == "bfloat16" or bool(use_cuda and role.dtype == "auto" and torch.cuda.is_bf16_supported())
-    fp16 = bool(use_cuda and role.dtype == "float16")
-    return Precision(device, use_cuda, bf16, fp16, pick_dtype(role.dtype, device))
+    dtype = auto_dtype(device) if role.dtype == "auto" else role.dtype
+    bf16 = dtype == "bfloat16"
+    fp16 = bool(use_cuda and dtype == "float16")
+    return Precision(device, use_cuda, bf16, fp16, pick_dtype(dtype, device))
