@@ -130,7 +130,7 @@ def test_bad_trainer_knobs_fail_at_load(ci_params, trainer, words):
 
 
 def test_bf16_config_builds_without_a_gpu(ci_params):
-    """The smoke params train in bf16 on CPU; transformers refuses that unless told it is on CPU.
+    """On a CPU with bf16 instructions the smoke params train in bf16; transformers refuses that unless told it is on CPU.
     The policy has one precision knob: models.policy.dtype."""
     import torch
 
