@@ -88,7 +88,7 @@ def test_unset_environment_variable_is_named(tmp_path, monkeypatch):
 def test_validation_section_sizes_and_the_learned_critics_data(tmp_path, monkeypatch, data_dir):
     smoke = load_params(ROOT / "params" / "smoke.yaml")
     v = smoke.validation
-    assert (v.failed_conversations, v.success_conversations) == (24, 24) and v.learned_critic.heldout_fraction == 1.0
+    assert (v.failed_conversations, v.success_conversations) == (20, 20) and v.learned_critic.heldout_fraction == 1.0
     assert set(v.judges) == {"critic", "reward_model", "learned_critic"}
     paper = load_params(ROOT / "params" / "paper_qwen2.5-7b_esconv.yaml", check_files=False).validation
     assert (paper.failed_conversations, paper.success_conversations, paper.min_intensity_drop) == (None, None, 2)
