@@ -56,10 +56,12 @@ def project_root() -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """The data folder, absolute for the tests' own use; the variable stays as given (CI passes a
+    relative one), so the code under test resolves it itself."""
     d = os.environ.get("RLFF_DATA_DIR")
     if not d or not (Path(d) / "esconv" / "train.json").is_file():
         pytest.fail("set RLFF_DATA_DIR to the folder holding esconv/ (see README, 'Data')")
-    return Path(d)
+    return Path(d).resolve()
 
 
 @pytest.fixture()

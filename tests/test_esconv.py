@@ -258,7 +258,7 @@ def test_auto_source_without_a_configured_folder_uses_rlff_data_dir(ci_params, d
     params = ci_params.model_copy(update={"data": ci_params.data.model_copy(
         update={"esconv_dir": None, "esconv_source": "auto"})})
     source = data.esconv_source(params)
-    assert source.kind == "local" and source.folder == data_dir / "esconv"
+    assert source.kind == "local" and source.folder.resolve() == (data_dir / "esconv").resolve()
     monkeypatch.delenv("RLFF_DATA_DIR")
     source = data.esconv_source(params)
     assert source.kind == "hub" and source.why == "auto: no local folder: data.esconv_dir is not given and RLFF_DATA_DIR is not set"
