@@ -170,7 +170,10 @@ def run_pipeline(
     params = load_params(params_file, overrides or {})
     if reuse_from is not None:
         source = Path(reuse_from) if Path(reuse_from).is_dir() else params.resolve(params.output_root) / str(reuse_from)
-        copied = runs.reuse_stages(params, source)
+        try:
+            copied = runs.reuse_stages(params, source)
+        except ValueError as e:  # the run's own folder named as the source
+            raise PipelineError(f"--reuse-from: {e}") from None
         print(f"--reuse-from {source}: copied {', '.join(copied) if copied else 'no stage (none matches)'}",
               flush=True)
     notebooks_dir = notebooks_dir or project_root() / "notebooks"
@@ -250,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force,
                      reuse_from=args.reuse_from)
-    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, FileNotFoundError,
-            ValueError) as e:
+    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

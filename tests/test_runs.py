@@ -117,3 +117,13 @@ def test_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
         with runs.stage_lock(folder):  # re-entrant in one process
             pass
     assert not (folder / runs.LOCK).exists()
+
+
+def test_pipeline_reuse_from_its_own_run_is_a_one_line_error(params, capsys):
+    from rlff_utils import pipeline
+
+    with runs.begin_stage(params, runs.DATA):
+        pass
+    args = [params.source, "--set", f"output_root={params.output_root}", "--reuse-from", params.run_name, "--only", "01"]
+    assert pipeline.main(args) == 1
+    assert "--reuse-from:" in capsys.readouterr().err
