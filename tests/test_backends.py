@@ -99,7 +99,21 @@ def test_hf_static_kv_cache_draws_the_same_samples(tiny, device):
     dynamic = get_backend(ModelRole(name="tiny-random-smollm2", temperature=1.0, max_new_tokens=8, batch_size=16,
                                     device=device))
     assert static.engine is dynamic.engine
+    model, seen = static.engine.model, []
+    real_generate = model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("cache_implementation"))
+        return real_generate(*args, **kwargs)
+
     convs = [CONV_B, CONV_A, CONV_B[:2]]
+    model.generate = spy
+    try:
+        static.generate(convs[:1], n=2, seeds=[1])
+        dynamic.generate(convs[:1], n=2, seeds=[1])
+    finally:
+        del model.generate
+    assert seen == ["static", None]  # the setting reaches transformers; the default leaves it alone
     assert static.generate(convs, n=3, seeds=[1, 7, 2]) == dynamic.generate(convs, n=3, seeds=[1, 7, 2])
     assert static.generate(convs, temperature=0.0) == dynamic.generate(convs, temperature=0.0)
     with pytest.raises(ValueError, match="kv_cache.*hf backend"):
