@@ -110,6 +110,21 @@ pd.DataFrame([{"system": main, "baseline": b, "cases": d["cases"],
               for b, d in paired.items()])
 
 # %% [markdown]
+# ## The same conversations under a second critic (when `evaluation.contrast_critic` is set)
+#
+# `models.eval_critic` in the contrast mode re-judges every stored conversation after each of its turns,
+# as if it had decided: e.g. the LLM critic beside the planted run's rule critic. The conversations
+# stopped where the deciding critic said "solved", so on those the contrast critic's success is a lower
+# bound. Agreement and Cohen's kappa compare the two verdicts per conversation (kappa is undefined
+# when a critic gives every conversation the same verdict).
+
+# %%
+from rlff_utils import contrast
+
+contrast_view = contrast.contrast_table(metrics)
+contrast_view if len(contrast_view) else print("no contrast critic in this run")
+
+# %% [markdown]
 # ## The same case under the RLFF-ESC policy and the vanilla baseline, side by side
 #
 # Each row is one turn: both systems' supporter replies, the simulated seeker's answers and the critic's

@@ -35,6 +35,7 @@ import pandas as pd
 from . import runs
 from .agents import CRITERIA, Critic, judge_messages, parse_verdict, transcript, write_prompts
 from .backends import get_backend
+from .contrast import contrast_metrics
 from .data import load_eval_cases
 from .rollout import (
     RoutedStore,
@@ -359,10 +360,13 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
         wanted = {c["case_id"] for c in cases}
         records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
         main = main_system(params)
+        contrast = contrast_metrics(params, records_of, main) if e.contrast_critic else {}
         for s, adapter in plan:
             records = records_of[s.name]
             result = {**system_metrics(records, params), "system": s.model_dump(),
                       "adapter": str(adapter) if adapter else None, "critic_card": card}
+            if s.name in contrast:  # the same conversations under a second critic
+                result["contrast_critic"] = contrast[s.name]
             if s.name == main:  # the main system against each baseline, case by case
                 result["paired_vs"] = {
                     other: paired_difference(records, theirs, e.max_turns, e.bootstrap_samples, params.seed)
@@ -371,7 +375,9 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
             rows.append({"system": s.name, "prompt": s.prompt, "adapter": bool(adapter), "cases": result["cases"],
                          "SR": result["SR"], "SR_ci95": result["SR_ci95"], "AT": result["AT"],
                          "AT_ci95": result["AT_ci95"], "critic_AUC": card.get("auc"),
-                         "critic_AUC_ci95": card.get("auc_ci95")})
+                         "critic_AUC_ci95": card.get("auc_ci95"),
+                         **({"contrast_SR": contrast[s.name]["SR"], "contrast_SR_ci95": contrast[s.name]["SR_ci95"],
+                             "contrast_agreement": contrast[s.name]["agreement"]["agreement"]} if contrast else {})})
         runs.write_json(skipped, lay.skipped_systems)
     table = pd.DataFrame(rows)
     table.attrs["skipped"] = skipped

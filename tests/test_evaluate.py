@@ -214,3 +214,63 @@ def test_paired_difference_keeps_cases_together():
     assert d["AT_diff"] < 0  # successes end at turn 1, failures count the cap
     same = ev.paired_difference(ours, ours, cap=3, samples=200)
     assert same["SR_diff"] == 0 and same["SR_diff_ci95"] == (0.0, 0.0)
+
+
+def test_contrast_critic_rejudges_each_turn_and_agreement_is_per_conversation():
+    from rlff_utils.contrast import agreement, rejudged
+
+    records = [rec("a", True, 1), rec("b", False, 2), rec("c", False, 2)]
+    scores = {("a", 1): 0.2, ("b", 1): 0.0, ("b", 2): 0.9, ("c", 1): None, ("c", 2): 0.5}
+    again = rejudged(records, scores, threshold=0.5)
+    # a: solved by the deciding critic at turn 1, not by the contrast; b: the contrast solves it at
+    # turn 2; c: an unlabelled answer and a score equal to the threshold are not successes
+    assert [(r["goal_reached"], r["turns_used"]) for r in again] == [(False, 1), (True, 2), (False, 2)]
+    assert [r["goal_reached"] for r in records] == [True, False, False]  # the originals are untouched
+    a = agreement(records, again)
+    assert a["conversations"] == 3 and a["agreement"] == pytest.approx(1 / 3)
+    assert a["cohen_kappa"] == pytest.approx(-0.5)
+    assert math.isnan(agreement(records, records[:1] * 3)["cohen_kappa"])  # one verdict for all: undefined
+
+
+def test_evaluation_under_the_rule_critic_with_the_llm_critic_for_contrast(ci_params, tiny_model_path):
+    import json
+
+    from rlff_utils import data
+    from rlff_utils.contrast import contrast_critic
+    from rlff_utils.params import EvalSystem
+
+    data.prepare_data(ci_params)
+    ci_params.evaluation.systems = [EvalSystem(name="vanilla", prompt="vanilla"),
+                                    EvalSystem(name="base-reasoning", prompt="reasoning")]
+    ci_params.evaluation.critic_mode = "rule"
+    ci_params.evaluation.contrast_critic = "probs"
+    ci_params.evaluation.success_threshold = 0.0
+    table = ev.run_evaluation(ci_params)
+    lay = runs.layout(ci_params)
+    for name in ("vanilla", "base-reasoning"):
+        records = ev.load_transcripts(ci_params, name)
+        lines = lay.system_dir(name).joinpath("contrast_judgements.jsonl").read_text().splitlines()
+        scores = {(x["case_id"], x["turn"]): x["score"] for x in map(json.loads, lines)}
+        assert len(lines) == sum(r["turns_used"] for r in records) == len(scores)  # every turn, once
+        # the stored score is the LLM critic's verdict on the conversation up to that turn
+        r = records[0]
+        ctx = {**r, "history": r["history"] + r["turns"][:2], "rollout": r["turns"][:2]}
+        again = contrast_critic(ci_params).judge([ctx])[0]  # probs: deterministic
+        assert scores[(r["case_id"], 1)] == pytest.approx(again.score)
+        m = json.loads(lay.system_metrics(name).read_text())
+        solved = [any((scores[(r["case_id"], t)] or -2) > 0.0 for t in range(1, r["turns_used"] + 1)) for r in records]
+        c = m["contrast_critic"]
+        assert c["mode"] == "probs" and c["SR"] == pytest.approx(sum(solved) / len(solved))
+        assert c["agreement"]["agreement"] == pytest.approx(
+            sum(s == r["goal_reached"] for s, r in zip(solved, records)) / len(records))
+        assert m["critic_card"]  # the deciding critic's own numbers are still there
+    assert "paired_vs" in json.loads(lay.system_metrics("base-reasoning").read_text())["contrast_critic"]
+    assert "contrast_SR" in table.columns
+    from rlff_utils.contrast import contrast_table
+
+    shown = contrast_table({n: json.loads(lay.system_metrics(n).read_text()) for n in ("vanilla", "base-reasoning")})
+    assert list(shown.system) == ["vanilla", "base-reasoning"] and "SR diff vs vanilla (points)" in shown.columns
+    # a rerun resumes: nothing is judged again
+    before = lay.system_dir("vanilla").joinpath("contrast_judgements.jsonl").read_bytes()
+    ev.run_evaluation(ci_params)
+    assert lay.system_dir("vanilla").joinpath("contrast_judgements.jsonl").read_bytes() == before

@@ -389,6 +389,9 @@ class EvaluationParams(_Strict):
     critic_samples: int = Field(10, ge=1)
     critic_temperature: float = Field(1.1, ge=0.0, le=2.0)
     success_threshold: float = Field(0.5, ge=-1.0, le=1.0)
+    contrast_critic: Literal["votes", "probs"] | None = Field(
+        None, description="models.eval_critic in this mode re-judges every evaluated conversation after the fact "
+        "(e.g. the LLM critic beside a rule critic): SR/AT and agreement under it go to metrics.json")
     bootstrap_samples: int = Field(1000, ge=10)
     batch_size: int = Field(32, ge=1)
     judge_pairs: int = Field(20, ge=0, description="transcripts per baseline for the pairwise judge")
@@ -439,6 +442,11 @@ class RunParams(_Strict):
         if self.evaluation.critic_mode == "probs" and not roles.eval_critic.can_score_choices:
             raise ValueError(
                 "evaluation.critic_mode 'probs' needs choice scoring, which models.eval_critic "
+                f"(backend {roles.eval_critic.backend}) cannot do without `logprobs: true`"
+            )
+        if self.evaluation.contrast_critic == "probs" and not roles.eval_critic.can_score_choices:
+            raise ValueError(
+                "evaluation.contrast_critic 'probs' needs choice scoring, which models.eval_critic "
                 f"(backend {roles.eval_critic.backend}) cannot do without `logprobs: true`"
             )
         if roles.policy.backend == "openai":
