@@ -367,6 +367,20 @@ def validity_table(runs: list[Path]) -> pd.DataFrame:
     return t[["run", *[c for c in t.columns if c != "run"]]]
 
 
+def planted_table(runs: list[Path]) -> pd.DataFrame:
+    """The planted-signal figures of every planted run (:func:`rlff_utils.planted.planted_summary`),
+    one row per run: a positive run beside its negative control."""
+    from .planted import planted_summary
+
+    return records_frame([s for s in map(planted_summary, runs) if s])
+
+
+def by_run_columns(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A one-row-per-run table for readers, turned so each run is a column and each figure a row
+    (``v [lo, hi]`` where the figure has an interval)."""
+    return display_frame(table, digits).set_index("run").T.reset_index(names="figure")
+
+
 def grpo_curves(runs: list[Path]) -> pd.DataFrame:
     """GRPO training curves of every run (from ``policy/curves.csv``, the columns
     :data:`rlff_utils.grpo.CURVE_COLUMNS` names), long by step, with a ``run`` column."""
@@ -420,6 +434,8 @@ def _clean(obj: Any) -> Any:
 def run_summary(run: Path) -> dict[str, Any]:
     """The few numbers printed at the end of a pipeline run and kept in ``summary.json``
     (undefined metrics are null)."""
+    from .planted import planted_summary
+
     ev = evaluation_table([run])
     rm = reward_model_table([run])
     lay = RunLayout(run)
@@ -432,5 +448,6 @@ def run_summary(run: Path) -> dict[str, Any]:
         "reward_model": rm[rm_cols].astype(object).to_dict("records") if len(rm) else [],
         "simulation": {k: sim.get(k) for k in ("trajectories", "success_rate", "positive_rate") if k in sim},
         "grpo": {k: grpo.get(k) for k in ("global_step", "seconds") if k in grpo},
+        **({"planted": planted} if (planted := planted_summary(run)) else {}),
         "report": str(lay.notebook("06_analysis").with_suffix(".html").relative_to(run.parent)),
     })

@@ -126,3 +126,51 @@ def compliance_before_after(params, prompts: int = 16, samples: int = 4) -> dict
     }
     runs.write_json(result, lay.planted_compliance)
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# A planted run's figures, read back from its folder (notebook 06 compares the positive run
+# with its negative control)
+# --------------------------------------------------------------------------------------------
+
+
+def planted_summary(run) -> dict[str, Any] | None:
+    """The figures the planted-signal check asks for, from the files a planted run wrote (None
+    for another kind of run): the reward models' held-out ROC-AUC against the planted label with
+    stratified bootstrap 95% intervals (trained classification head and its untrained ``random``
+    start), the compliance before/after GRPO with the paired interval, and the main system's
+    paired SR difference to each baseline under the deciding critic and the contrast critic."""
+    from pathlib import Path
+
+    import pandas as pd
+    import yaml
+
+    from .runs import RunLayout, read_json
+    from .validity import auc_with_ci
+
+    run = Path(run)
+    lay = RunLayout(run)
+    params = yaml.safe_load(lay.resolved_params.read_text(encoding="utf-8")) if lay.resolved_params.is_file() else {}
+    if (params or {}).get("purpose") != "planted":
+        return None
+    out: dict[str, Any] = {"run": run.name, "grpo_reward_model": params.get("grpo", {}).get("reward_model")}
+    for variant in ("classification", "random"):
+        if lay.rm_predictions(variant).is_file():
+            pred = pd.read_csv(lay.rm_predictions(variant))
+            auc, ci, _ = auc_with_ci(pred.score[pred.label == 1].tolist(), pred.score[pred.label == 0].tolist(),
+                                     seed=params.get("seed", 0))
+            out.update({f"rm_{variant}_auc": auc, f"rm_{variant}_auc_lo": ci[0], f"rm_{variant}_auc_hi": ci[1],
+                        "rm_test_candidates": len(pred)})
+    c = read_json(lay.planted_compliance, default=None)
+    if c:
+        out.update({"compliance_before": c["before"], "compliance_after": c["after"], "compliance_diff": c["difference"],
+                    "compliance_diff_lo": c["difference_ci95"][0], "compliance_diff_hi": c["difference_ci95"][1],
+                    "compliance_prompts": c["prompts"], "compliance_samples": c["samples_per_prompt"]})
+    for metrics_file in lay.all_system_metrics():
+        m = read_json(metrics_file)
+        for critic, block in (("rule", m), ("contrast", m.get("contrast_critic") or {})):
+            for baseline, d in (block.get("paired_vs") or {}).items():
+                ci = d.get("SR_diff_ci95") or [None, None]
+                key = f"sr_diff_{critic}_{metrics_file.parent.name}_vs_{baseline}"
+                out.update({key: d.get("SR_diff"), f"{key}_lo": ci[0], f"{key}_hi": ci[1], "eval_cases": d.get("cases")})
+    return out

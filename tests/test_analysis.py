@@ -6,6 +6,7 @@ import json
 import math
 
 import pandas as pd
+import pytest
 
 from rlff_utils import analysis
 
@@ -141,3 +142,50 @@ def test_validity_cards_across_runs_and_beside_every_sr(tmp_path):
     shown = analysis.format_main_table(analysis.evaluation_table(analysis.list_runs(tmp_path))).set_index(["run", "system"])
     assert shown.loc[("a", "vanilla"), "critic AUC"].startswith(f"{critic.auc:.2f} [")
     assert shown.loc[("b", "rlff-esc"), "critic AUC"] == analysis.MISSING
+
+
+def _planted_run(root, name, reward_model, after):
+    """A planted run's files as its stages write them (params snapshot, held-out RM predictions,
+    compliance check, the main system's paired differences under both critics)."""
+    import yaml
+
+    run = root / name
+    (run / "reward_model" / "classification").mkdir(parents=True)
+    (run / "reward_model" / "random").mkdir(parents=True)
+    (run / "policy").mkdir()
+    (run / "evaluation" / "rlff-esc").mkdir(parents=True)
+    (run / "evaluation" / "stage.json").write_text(json.dumps({"stage": "evaluation", "complete": True}))
+    (run / "params.yaml").write_text(yaml.safe_dump({"purpose": "planted", "seed": 0, "grpo": {"reward_model": reward_model}}))
+    labels = [1, 1, 1, 0, 0, 0]
+    pd.DataFrame({"label": labels, "score": [0.9, 0.8, 0.7, 0.2, 0.1, 0.75], "r_fut": labels, "context_id": list("aabbcc")}
+                 ).to_csv(run / "reward_model" / "classification" / "test_predictions.csv", index=False)
+    pd.DataFrame({"label": labels, "score": [0.5] * 6, "r_fut": labels, "context_id": list("aabbcc")}
+                 ).to_csv(run / "reward_model" / "random" / "test_predictions.csv", index=False)
+    (run / "policy" / "planted_compliance.json").write_text(json.dumps(
+        {"before": 0.2, "after": after, "difference": after - 0.2, "difference_ci95": [after - 0.3, after - 0.1],
+         "prompts": 24, "samples_per_prompt": 4}))
+    paired = {"vanilla": {"cases": 24, "SR_diff": 0.25, "SR_diff_ci95": [0.1, 0.4]}}
+    (run / "evaluation" / "rlff-esc" / "metrics.json").write_text(json.dumps(
+        {"cases": 24, "SR": 0.5, "SR_ci95": [0.3, 0.7], "AT": 1.5, "AT_ci95": [1.2, 1.8], "SR_at_k": [0.3, 0.5],
+         "paired_vs": paired, "contrast_critic": {"paired_vs": {"vanilla": {"cases": 24, "SR_diff": 0.0,
+                                                                            "SR_diff_ci95": [-0.1, 0.1]}}}}))
+    return run
+
+
+def test_planted_runs_side_by_side(tmp_path):
+    _planted_run(tmp_path, "planted", "classification", after=0.6)
+    _planted_run(tmp_path, "planted_negative", "random", after=0.2)
+    _run(tmp_path, "smoke", {"vanilla": (0.2, 7.0)})  # not a planted run: no row
+    table = analysis.planted_table(analysis.list_runs(tmp_path)).set_index("run")
+    assert list(table.index) == ["planted", "planted_negative"]
+    row = table.loc["planted"]
+    assert row["grpo_reward_model"] == "classification" and row["rm_classification_auc"] == pytest.approx(8 / 9)
+    assert row["rm_classification_auc_lo"] <= 8 / 9 <= row["rm_classification_auc_hi"]
+    assert row["rm_random_auc"] == 0.5  # a constant score ranks nothing
+    assert row["compliance_diff"] == pytest.approx(0.4) and row["compliance_diff_lo"] == pytest.approx(0.3)
+    assert row["sr_diff_rule_rlff-esc_vs_vanilla"] == 0.25 and row["sr_diff_contrast_rlff-esc_vs_vanilla_hi"] == 0.1
+    assert table.loc["planted_negative", "compliance_diff"] == pytest.approx(0.0)
+    shown = analysis.by_run_columns(table.reset_index()).set_index("figure")
+    assert shown.loc["compliance_diff", "planted"] == "0.400 [0.300, 0.500]"
+    assert analysis.run_summary(tmp_path / "planted")["planted"]["compliance_after"] == 0.6
+    assert "planted" not in analysis.run_summary(tmp_path / "smoke")
