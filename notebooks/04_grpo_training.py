@@ -128,9 +128,9 @@ samples.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}
 # %% [markdown]
 # ## Planted-signal check (planted runs only)
 #
-# In a planted run (`params/planted.yaml`) the critic is a known rule: asking the seeker about their
+# In a planted run (`params/planted.yaml`) the critic is a known rule: acknowledging the seeker's
 # feelings solves the conversation. If the signal flows through the reward model into GRPO, the trained
-# policy asks about feelings more often than the base policy on prompts it never trained on (the
+# policy acknowledges feelings more often than the base policy on prompts it never trained on (the
 # evaluation cases' openings), with the same sampling seeds for both.
 
 # %%
@@ -139,7 +139,7 @@ if params.purpose == "planted":
 
     check = planted.compliance_before_after(params, prompts=24, samples=4)
     lo, hi = check["difference_ci95"]
-    print(f"replies asking about feelings: before {check['before']:.1%}, after {check['after']:.1%}, "
+    print(f"replies acknowledging feelings: before {check['before']:.1%}, after {check['after']:.1%}, "
           f"difference {100 * check['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] "
           f"({check['prompts']} held-out prompts x {check['samples_per_prompt']} samples, T={check['temperature']})")
 else:

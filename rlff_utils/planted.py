@@ -5,25 +5,28 @@ an LLM's opinion but a documented function of the supporter's replies, so a run 
 known reward flows from the simulation through the reward model and GRPO to the evaluation (and a
 run with ``grpo.reward_model: random`` that it does not when the signal is cut).
 
-The rule (why: asking the seeker how they feel is the most basic support skill in ESConv — the
-"Question" strategy — it is visible in one reply, and a small model produces it sometimes but not
-always, so there is room to learn):
+The rule (why: acknowledging what the seeker feels — ESConv's "Reflection of feelings", or naming
+how hard the situation is — is the most basic support skill, it is visible in one reply, and
+SmolLM2-135M does it sometimes but not always: measured on the 96 candidates of a first planted
+simulation, 28 (29%) acknowledge a feeling, so a group of G = 4 answers usually holds both
+kinds and there is room to learn. A first version rewarded *asking* about feelings — a question and
+a feeling word in one sentence — which SmolLM2 wrote in 0 of those 96 replies: no signal to plant):
 
-* a reply **asks about feelings** when it contains a question (``?``) and a feeling word
-  (feel, feeling, felt, emotion, upset, sad, worried, anxious, ...) in the same sentence;
+* a reply **acknowledges feelings** when it names an emotion or the weight of the situation
+  (:data:`FEELING_WORDS`: feel, upset, sad, worried, anxious, overwhelmed, hard, difficult, sorry, ...);
 * a reply **advises** when it contains advice words (you should, try to, I suggest, recommend,
   have you tried, why don't you, make sure, ...) and no question.
 
 After each supporter turn the seeker's state is judged on the whole rollout so far:
 
-* the *first* supporter turn (the candidate) asks about feelings → ``solved`` (goal reached);
-* any later turn asks about feelings → ``better``;
-* advice given before any question in the rollout → ``worse``;
+* the *first* supporter turn (the candidate) acknowledges feelings → ``solved`` (goal reached);
+* a later turn acknowledges feelings → ``better``;
+* advice given before any acknowledgement in the rollout → ``worse``;
 * otherwise → ``same``.
 
-So a candidate that asks about feelings reaches the goal at turn 1 (R_fut = 1 + λ(T−1)/T), one that
-advises first ends at −1, and the rest land in between depending on the later turns: the label
-R_fut ≥ δ is, up to the later turns, "the candidate asked about the seeker's feelings".
+So a candidate that acknowledges feelings reaches the goal at turn 1 (R_fut = 1 + λ(T−1)/T); every
+other candidate ends below 1 (``better`` at most), so the label R_fut ≥ 1 is exactly "the candidate
+acknowledged the seeker's feelings".
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ import re
 from typing import Any, Sequence
 
 FEELING_WORDS = (
-    "feel", "feeling", "feelings", "felt", "emotion", "emotions", "emotional", "upset", "sad", "worried",
-    "anxious", "stressed", "hurt", "lonely", "scared", "afraid", "angry", "overwhelmed", "frustrated", "mood",
+    "feel", "feels", "feeling", "feelings", "felt", "emotion", "emotions", "emotional", "upset", "sad", "sadness",
+    "worried", "worry", "anxious", "anxiety", "stress", "stressed", "stressful", "hurt", "hurting", "lonely",
+    "scared", "afraid", "angry", "overwhelmed", "overwhelming", "frustrated", "frustrating", "depressed",
+    "heartbroken", "grief", "painful", "hard", "difficult", "tough", "sorry",
 )
 ADVICE_PATTERNS = (
     r"\byou should\b", r"\byou could\b", r"\btry to\b", r"\btry (?:and|some|a|to)\b", r"\bi suggest\b",
@@ -42,15 +47,11 @@ ADVICE_PATTERNS = (
 )
 _FEELING = re.compile(r"\b(" + "|".join(FEELING_WORDS) + r")\b", re.IGNORECASE)
 _ADVICE = re.compile("|".join(ADVICE_PATTERNS), re.IGNORECASE)
-_SENTENCE = re.compile(r"[^.!?]*[.!?]?")
 
 
-def asks_about_feelings(reply: str) -> bool:
-    """A question sentence that names a feeling."""
-    for sentence in _SENTENCE.findall(reply or ""):
-        if sentence.strip().endswith("?") and _FEELING.search(sentence):
-            return True
-    return False
+def acknowledges_feelings(reply: str) -> bool:
+    """The reply names an emotion or the weight of the situation (a word of :data:`FEELING_WORDS`)."""
+    return bool(_FEELING.search(reply or ""))
 
 
 def gives_advice(reply: str) -> bool:
@@ -61,12 +62,12 @@ def rule_label(supporter_turns: Sequence[str]) -> str:
     """The verdict after the last of the rollout's supporter turns (see the module docstring)."""
     if not supporter_turns:
         return "same"
-    if asks_about_feelings(supporter_turns[0]):
+    if acknowledges_feelings(supporter_turns[0]):
         return "solved"
-    if len(supporter_turns) > 1 and asks_about_feelings(supporter_turns[-1]):
+    if len(supporter_turns) > 1 and acknowledges_feelings(supporter_turns[-1]):
         return "better"
     for reply in supporter_turns:
-        if "?" in reply:
+        if acknowledges_feelings(reply):
             break
         if gives_advice(reply):
             return "worse"
@@ -84,7 +85,7 @@ def rollout_supporter_turns(context: dict[str, Any], rollout_start: int) -> list
 
 
 def compliance_before_after(params, prompts: int = 16, samples: int = 4) -> dict[str, Any]:
-    """Share of the policy's replies that ask about feelings, before (base policy) and after GRPO
+    """Share of the policy's replies that acknowledge feelings, before (base policy) and after GRPO
     (base + this run's adapter), on held-out prompts (the evaluation cases' openings, never
     trained on) in the prompt style GRPO trains, with the same sampling seed per (prompt, sample)
     for both; the difference carries a paired bootstrap 95% interval over prompts. Written to the
@@ -112,10 +113,10 @@ def compliance_before_after(params, prompts: int = 16, samples: int = 4) -> dict
         backend = get_backend(role, adapter=adapter, seed=params.seed)
         out = backend.generate(convs, n=samples, seeds=seeds)
         replies[name] = [[visible_reply(x) for x in row] for row in out]
-    per_prompt = {k: [float(np.mean([asks_about_feelings(x) for x in row])) for row in v] for k, v in replies.items()}
+    per_prompt = {k: [float(np.mean([acknowledges_feelings(x) for x in row])) for row in v] for k, v in replies.items()}
     diff = lambda a, b: (a - b).mean(axis=1)  # noqa: E731
     result = {
-        "rule": "asks about feelings (rlff_utils.planted.asks_about_feelings)",
+        "rule": "acknowledges feelings (rlff_utils.planted.acknowledges_feelings)",
         "prompts": len(cases), "samples_per_prompt": samples, "temperature": cfg.temperature,
         "max_new_tokens": cfg.max_completion_length, "prompt_style": "reasoning",
         "before": float(np.mean(per_prompt["before"])), "after": float(np.mean(per_prompt["after"])),

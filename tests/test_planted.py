@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import pytest
 
-from rlff_utils.planted import asks_about_feelings, gives_advice, rule_label
+from rlff_utils.planted import acknowledges_feelings, gives_advice, rule_label
 
 
-@pytest.mark.parametrize("reply, asks", [
+@pytest.mark.parametrize("reply, acknowledges", [
     ("That sounds hard. How do you feel about it now?", True),
-    ("How are you feeling today?", True),
-    ("What happened next?", False),                     # a question, but not about feelings
-    ("I feel you. Tell me more.", False),               # a feeling word, but no question
-    ("You seem upset, is that right? I hope it gets better.", True),
-    ("You seem upset. Is that right?", False),             # the question itself names no feeling
+    ("I'm so sorry to hear that.", True),
+    ("You seem upset.", True),
+    ("What happened next?", False),                     # a question, but no feeling named
+    ("You should work harder on it.", False),          # advice; "harder" is not "hard"
+    ("Tell me more about your job.", False),
 ])
-def test_asks_about_feelings(reply, asks):
-    assert asks_about_feelings(reply) is asks
+def test_acknowledges_feelings(reply, acknowledges):
+    assert acknowledges_feelings(reply) is acknowledges
 
 
 @pytest.mark.parametrize("turns, label", [
     (["How does that make you feel?"], "solved"),
     (["You should talk to your boss.", "Okay."], "worse"),
     (["I see.", "How do you feel now?"], "better"),
-    (["What happened?", "You should talk to him."], "same"),     # advice only after a question
+    (["What happened?", "You should talk to him."], "worse"),    # advice before any acknowledgement
+    (["That must hurt.", "You should talk to him."], "solved"),  # acknowledged first
+    (["You should rest.", "That sounds so hard."], "better"),    # the last turn acknowledges
     (["I see."], "same"),
     ([], "same"),
 ])

@@ -5,7 +5,7 @@ model, a reward function that ignores the completion, an evaluation that does no
 — cuts the signal at one place, and the check must then fail at that place.
 
 The tiny random model cannot write a question about feelings, so the candidate (first supporter
-turn) comes from a pool of real-sounding replies, half asking about feelings and half advising;
+turn) comes from a pool of real-sounding replies, half acknowledging feelings and half advising;
 everything after it is the project's code: lockstep rollouts with the tiny model as system model
 and user simulator, the rule critic, R_fut and labels, reward-model training, the reward function
 GRPO calls, and the evaluation protocol with an adapter.
@@ -21,13 +21,13 @@ from rlff_utils import runs
 from rlff_utils.agents import Critic
 from rlff_utils.backends import get_backend
 from rlff_utils.params import load_params
-from rlff_utils.planted import asks_about_feelings
+from rlff_utils.planted import acknowledges_feelings
 from rlff_utils.reward import scorer, train
 from rlff_utils.reward.target import reward_frame
 from rlff_utils.rollout import Trajectory, backend_seeker, backend_supporter, run_rollouts
 from rlff_utils.validity import auc_with_ci
 
-ASKS = ["How do you feel about that?", "How are you feeling right now?", "That sounds hard. How does it make you feel?",
+ACKNOWLEDGES = ["How do you feel about that?", "How are you feeling right now?", "That sounds hard. How does it make you feel?",
         "Are you feeling overwhelmed by all this?", "What emotions come up when you think about it?",
         "Do you feel lonely when that happens?"]
 ADVISES = ["You should talk to your manager.", "Try to get more sleep.", "I suggest you make a plan.",
@@ -55,7 +55,7 @@ def planted_run(tmp_path_factory, data_dir):
         history = [{"speaker": "seeker", "text": rng.choice(SEEKER), "strategy": None}]
         for j in range(4):
             key = (f"ctx{d:02d}", j)
-            firsts[key] = rng.choice(ASKS if j % 2 == 0 else ADVISES)
+            firsts[key] = rng.choice(ACKNOWLEDGES if j % 2 == 0 else ADVISES)
             trajs.append(Trajectory(meta={"context_id": key[0], "dialogue_id": key[0], "candidate_index": j,
                                           "emotion_type": "sadness", "problem_type": "job crisis", "situation": ""},
                                     history=history, max_turns=2, key=key))
@@ -106,13 +106,13 @@ def _signal_problems(p, frame, sabotage: str | None = None) -> list[str]:
         real = fn.__call__
         fn = lambda prompts, completions, **kw: real(prompts, [[{"role": "assistant", "content": "Okay."}]] * len(completions), **kw)  # noqa: E731
     history = [[{"speaker": "seeker", "text": s, "strategy": None}] for s in SEEKER]
-    replies = [r for pair in zip(ASKS, ADVISES) for r in pair]
+    replies = [r for pair in zip(ACKNOWLEDGES, ADVISES) for r in pair]
     hist = [h for h in history for _ in (0, 1)]
     scores = fn(prompts=[[{"role": "user", "content": h[0]["text"]}] for h in hist],
                 completions=[[{"role": "assistant", "content": r}] for r in replies], history=hist)
-    asks_scores = [s for s, r in zip(scores, replies) if asks_about_feelings(r)]
-    other = [s for s, r in zip(scores, replies) if not asks_about_feelings(r)]
-    auc, _, _ = auc_with_ci(asks_scores, other, samples=50)
+    ack_scores = [s for s, r in zip(scores, replies) if acknowledges_feelings(r)]
+    other = [s for s, r in zip(scores, replies) if not acknowledges_feelings(r)]
+    auc, _, _ = auc_with_ci(ack_scores, other, samples=50)
     if not auc >= 0.8:
         problems.append(f"reward function: AUC of its scores against the planted rule {auc:.2f} < 0.8")
     return problems
