@@ -122,6 +122,8 @@ def compliance_before_after(params, prompts: int = 16, samples: int = 4) -> dict
         "before": float(np.mean(per_prompt["before"])), "after": float(np.mean(per_prompt["after"])),
         "difference": float(np.mean(per_prompt["after"]) - np.mean(per_prompt["before"])),
         "difference_ci95": bootstrap_ci(per_prompt["after"], per_prompt["before"], stat=diff, seed=params.seed),
+        "before_ci95": bootstrap_ci(per_prompt["before"], seed=params.seed),
+        "after_ci95": bootstrap_ci(per_prompt["after"], seed=params.seed),
         "examples": [{"case_id": c["case_id"], "before": b[0], "after": a[0]}
                      for c, b, a in list(zip(cases, replies["before"], replies["after"]))[:3]],
     }

@@ -168,3 +168,35 @@ def test_trained_adapter_reaches_the_evaluation(tmp_path, data_dir, monkeypatch,
         assert differ > 0, "the adapter did not change a single reply: it was not loaded"
     else:
         assert differ == 0  # the check above would fail: it catches an evaluation without the adapter
+
+
+@pytest.mark.slow
+def test_compliance_before_after_uses_the_same_seeds_and_the_adapter(tmp_path, data_dir):
+    """The before/after share of rule-satisfying replies: with an adapter that changes nothing
+    (LoRA B = 0, as initialised) both arms draw identical replies — same prompts, same seeds —
+    so the difference is exactly 0; with a trained adapter the after arm answers differently."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from rlff_utils import data, planted
+    from rlff_utils.models import load_causal_lm, resolve_model
+
+    p = load_params(_ci(), {"output_root": str(tmp_path)})
+    data.prepare_data(p)
+    model, _ = load_causal_lm(resolve_model(p.models.policy.name))
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with runs.begin_stage(p, runs.POLICY, require_upstream=False):
+        peft.save_pretrained(str(runs.layout(p).adapter))
+    same = planted.compliance_before_after(p, prompts=3, samples=2)
+    assert same["prompts"] == 3 and same["samples_per_prompt"] == 2
+    assert all(e["before"] == e["after"] for e in same["examples"]) and same["difference"] == 0.0
+    assert same["difference_ci95"] == (0.0, 0.0) and 0.0 <= same["before"] <= 1.0
+    torch.manual_seed(0)
+    for name, w in peft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(w, std=0.5)
+    peft.save_pretrained(str(runs.layout(p).adapter))
+    moved = planted.compliance_before_after(p, prompts=3, samples=2)
+    assert [e["before"] for e in moved["examples"]] == [e["before"] for e in same["examples"]]  # the base is the base
+    assert any(e["before"] != e["after"] for e in moved["examples"])  # the adapter was loaded (the retrained one, not a cached engine)
+    assert runs.read_json(runs.layout(p).planted_compliance)["after"] == moved["after"]

@@ -24,6 +24,7 @@ holds the registry (:func:`get_backend`), which is also where a caller imports f
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import BackendError, BackendStats, ChatBackend, Conversation, trim_at_stop
@@ -62,10 +63,14 @@ def shares_prompt_pass(device: Any) -> bool:
 
 def get_backend(role: "ModelRole", adapter: str | None = None, seed: int = 0) -> ChatBackend:
     """A backend for ``role``. Engines are cached per process by (backend, name, adapter, device)
-    (vLLM: by name, adapters ride per request), so roles sharing a model load it once."""
+    (vLLM: by name, adapters ride per request), so roles sharing a model load it once; an adapter
+    is known by its folder and its files' modification times, so one retrained in place (notebook 04
+    run again in the same kernel) is loaded again, not served stale."""
     if role.backend == "hf":
-        key = ("hf", role.name, adapter, role.device, role.dtype)
+        key = ("hf", role.name, adapter, _adapter_version(adapter), role.device, role.dtype)
         if key not in _ENGINES:
+            for stale in [k for k in _ENGINES if k[:3] == key[:3] and k[4:] == key[4:]]:
+                del _ENGINES[stale]  # the same adapter folder, older files
             _ENGINES[key] = HFEngine(role.name, role.device, role.dtype, adapter)
         engine = _ENGINES[key]
         return HFBackend(role, engine, share_prompt_pass=shares_prompt_pass(engine.device))
@@ -79,6 +84,13 @@ def get_backend(role: "ModelRole", adapter: str | None = None, seed: int = 0) ->
             raise BackendError(f"an adapter cannot be attached to an API model ({role.name})")
         return OpenAIBackend(role)
     raise BackendError(f"unknown backend {role.backend!r}")
+
+
+def _adapter_version(adapter: str | None) -> tuple:
+    """(file name, mtime in ns, size) of every file in the adapter folder: changes when it is rewritten."""
+    if not adapter or not Path(adapter).is_dir():
+        return ()
+    return tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in Path(adapter).iterdir() if f.is_file()))
 
 
 def clear_backends() -> None:
