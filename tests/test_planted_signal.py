@@ -85,8 +85,8 @@ def _signal_problems(p, frame, sabotage: str | None = None) -> list[str]:
     """Where the planted signal is lost, if anywhere (an empty list: it flows)."""
     problems = []
     # 1. the rollouts: the label is the rule's verdict on the candidate
-    asked = frame["candidate_reply"].map(asks_about_feelings).astype(int)
-    if not (frame["label"] == asked).all():
+    acknowledged = frame["candidate_reply"].map(acknowledges_feelings).astype(int)
+    if not (frame["label"] == acknowledged).all():
         problems.append("labels do not follow the planted rule")
     # 2. the reward model, trained on the labels notebook 03 reads
     if sabotage == "labels":
@@ -96,7 +96,7 @@ def _signal_problems(p, frame, sabotage: str | None = None) -> list[str]:
     pred = pred[pred.variant == "classification"] if "variant" in pred.columns else pred
     held_out = frame.set_index(["context_id", "candidate_index"]).loc[
         list(zip(pred.context_id, pred.candidate_index))]
-    truth = held_out["candidate_reply"].map(asks_about_feelings).to_numpy()
+    truth = held_out["candidate_reply"].map(acknowledges_feelings).to_numpy()
     auc, _, _ = auc_with_ci(pred.score[truth].tolist(), pred.score[~truth].tolist(), samples=50)
     if not auc >= 0.8:
         problems.append(f"reward model: held-out AUC against the planted rule {auc:.2f} < 0.8")
