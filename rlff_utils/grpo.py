@@ -100,6 +100,10 @@ def reward_setup(params: RunParams) -> tuple[list[Callable], list[float]]:
     from .reward.scorer import RewardFunction  # lazy and picklable: loads its model on first call
 
     g = params.grpo
+    if g.reward_model == "rule":  # the planted run's oracle arm
+        from .planted import RuleReward
+
+        return [RuleReward(), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
     return [RewardFunction(params, g.reward_model), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
 
 
@@ -262,7 +266,7 @@ def _stage(params: RunParams, force: bool):
     adapter from other settings -> StaleStageError). Under ``accelerate launch`` only rank 0 takes
     the lock (the notebook that launched it may hold it already); other ranks only check."""
     # the `random` ablation scores with an untrained head: it reads nothing notebook 03 wrote
-    needs_reward_stage = params.grpo.reward_model != "random"
+    needs_reward_stage = params.grpo.reward_model not in ("random", "rule")
     if _is_main_process():
         return runs.begin_stage(params, runs.POLICY, force=force, extra=protocol(params),
                                 require_upstream=needs_reward_stage)

@@ -177,3 +177,28 @@ def planted_summary(run) -> dict[str, Any] | None:
                 key = f"sr_diff_{critic}_{metrics_file.parent.name}_vs_{baseline}"
                 out.update({key: d.get("SR_diff"), f"{key}_lo": ci[0], f"{key}_hi": ci[1], "eval_cases": d.get("cases")})
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The rule as GRPO's reward (``grpo.reward_model: rule``): the oracle arm of the planted run
+# --------------------------------------------------------------------------------------------
+
+
+class RuleReward:
+    """GRPO's reward straight from the planted rule (1.0 when the completion acknowledges the
+    seeker's feelings, else 0.0), in TRL's reward-function signature: the reward a perfect reward
+    model would give. It separates the two halves of the machinery: GRPO + LoRA + evaluation
+    learning a planted reward, and the reward model learning it from the simulation."""
+
+    __name__ = "future_reward"  # the same curve name as the reward model's
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        from .reward.scorer import _completion_text
+
+        if completions is None:
+            raise ValueError("the rule reward needs `completions`")
+        return [float(acknowledges_feelings(_completion_text(c))) for c in completions]
+
+    def score(self, histories, replies) -> list[float]:
+        """The scorer interface (``RewardScorer.score``), for the validity card."""
+        return [float(acknowledges_feelings(r)) for r in replies]

@@ -52,3 +52,22 @@ def test_rule_critic_judges_the_rollout_only():
     assert (worse.score, worse.success) == (-1.0, False) and same.score == -0.5
     with pytest.raises(ValueError, match="rollout"):
         critic.judge([{"history": history}])
+
+
+def test_rule_reward_is_the_oracle_arm_and_only_for_planted_runs(tmp_path):
+    from pathlib import Path
+
+    from rlff_utils import grpo
+    from rlff_utils.params import ParamsError, load_params
+    from rlff_utils.planted import RuleReward
+    from rlff_utils.reward.scorer import load_reward_function
+
+    ci = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
+    p = load_params(ci, {"output_root": str(tmp_path), "purpose": "planted", "grpo.reward_model": "rule"})
+    fn = load_reward_function(p)
+    assert isinstance(fn, RuleReward) and fn.__name__ == "future_reward"
+    assert fn(completions=[[{"role": "assistant", "content": "That sounds so hard."}], "Try to sleep more."]) == [1.0, 0.0]
+    funcs, weights = grpo.reward_setup(p)
+    assert isinstance(funcs[0], RuleReward) and weights[0] == 1.0
+    with pytest.raises(ParamsError, match="purpose: planted"):
+        load_params(ci, {"output_root": str(tmp_path), "grpo.reward_model": "rule"})

@@ -318,7 +318,9 @@ class GRPOParams(_Strict):
     optimiser, vLLM, logging) goes in ``trainer:``, merged over :data:`TRAINER_DEFAULTS` and
     validated by constructing a ``GRPOConfig`` at load; ``params.grpo.config`` is that object."""
 
-    reward_model: Literal["classification", "regression", "ranking", "random"] = "classification"
+    reward_model: Literal["classification", "regression", "ranking", "random", "rule"] = Field(
+        "classification", description="the reward model GRPO is rewarded by; `random`: an untrained head (ablation); "
+        "`rule`: the planted rule itself, an oracle reward for planted runs only")
     format_reward: bool = True
     format_weight: float = Field(0.5, ge=0, description="alpha")
     max_prompt_length: int = Field(512, ge=16, description="tokens; the oldest turns are dropped to fit")
@@ -449,6 +451,9 @@ class RunParams(_Strict):
                 "evaluation.contrast_critic 'probs' needs choice scoring, which models.eval_critic "
                 f"(backend {roles.eval_critic.backend}) cannot do without `logprobs: true`"
             )
+        if self.grpo.reward_model == "rule" and self.purpose != "planted":
+            raise ValueError("grpo.reward_model 'rule' rewards the planted rule: it needs purpose: planted "
+                             "(and simulation.critic_mode: rule)")
         if roles.policy.backend == "openai":
             raise ValueError("models.policy must be a local model (hf or vllm): it is trained")
         if roles.reward_backbone.backend != "hf":

@@ -220,6 +220,10 @@ def load_reward_function(
     """The reward function GRPO uses: ``f(prompts, completions, history=None, **kw) -> list[float]``.
     ``variant`` None means ``params.grpo.reward_model``. Fails now, not at the first GRPO step,
     when the variant was never trained (or was trained with other settings)."""
+    if (variant or params.grpo.reward_model) == "rule":  # the planted run's oracle arm
+        from ..planted import RuleReward
+
+        return RuleReward()
     variant = check_variant(variant or params.grpo.reward_model)
     if variant != "random":
         saved_adapter(params, variant)

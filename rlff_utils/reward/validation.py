@@ -92,7 +92,12 @@ def reward_model_scores(params: "RunParams", dialogues: list["Dialogue"], cache:
     """The GRPO reward model (``grpo.reward_model``) on each conversation's final supporter turn
     given the turns before it (NaN when the conversation has no supporter turn after the first)."""
     variant = params.grpo.reward_model
-    scorer = cache.get(params, variant) if cache is not None else load_scorer(params, variant)
+    if variant == "rule":  # the planted oracle: the rule on the reply
+        from ..planted import RuleReward
+
+        scorer = RuleReward()
+    else:
+        scorer = cache.get(params, variant) if cache is not None else load_scorer(params, variant)
     histories, replies, owner = [], [], []
     for k, d in enumerate(dialogues):
         turns = [{"speaker": t.speaker, "text": t.text} for t in d.turns]
@@ -158,7 +163,7 @@ def card_settings(params: "RunParams") -> dict[str, Any]:
     model GRPO uses (and which training of it), the learned critic's training."""
     lay = runs.layout(params)
     variant = params.grpo.reward_model
-    adapter = lay.rm_adapter(variant) / "adapter_config.json" if variant != "random" else None
+    adapter = lay.rm_adapter(variant) / "adapter_config.json" if variant not in ("random", "rule") else None
     learned = runs.read_json(lay.learned_critic_metrics, default=None)
     return runs.json_ready({
         "validation": params.validation.model_dump(), "seed": params.seed,
