@@ -510,3 +510,63 @@ def test_trainer_block_reaches_the_trainer(tmp_path, tiny_model_path, monkeypatc
     assert (args.learning_rate, args.num_train_epochs, args.seed) == (3e-3, 3, params.seed)
     assert args.output_dir == str(runs.layout(params).rm_checkpoints(variant))
     assert (args.save_strategy, args.eval_strategy) == ("epoch", "epoch")
+
+
+# ---- pooling ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_mean_pooling_reads_the_mean_of_the_attended_tokens(tiny_model_path, side):
+    """``pooling: mean``: the head's output is the score head applied to the mean of the last
+    hidden states over the attended tokens, whatever the padding; ``last`` is transformers' own."""
+    import torch
+
+    tok = load_rm_tokenizer("tiny-random-smollm2")
+    tok.padding_side = side
+    mean = load_backbone("tiny-random-smollm2", 2, seed=7, pad_token_id=tok.pad_token_id, pooling="mean").eval()
+    last = load_backbone("tiny-random-smollm2", 2, seed=7, pad_token_id=tok.pad_token_id).eval()
+    texts = ["I hear how hard this is, and I am here.", "Okay."]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = mean(**enc).logits
+        hidden = last.model(**enc).last_hidden_state
+        weight = enc["attention_mask"].unsqueeze(-1).float()
+        expected = last.score((hidden * weight).sum(1) / weight.sum(1))
+        alone = torch.cat([mean(**tok([t], return_tensors="pt")).logits for t in texts])
+        assert torch.allclose(pooled, expected, atol=1e-5)
+        assert torch.allclose(pooled, alone, atol=1e-5)  # padding changes nothing
+        assert not torch.allclose(last(**enc).logits, pooled, atol=1e-3)
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        load_backbone("tiny-random-smollm2", 2, seed=7, pad_token_id=tok.pad_token_id, pooling="max")
+
+
+def test_mean_pooled_variant_trains_saves_and_scores_with_its_pooling(tmp_path, tiny_model_path):
+    """A variant trained with ``pooling: mean`` learns, records its pooling, and every loader
+    (the reward function, the random reference) reads inputs the way it was trained."""
+    import torch
+    from peft import PeftModel
+
+    params = _params(tmp_path, **{"reward_model.pooling": "mean", "reward_model.variants": ["classification"]})
+    _upstream_done(params)
+    report = train.train_reward_models(params, frame=synthetic_frame())
+    assert report.comparison.set_index("variant").loc["classification", "roc_auc"] >= 0.9
+    card = runs.read_json(runs.layout(params).rm_config("classification"))
+    assert card["pooling"] == "mean"
+
+    history = synthetic_frame(n_dialogues=1)["history"][0]
+    reply = f"Okay. {GOOD}"
+    got = scorer.load_reward_function(params, "classification")(completions=[reply], history=[history])[0]
+    tok = load_rm_tokenizer("tiny-random-smollm2")
+    enc = tok(inputs.format_input(history, reply, inputs.history_turns(params)), return_tensors="pt")
+    with torch.no_grad():
+        for pooling, same in (("mean", True), ("last", False)):
+            base = load_backbone("tiny-random-smollm2", 2, seed=params.seed, pad_token_id=tok.pad_token_id,
+                                 pooling=pooling)
+            model = PeftModel.from_pretrained(base, str(runs.layout(params).rm_adapter("classification"))).eval()
+            direct = torch.softmax(model(**enc).logits, -1)[0, 1].item()
+            assert (got == pytest.approx(direct, abs=1e-4)) is same, pooling
+    random_mean = scorer.load_scorer(params, "random")
+    random_last = scorer.load_scorer(params.model_copy(update={"reward_model": params.reward_model.model_copy(
+        update={"pooling": "last"})}), "random")
+    texts = [inputs.format_input(history, reply, 2)]
+    assert random_mean.score_texts(texts)[0] != pytest.approx(random_last.score_texts(texts)[0], abs=1e-6)

@@ -181,6 +181,9 @@ class RewardModelParams(_Strict):
     max_history_turns: int | None = Field(
         None, ge=1, description="context turns shown to the reward model (None: data.max_history_turns)"
     )
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="what the head reads: the last token (the paper's, transformers' default) or the "
+        "mean over the input's tokens (rlff_utils.reward.backbone.mean_pooling)")
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(8, ge=1)

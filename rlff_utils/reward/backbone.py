@@ -1,4 +1,4 @@
-"""The model under every variant: tokenizer, sequence-classification backbone, LoRA, precision.
+"""The model under every variant: tokenizer, sequence-classification backbone, pooling, LoRA, precision.
 
 Precision has one knob, ``models.reward_backbone.dtype`` (with ``models.reward_backbone.device``
 deciding CPU or GPU); :func:`precision` turns it into what loading, training and scoring use.
@@ -37,8 +37,12 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def load_backbone(name: str, num_labels: int, seed: int, pad_token_id: int, dtype=None):
-    """A sequence-classification model on the backbone, its head drawn from ``seed``."""
+POOLINGS = ("last", "mean")
+
+
+def load_backbone(name: str, num_labels: int, seed: int, pad_token_id: int, dtype=None, pooling: str = "last"):
+    """A sequence-classification model on the backbone, its head drawn from ``seed``, reading the
+    input through ``pooling`` (:func:`mean_pooling`)."""
     import torch
     from transformers import AutoModelForSequenceClassification, set_seed
 
@@ -51,7 +55,39 @@ def load_backbone(name: str, num_labels: int, seed: int, pad_token_id: int, dtyp
         )
     model.config.pad_token_id = pad_token_id
     model.config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    if pooling == "mean":
+        mean_pooling(model)
+    elif pooling != "last":
+        raise ValueError(f"unknown reward-model pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
     return model
+
+
+def mean_pooling(model) -> None:
+    """Make a sequence-classification model read the mean of its input's hidden states instead of
+    the last token's (``reward_model.pooling: mean``).
+
+    transformers' ``*ForSequenceClassification`` heads apply their linear, bias-free ``score`` to
+    every position and keep the last non-pad one. A forward hook on the transformer replaces each
+    position's hidden state by the running mean over the attended positions up to it, so the kept
+    position carries the mean over the whole input, for right or left padding, in training and
+    scoring alike; LoRA and ``merge_and_unload`` leave the hooked module in place. Why it is an
+    option: a rule carried by a few words anywhere in a reply is one direction in the mean, while
+    the last token has to have gathered it by attention, which a small head learns from few examples
+    only by memorising them (see ``params/planted.yaml``)."""
+    import torch
+
+    def running_mean(module, args, kwargs, output):
+        hidden = output.last_hidden_state
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], device=hidden.device)
+        if mask.dim() != 2:
+            raise ValueError(f"mean pooling needs a 2-D attention mask (batch, tokens), got shape {tuple(mask.shape)}")
+        weight = mask.to(hidden.dtype).unsqueeze(-1)
+        output.last_hidden_state = (hidden * weight).cumsum(1) / weight.cumsum(1).clamp(min=1)
+        return output
+
+    getattr(model, model.base_model_prefix).register_forward_hook(running_mean, with_kwargs=True)
 
 
 def lora_config(rm: "RewardModelParams", model):

@@ -178,7 +178,7 @@ def load_learned_critic(params: "RunParams", device: str | None = None) -> Learn
             "(python -m rlff_utils.pipeline <params> --from 03 --force)")
     prec = precision(params, device)
     tok = load_rm_tokenizer(card["backbone"])
-    base = load_backbone(card["backbone"], 2, params.seed, tok.pad_token_id, prec.score_dtype)
+    base = load_backbone(card["backbone"], 2, params.seed, tok.pad_token_id, prec.score_dtype, knobs(params).pooling)
     model = PeftModel.from_pretrained(base, str(lay.learned_critic_adapter)).merge_and_unload().to(prec.device)
     scorer = RewardScorer(model, tok, "learned_critic", card["max_length"], card["window"],
                           params.models.reward_backbone.batch_size)

@@ -94,7 +94,8 @@ def saved_adapter(params: "RunParams", variant: str) -> Path:
 def _cache_key(params: "RunParams", variant: str, device: str | None) -> tuple:
     prec = precision(params, device)
     if variant == "random":
-        return ("random", params.models.reward_backbone.name, params.seed, prec.device, str(prec.score_dtype))
+        return ("random", params.models.reward_backbone.name, params.seed, params.reward_model.pooling, prec.device,
+                str(prec.score_dtype))
     adapter = saved_adapter(params, variant)
     return (str(adapter), (adapter / "adapter_config.json").stat().st_mtime_ns, prec.device, str(prec.score_dtype))
 
@@ -108,7 +109,8 @@ def load_scorer(params: "RunParams", variant: str | None = None, device: str | N
     prec = precision(params, device)
     if variant == "random":
         tok = load_rm_tokenizer(role.name)
-        model = load_backbone(role.name, NUM_LABELS["random"], params.seed, tok.pad_token_id, prec.score_dtype)
+        model = load_backbone(role.name, NUM_LABELS["random"], params.seed, tok.pad_token_id, prec.score_dtype,
+                              params.reward_model.pooling)
         return RewardScorer(
             model.to(prec.device), tok, "random", params.reward_model.max_length, history_turns(params), role.batch_size
         )
@@ -117,7 +119,8 @@ def load_scorer(params: "RunParams", variant: str | None = None, device: str | N
     adapter = saved_adapter(params, variant)
     card = runs.read_json(runs.layout(params).rm_config(variant))
     tok = load_rm_tokenizer(card["backbone"])
-    base = load_backbone(card["backbone"], card["num_labels"], params.seed, tok.pad_token_id, prec.score_dtype)
+    base = load_backbone(card["backbone"], card["num_labels"], params.seed, tok.pad_token_id, prec.score_dtype,
+                         card.get("pooling", "last"))
     model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(prec.device)
     return RewardScorer(model, tok, variant, card["max_length"], card["max_history_turns"], role.batch_size)
 

@@ -149,7 +149,7 @@ def fit_head(params: "RunParams", rm: "RewardModelParams", num_labels: int, tok,
     notes = [] if has_valid else ["empty validation set: trained for all epochs without early stopping"]
     facts: dict[str, Any] = {"notes": notes, "n_train": len(train), "n_valid": len(valid)}
     model = load_backbone(params.models.reward_backbone.name, num_labels, params.seed, tok.pad_token_id,
-                          precision(params).train_dtype)
+                          precision(params).train_dtype, rm.pooling)
     model = get_peft_model(model, lora_config(rm, model))
     for weight in model.parameters():  # the trained weights stay fp32 whatever the backbone holds
         if weight.requires_grad:
@@ -215,6 +215,7 @@ def train_variant(params: "RunParams", variant: str, splits: RMSplits, force: bo
             "num_labels": NUM_LABELS[variant],
             "max_length": rm.max_length,
             "max_history_turns": history_turns(params),
+            "pooling": rm.pooling,
             "seed": params.seed,
             "reward_model_params": rm.model_dump(),
         }
