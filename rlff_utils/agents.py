@@ -396,12 +396,14 @@ class Critic:
 
     @classmethod
     def for_stage(cls, params: Any, stage: Literal["simulation", "evaluation"], backend: Any = None,
-                  max_history_turns: int | None = None) -> "Critic":
+                  max_history_turns: int | None = None, mode: str | None = None) -> "Critic":
         """The critic a stage's params configure: ``models.critic`` with ``simulation.critic_*``
         or ``models.eval_critic`` with ``evaluation.critic_*``; in ``learned`` mode the run's
-        learned critic (trained in notebook 03). ``backend``: an already loaded one for the role."""
+        learned critic (trained in notebook 03). ``backend``: an already loaded one for the role.
+        ``mode``: another mode than the stage's ``critic_mode`` (the evaluation's contrast critic)."""
         s = params.simulation if stage == "simulation" else params.evaluation
-        if s.critic_mode == "learned":
+        mode = mode or s.critic_mode
+        if mode == "learned":
             from .reward.learned_critic import load_learned_critic
 
             backend = load_learned_critic(params)
@@ -410,7 +412,7 @@ class Critic:
 
             backend = get_backend(params.models.critic if stage == "simulation" else params.models.eval_critic,
                                   seed=params.seed)
-        return cls(backend, s.critic_mode, s.critic_samples, s.critic_temperature, s.success_threshold,
+        return cls(backend, mode, s.critic_samples, s.critic_temperature, s.success_threshold,
                    seed=params.seed, max_history_turns=max_history_turns)
 
     def judge(self, contexts: list[dict[str, Any]], seed: int | None = None,

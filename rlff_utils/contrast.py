@@ -35,12 +35,7 @@ def _contexts(record: dict[str, Any], turn: int) -> dict[str, Any]:
 
 def contrast_critic(params, backend: Any = None) -> Critic:
     """``models.eval_critic`` in the mode ``evaluation.contrast_critic`` names."""
-    e = params.evaluation
-    if backend is None:
-        from .backends import get_backend
-
-        backend = get_backend(params.models.eval_critic, seed=params.seed)
-    return Critic(backend, e.contrast_critic, e.critic_samples, e.critic_temperature, e.success_threshold, seed=params.seed)
+    return Critic.for_stage(params, "evaluation", backend, mode=params.evaluation.contrast_critic)
 
 
 def judge_transcripts(params, system: str, records: Sequence[dict[str, Any]], critic: Critic) -> dict[tuple, float | None]:

@@ -53,15 +53,6 @@ from .params import ParamsError, RunParams, build_trainer_config, load_params, p
 _THINK_BLOCK = re.compile(r"\A\s*<think>(?P<reasoning>.*?)</think>(?P<reply>.*)\Z", re.DOTALL)
 
 
-def _completion_text(completion: Any) -> str:
-    """TRL passes conversational completions as ``[{"role": "assistant", "content": ...}]``."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content") or "")
-    raise TypeError(f"unexpected completion type {type(completion).__name__}: {completion!r:.80}")
-
-
 def is_well_formed(text: str) -> bool:
     """Exactly one ``<think>`` block, opening the answer, with non-empty reasoning, followed by a
     non-empty reply.
@@ -82,7 +73,9 @@ def is_well_formed(text: str) -> bool:
 
 def format_reward(completions: list, **kwargs) -> list[float]:
     """R_format in TRL's reward-function signature (module level, so it pickles)."""
-    return [1.0 if is_well_formed(_completion_text(c)) else 0.0 for c in completions]
+    from .reward.scorer import completion_text
+
+    return [1.0 if is_well_formed(completion_text(c)) else 0.0 for c in completions]
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,14 +90,10 @@ def reward_setup(params: RunParams) -> tuple[list[Callable], list[float]]:
     with ``grpo.format_reward: false`` its weight is 0, which leaves R = R_fut exactly (TRL sums the
     weighted rewards before normalising them per group).
     """
-    from .reward.scorer import RewardFunction  # lazy and picklable: loads its model on first call
+    from .reward.scorer import reward_source  # lazy and picklable: loads its model on first call
 
     g = params.grpo
-    if g.reward_model == "rule":  # the planted run's oracle arm
-        from .planted import RuleReward
-
-        return [RuleReward(), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
-    return [RewardFunction(params, g.reward_model), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
+    return [reward_source(params), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,8 +254,9 @@ def _stage(params: RunParams, force: bool):
     """The policy stage folder, locked and checked against its record (stale checkpoints or
     adapter from other settings -> StaleStageError). Under ``accelerate launch`` only rank 0 takes
     the lock (the notebook that launched it may hold it already); other ranks only check."""
-    # the `random` ablation scores with an untrained head: it reads nothing notebook 03 wrote
-    needs_reward_stage = params.grpo.reward_model not in ("random", "rule")
+    from .reward.scorer import needs_trained_model
+
+    needs_reward_stage = needs_trained_model(params.grpo.reward_model)
     if _is_main_process():
         return runs.begin_stage(params, runs.POLICY, force=force, extra=protocol(params),
                                 require_upstream=needs_reward_stage)

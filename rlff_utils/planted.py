@@ -193,11 +193,11 @@ class RuleReward:
     __name__ = "future_reward"  # the same curve name as the reward model's
 
     def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
-        from .reward.scorer import _completion_text
+        from .reward.scorer import completion_text
 
         if completions is None:
             raise ValueError("the rule reward needs `completions`")
-        return [float(acknowledges_feelings(_completion_text(c))) for c in completions]
+        return [float(acknowledges_feelings(completion_text(c))) for c in completions]
 
     def score(self, histories, replies) -> list[float]:
         """The scorer interface (``RewardScorer.score``), for the validity card."""

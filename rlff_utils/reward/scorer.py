@@ -18,7 +18,7 @@ from .. import runs
 from ..data import SEEKER, SUPPORTER
 from .backbone import load_backbone, load_rm_tokenizer, precision
 from .inputs import format_input, history_turns
-from .variants import NUM_LABELS, RewardModelError, check_variant
+from .variants import NUM_LABELS, VARIANTS, RewardModelError, check_variant
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..params import RunParams
@@ -157,8 +157,9 @@ class ScorerCache:
 # --------------------------------------------------------------------------------------------
 
 
-def _completion_text(completion: Any) -> str:
-    """A TRL completion: plain text, or a conversational list of messages."""
+def completion_text(completion: Any) -> str:
+    """A TRL completion as text: plain text, or a conversational list of messages (the assistant's
+    contents joined). Every reward function of the project reads completions through this."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list):
@@ -203,12 +204,16 @@ class RewardFunction:
     def __call__(self, prompts=None, completions=None, history=None, **kwargs) -> list[float]:
         if completions is None:
             raise RewardModelError("the reward function needs `completions`")
-        replies = [_completion_text(c) for c in completions]
+        replies = [completion_text(c) for c in completions]
         if history is None:
             if prompts is None:
                 raise RewardModelError("pass `history` (or conversational `prompts`) with the completions")
             history = [_history_from_prompt(p) for p in prompts]
-        return [float(x) for x in self.scorer.score(list(history), replies)]
+        return self.score(list(history), replies)
+
+    def score(self, histories: list[list[dict]], replies: list[str]) -> list[float]:
+        """The reward of each (history, reply): what a caller outside GRPO scores with."""
+        return [float(x) for x in self.scorer.score(histories, replies)]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_scorer": None, "_cache": None}  # models never cross processes
@@ -217,20 +222,40 @@ class RewardFunction:
         return f"RewardFunction(variant={self.variant!r}, run={self.params.run_name!r})"
 
 
-def load_reward_function(
+RULE = "rule"  # ``grpo.reward_model: rule``: the planted run's oracle arm, no model
+
+
+def needs_trained_model(variant: str) -> bool:
+    """Whether the reward source ``variant`` is a model notebook 03 trained (``random`` is an
+    untrained head, ``rule`` the planted rule: neither reads the reward-model stage)."""
+    return variant in VARIANTS
+
+
+def reward_source(
     params: "RunParams", variant: str | None = None, cache: ScorerCache | None = None
 ) -> Callable[..., list[float]]:
-    """The reward function GRPO uses: ``f(prompts, completions, history=None, **kw) -> list[float]``.
-    ``variant`` None means ``params.grpo.reward_model``. Fails now, not at the first GRPO step,
-    when the variant was never trained (or was trained with other settings)."""
-    if (variant or params.grpo.reward_model) == "rule":  # the planted run's oracle arm
+    """What ``grpo.reward_model`` (or ``variant``) names, as a reward function
+    ``f(prompts, completions, history=None, **kw) -> list[float]`` with ``f.score(histories,
+    replies)`` for callers outside GRPO: a trained variant or ``random`` (its untrained head) as a
+    lazy :class:`RewardFunction`, or ``rule`` (:class:`rlff_utils.planted.RuleReward`, allowed only
+    in planted runs). Nothing loads or is checked here (:func:`load_reward_function` checks)."""
+    variant = variant or params.grpo.reward_model
+    if variant == RULE:
         from ..planted import RuleReward
 
         return RuleReward()
-    variant = check_variant(variant or params.grpo.reward_model)
-    if variant != "random":
+    return RewardFunction(params, check_variant(variant), cache)
+
+
+def load_reward_function(
+    params: "RunParams", variant: str | None = None, cache: ScorerCache | None = None
+) -> Callable[..., list[float]]:
+    """:func:`reward_source`, failing now, not at the first GRPO step, when the variant was never
+    trained (or was trained with other settings)."""
+    variant = variant or params.grpo.reward_model
+    if needs_trained_model(variant):
         saved_adapter(params, variant)
-    return RewardFunction(params, variant, cache)
+    return reward_source(params, variant, cache)
 
 
 def reward_examples(

@@ -37,7 +37,7 @@ from .. import runs
 from ..data import SUPPORTER
 from ..outcomes import FAILED, SUCCESS, OutcomeError, intensity_drop, outcome_sets, stable_seed
 from ..validity import ValidityCard, card_from_dict, cards_frame, critic_identity, critic_window, validity_card
-from .scorer import ScorerCache, load_scorer
+from .scorer import ScorerCache, load_reward_function, needs_trained_model
 from .variants import stage_writer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,13 +91,7 @@ def critic_judgements(params: "RunParams", stage: str, dialogues: list["Dialogue
 def reward_model_scores(params: "RunParams", dialogues: list["Dialogue"], cache: ScorerCache | None = None) -> list[float]:
     """The GRPO reward model (``grpo.reward_model``) on each conversation's final supporter turn
     given the turns before it (NaN when the conversation has no supporter turn after the first)."""
-    variant = params.grpo.reward_model
-    if variant == "rule":  # the planted oracle: the rule on the reply
-        from ..planted import RuleReward
-
-        scorer = RuleReward()
-    else:
-        scorer = cache.get(params, variant) if cache is not None else load_scorer(params, variant)
+    scorer = load_reward_function(params, cache=cache)
     histories, replies, owner = [], [], []
     for k, d in enumerate(dialogues):
         turns = [{"speaker": t.speaker, "text": t.text} for t in d.turns]
@@ -163,7 +157,7 @@ def card_settings(params: "RunParams") -> dict[str, Any]:
     model GRPO uses (and which training of it), the learned critic's training."""
     lay = runs.layout(params)
     variant = params.grpo.reward_model
-    adapter = lay.rm_adapter(variant) / "adapter_config.json" if variant not in ("random", "rule") else None
+    adapter = lay.rm_adapter(variant) / "adapter_config.json" if needs_trained_model(variant) else None
     learned = runs.read_json(lay.learned_critic_metrics, default=None)
     return runs.json_ready({
         "validation": params.validation.model_dump(), "seed": params.seed,
