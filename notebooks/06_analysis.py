@@ -107,9 +107,9 @@ analysis.write_table(analysis.validity_table(runs), out, "validity_cards", digit
 # %% [markdown]
 # ## Does the machinery learn? Planted-signal runs
 #
-# Only for planted runs (`params/planted*.yaml`, where a rule critic rewards asking the seeker about their
+# Only for planted runs (`params/planted*.yaml`, where a rule critic rewards acknowledging the seeker's
 # feelings): the reward models' held-out ROC-AUC against the planted label (trained head and its untrained
-# `random` start), the share of rule-satisfying replies before and after GRPO on held-out prompts with the
+# `random` start; its interval resamples the test contexts, whose candidates share a seeker turn), the share of rule-satisfying replies before and after GRPO on held-out prompts with the
 # same sampling seeds, and the main system's paired SR difference to each baseline under the rule critic and
 # under the LLM critic re-judging the same conversations. All with 95% bootstrap intervals. A working
 # pipeline shows the signal in the positive run and none from GRPO in its negative control

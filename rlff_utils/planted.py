@@ -140,8 +140,8 @@ def compliance_before_after(params, prompts: int = 16, samples: int = 4) -> dict
 def planted_summary(run) -> dict[str, Any] | None:
     """The figures the planted-signal check asks for, from the files a planted run wrote (None
     for another kind of run): the reward models' held-out ROC-AUC against the planted label with
-    stratified bootstrap 95% intervals (trained classification head and its untrained ``random``
-    start), the compliance before/after GRPO with the paired interval, and the main system's
+    95% intervals that resample the test contexts (a context's candidates share its seeker turn)
+    (trained classification head and its untrained ``random`` start), the compliance before/after GRPO with the paired interval, and the main system's
     paired SR difference to each baseline under the deciding critic and the contrast critic."""
     from pathlib import Path
 
@@ -149,7 +149,7 @@ def planted_summary(run) -> dict[str, Any] | None:
     import yaml
 
     from .runs import RunLayout, read_json
-    from .validity import auc_with_ci
+    from .validity import clustered_auc_ci
 
     run = Path(run)
     lay = RunLayout(run)
@@ -160,10 +160,10 @@ def planted_summary(run) -> dict[str, Any] | None:
     for variant in ("classification", "random"):
         if lay.rm_predictions(variant).is_file():
             pred = pd.read_csv(lay.rm_predictions(variant))
-            auc, ci, _ = auc_with_ci(pred.score[pred.label == 1].tolist(), pred.score[pred.label == 0].tolist(),
-                                     seed=params.get("seed", 0))
+            auc, ci, contexts = clustered_auc_ci(pred.score.tolist(), pred.label.tolist(), pred.context_id.tolist(),
+                                                 seed=params.get("seed", 0))
             out.update({f"rm_{variant}_auc": auc, f"rm_{variant}_auc_lo": ci[0], f"rm_{variant}_auc_hi": ci[1],
-                        "rm_test_candidates": len(pred)})
+                        "rm_test_candidates": len(pred), "rm_test_contexts": contexts})
     c = read_json(lay.planted_compliance, default=None)
     if c:
         out.update({"compliance_before": c["before"], "compliance_after": c["after"], "compliance_diff": c["difference"],

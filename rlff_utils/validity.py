@@ -91,6 +91,34 @@ def auc_with_ci(pos: Sequence[float], neg: Sequence[float], samples: int = 1000,
     return auc, ci, pvalue
 
 
+def clustered_auc_ci(scores: Sequence[float], labels: Sequence[int], clusters: Sequence[Any], samples: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> tuple[float, tuple[float, float], int]:
+    """(AUC, cluster-bootstrap interval, number of clusters). The interval resamples whole clusters
+    with replacement (e.g. the candidates of one context, which share its seeker turn and are not
+    independent), so it answers "another set of contexts" rather than "other candidates of these
+    contexts"; resamples with one class only are left out. NaN scores are left out."""
+    if not len(scores) == len(labels) == len(clusters):
+        raise ValueError(f"clustered_auc_ci: {len(scores)} scores, {len(labels)} labels, {len(clusters)} clusters")
+    frame = [(float(s), int(y), c) for s, y, c in zip(scores, labels, clusters)
+             if s is not None and math.isfinite(float(s))]
+    names = sorted({c for _, _, c in frame}, key=str)
+    groups = [np.asarray([(s, y) for s, y, c in frame if c == name], dtype=float) for name in names]
+    pooled = np.concatenate(groups) if groups else np.zeros((0, 2))
+    auc = _auc(pooled[pooled[:, 1] == 1, 0], pooled[pooled[:, 1] == 0, 0])
+    if math.isnan(auc):
+        return auc, (math.nan, math.nan), len(names)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(samples):
+        draw = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        value = _auc(draw[draw[:, 1] == 1, 0], draw[draw[:, 1] == 0, 0])
+        if not math.isnan(value):
+            boots.append(value)
+    alpha = (1 - level) / 2
+    ci = (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if boots else (math.nan, math.nan)
+    return auc, ci, len(names)
+
+
 def spearman_with_ci(x: Sequence[float], y: Sequence[float], samples: int = 1000, seed: int = 0,
                      level: float = 0.95) -> tuple[float, tuple[float, float], int]:
     """Spearman's rho on the finite pairs, a percentile bootstrap interval, and n."""

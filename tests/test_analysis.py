@@ -181,7 +181,7 @@ def test_planted_runs_side_by_side(tmp_path):
     row = table.loc["planted"]
     assert row["grpo_reward_model"] == "classification" and row["rm_classification_auc"] == pytest.approx(8 / 9)
     assert row["rm_classification_auc_lo"] <= 8 / 9 <= row["rm_classification_auc_hi"]
-    assert row["rm_random_auc"] == 0.5  # a constant score ranks nothing
+    assert row["rm_random_auc"] == 0.5 and row["rm_test_contexts"] == 3  # a constant score ranks nothing
     assert row["compliance_diff"] == pytest.approx(0.4) and row["compliance_diff_lo"] == pytest.approx(0.3)
     assert row["sr_diff_rule_rlff-esc_vs_vanilla"] == 0.25 and row["sr_diff_contrast_rlff-esc_vs_vanilla_hi"] == 0.1
     assert table.loc["planted_negative", "compliance_diff"] == pytest.approx(0.0)

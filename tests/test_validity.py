@@ -249,3 +249,26 @@ def test_cards_of_every_judge_on_real_conversations(tmp_path, data_dir, tiny_mod
 
     same_window = _ci_params(tmp_path, **{"evaluation.max_turns": 1, "validation.judges": ["critic"]})
     assert evaluation_card(same_window)["card"] is None  # the saved cards were for another evaluation critic
+
+
+def test_clustered_auc_interval_resamples_whole_contexts():
+    """The AUC is the plain ROC-AUC; the interval resamples contexts, so when how well the scores
+    separate depends on the context (here: a per-context effect of the label), it is wider than
+    an interval that resamples candidates, which treats 10 candidates of a context as 10 contexts."""
+    from sklearn.metrics import roc_auc_score
+
+    from rlff_utils.validity import clustered_auc_ci
+
+    rng = np.random.default_rng(1)
+    contexts = np.repeat(np.arange(8), 10)
+    labels = np.tile([1, 0], 40)
+    scores = rng.normal(0.5, 1.5, 8)[contexts] * labels + rng.normal(0, 0.3, 80)
+    auc, (lo, hi), n = clustered_auc_ci(scores.tolist(), labels.tolist(), contexts.tolist(), samples=400)
+    assert n == 8 and auc == pytest.approx(roc_auc_score(labels, scores))
+    _, (slo, shi), _ = auc_with_ci(scores[labels == 1].tolist(), scores[labels == 0].tolist(), samples=400)
+    assert lo < auc < hi and (hi - lo) > 1.5 * (shi - slo)
+    # one candidate per context: the same as resampling candidates, about as wide as the stratified one
+    _, (ulo, uhi), n = clustered_auc_ci(scores.tolist(), labels.tolist(), list(range(80)), samples=400)
+    assert n == 80 and 0.5 < (uhi - ulo) / (shi - slo) < 2
+    with pytest.raises(ValueError, match="3 scores, 2 labels"):
+        clustered_auc_ci([0.1, 0.2, 0.3], [0, 1], ["a", "b", "c"])
