@@ -10,6 +10,7 @@ and are rendered to HTML next to them for sharing.
     python -m rlff_utils.pipeline params/smoke.yaml --from 02      # resume the chain
     python -m rlff_utils.pipeline params/smoke.yaml --set simulation.num_candidates=2
     python -m rlff_utils.pipeline params/smoke.yaml --from 02 --force   # redo 02.. from scratch
+    python -m rlff_utils.pipeline params/smoke.yaml --only 02 --set simulation.num_candidates=8  # grow 02 in place
 
 The params are loaded once, here (relative paths against the directory you ran from), and each
 kernel reads the resolved run (``outputs/<run>/params.yaml``: absolute paths, overrides applied),
@@ -153,6 +154,23 @@ def execute_stage(stage: Stage, params: RunParams, resolved_file: Path, html: bo
     return out
 
 
+def _refuse_growth_under_results(params: RunParams, name: str, stages: list[Stage]) -> None:
+    """A stage about to grow (``runs.SELECTION`` changed) would leave the later selected stages
+    holding results computed from its smaller version: stop now and say how to proceed."""
+    growth = runs.selection_changes(params, name)
+    if not growth:
+        return
+    number = next(n for n, s in runs.NOTEBOOK_STAGE.items() if s == name)
+    later = [s for s in stages if s.number > number and runs.NOTEBOOK_STAGE.get(s.number) not in (None, runs.REPORT)
+             and runs.read_record(runs.layout(params).root, runs.NOTEBOOK_STAGE[s.number]) is not None]
+    if later:
+        changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in growth.items())
+        raise runs.StaleStageError(
+            f"stage {name!r} would grow ({changes}), and {', '.join(s.name for s in later)} hold results computed "
+            f"from it as it is. Grow it alone (--only {number}), then redo what depends on it (--from "
+            f"{int(number) + 1:02d} --force).")
+
+
 def run_pipeline(
     params_file: str | Path,
     only: list[str] | None = None,
@@ -184,7 +202,8 @@ def run_pipeline(
             runs.reset_stage(params, name)
             print(f"--force: cleared {runs.layout(params).stage(name)}", flush=True)
         elif name:
-            runs.check_stage(params, name)
+            runs.check_stage(params, name, reopen=True)
+            _refuse_growth_under_results(params, name, stages)
     resolved = write_resolved(params, runs.layout(params).resolved_params)
     executed = []
     t_all = time.perf_counter()

@@ -69,6 +69,12 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     REPORT: (),
 }
 
+# Settings that choose which items a stage holds, not how any one of them is computed: a stage
+# reopened with other values keeps the stored items still wanted and computes the missing ones
+# (a simulation grows from 8 to 12 candidates per context, or to more contexts, without redoing
+# what it has). Compared like any setting when a finished stage is read or copied.
+SELECTION: dict[str, tuple[str, ...]] = {SIMULATION: ("simulation.max_contexts", "simulation.num_candidates")}
+
 # Leaf names that change speed, resources or bookkeeping, not results: never compared.
 EXECUTION_FIELDS = frozenset({
     "batch_size", "device", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
@@ -340,13 +346,15 @@ def _upstream_hashes(params: "RunParams", stage: str, require: bool | tuple[str,
     return out
 
 
-def stage_differences(params: "RunParams", stage: str, record: dict[str, Any]) -> list[str]:
-    """Human-readable differences between a stored record and the current params."""
+def stage_differences(params: "RunParams", stage: str, record: dict[str, Any], reopen: bool = False) -> list[str]:
+    """Human-readable differences between a stored record and the current params. ``reopen``:
+    the stage is about to run again, so its :data:`SELECTION` settings may differ."""
     diffs = []
     old = _flatten(record.get("settings", {}), "")
     new = _flatten(json_ready(stage_settings(params, stage)), "")
+    skip = SELECTION.get(stage, ()) if reopen else ()
     for key in sorted(set(old) | set(new)):
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+        if key not in skip and old.get(key, "<absent>") != new.get(key, "<absent>"):
             diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     current_up = _upstream_hashes(params, stage, require=False)
     for up, h in (record.get("upstream") or {}).items():
@@ -355,14 +363,15 @@ def stage_differences(params: "RunParams", stage: str, record: dict[str, Any]) -
     return diffs
 
 
-def check_stage(params: "RunParams", stage: str) -> dict[str, Any] | None:
+def check_stage(params: "RunParams", stage: str, reopen: bool = False) -> dict[str, Any] | None:
     """The stored record when it matches the current params (None when the stage never ran);
-    :class:`StaleStageError` naming the changed fields otherwise."""
+    :class:`StaleStageError` naming the changed fields otherwise. ``reopen``: the stage is about
+    to run again, so a change of its :data:`SELECTION` settings is a growth, not staleness."""
     lay = layout(params)
     record = read_record(lay.root, stage)
     if record is None:
         return None
-    diffs = stage_differences(params, stage, record)
+    diffs = stage_differences(params, stage, record, reopen=reopen)
     if diffs:
         number = next(n for n, s in NOTEBOOK_STAGE.items() if s == stage)
         shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
@@ -372,6 +381,17 @@ def check_stage(params: "RunParams", stage: str) -> dict[str, Any] | None:
             f"python -m rlff_utils.pipeline {params.source or '<params>'} --from {number} --force; "
             f"to keep both, give the run another run_name.")
     return record
+
+
+def selection_changes(params: "RunParams", stage: str) -> dict[str, tuple[Any, Any]]:
+    """The :data:`SELECTION` settings whose stored value differs from the params, as
+    ``{dotted path: (stored, now)}``; empty when the stage never ran or holds the same selection."""
+    record = read_record(layout(params).root, stage)
+    if record is None:
+        return {}
+    old = _flatten(record.get("settings", {}), "")
+    new = _flatten(json_ready(stage_settings(params, stage)), "")
+    return {key: (old.get(key), new.get(key)) for key in SELECTION.get(stage, ()) if old.get(key) != new.get(key)}
 
 
 def _write_record(params: "RunParams", stage: str, complete: bool, upstream: dict[str, Any],
@@ -408,9 +428,10 @@ def reset_stage(params: "RunParams", stage: str) -> None:
 def begin_stage(params: "RunParams", stage: str, force: bool = False, require_upstream: bool | tuple[str, ...] = True,
                 extra: dict[str, Any] | None = None) -> Iterator[Path]:
     """Open a stage folder for writing: lock it, check its record against the params (stale →
-    :class:`StaleStageError`; ``force`` → start over), record the settings (and ``extra``, e.g.
-    what the stage optimises), yield the folder; on a clean exit mark the record complete.
-    Results already in the folder are valid to reuse."""
+    :class:`StaleStageError`; ``force`` → start over; another :data:`SELECTION` is not stale: the
+    stage keeps the stored items it still wants), record the settings (and ``extra``, e.g. what
+    the stage optimises), yield the folder; on a clean exit mark the record complete. Results
+    already in the folder are valid to reuse."""
     folder = layout(params).stage(stage)
     folder.mkdir(parents=True, exist_ok=True)
     upstream = _upstream_hashes(params, stage, require=require_upstream)
@@ -420,7 +441,7 @@ def begin_stage(params: "RunParams", stage: str, force: bool = False, require_up
                 if child.name != LOCK:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         else:
-            check_stage(params, stage)
+            check_stage(params, stage, reopen=True)
         _write_record(params, stage, complete=False, upstream=upstream, extra=extra)
         yield folder
         _write_record(params, stage, complete=True, upstream=upstream, extra=extra)

@@ -10,7 +10,11 @@ candidate is turn 1. The engine is :mod:`rlff_utils.rollout`; the target the rew
 The stage goes through :func:`rlff_utils.runs.begin_stage`: stored trajectories are resumed only
 when they were produced with the same settings (else :class:`~rlff_utils.runs.StaleStageError`,
 nothing mixed), and one writer at a time. A resumed run writes the same trajectories as an
-uninterrupted one.
+uninterrupted one. ``simulation.max_contexts`` and ``simulation.num_candidates`` only choose which
+trajectories the stage holds (``runs.SELECTION``): changed, the stage grows (or shrinks) in place,
+keeping every stored trajectory still wanted and rolling only the missing ones, each from the seeds
+of its own identity; the new ones are rolled beside each other rather than beside the stored ones,
+so they match a straight run's up to the last bits of padded batches.
 """
 
 from __future__ import annotations
@@ -131,20 +135,25 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
                    force: bool = False) -> SimulationSummary:
     """Notebook 02's stage: roll m candidates per context, store trajectories, write the reward
     dataset and the summary. Resumes after the last stored trajectory when the stage's record
-    matches the params; other settings raise :class:`~rlff_utils.runs.StaleStageError` (``force``:
-    start over)."""
+    matches the params, grows when only ``max_contexts``/``num_candidates`` changed (the record
+    keeps the old values as ``grown_from``); other settings raise
+    :class:`~rlff_utils.runs.StaleStageError` (``force``: start over)."""
     sim = params.simulation
     lay = runs.layout(params)
     contexts = list(load_contexts(params) if contexts is None else contexts)
     if sim.max_contexts:
         contexts = contexts[: sim.max_contexts]
     check_contexts(contexts)
-    with runs.begin_stage(params, runs.SIMULATION, force):
+    grown_from = None if force else _grown_from(params)
+    with runs.begin_stage(params, runs.SIMULATION, force, extra={"grown_from": grown_from} if grown_from else None):
         write_prompts(lay.prompts(runs.SIMULATION))
         store = TrajectoryStore(lay.trajectories, SIM_KEY)
         wanted = simulation_trajectories(contexts, sim.num_candidates, sim.max_turns)
         wanted_keys = {t.key for t in wanted}
         previous = [r for r in store.load() if store.key(r) in wanted_keys]
+        if grown_from:  # roll the missing ones only (a stored batch neighbour is never rolled again)
+            stored = {store.key(r) for r in previous}
+            wanted = [t for t in wanted if t.key not in stored]
         t0 = time.perf_counter()
         backends: dict[str, Any] = {}
         if len(previous) < len(wanted):
@@ -168,6 +177,16 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
             warnings.warn(f"critic: {summary.unparsed_answers} sampled answers named no label (see critic_unparsed)")
         runs.write_json(summary.as_dict(), lay.simulation_summary)
     return summary
+
+
+def _grown_from(params: "RunParams") -> dict[str, Any] | None:
+    """The selection (``runs.SELECTION`` values) the stored trajectories were rolled for, when the
+    params choose another one now or a growth was interrupted; None for a plain run or resume."""
+    changed = runs.selection_changes(params, runs.SIMULATION)
+    if changed:
+        return {key: old for key, (old, _) in changed.items()}
+    record = runs.read_record(runs.layout(params).root, runs.SIMULATION) or {}
+    return None if record.get("complete") else record.get("grown_from")
 
 
 def _summary(contexts, records, previous, frame, seconds, lay: runs.RunLayout, backends) -> SimulationSummary:

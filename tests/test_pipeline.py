@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rlff_utils import pipeline
+from rlff_utils import pipeline, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,3 +130,29 @@ def _check_report(run: Path) -> None:
     for field in ("params file", "params sha256", "git commit", "date", "device", "packages", "wall time",
                   "a test run"):
         assert field in index, field
+
+
+def test_a_stage_about_to_grow_under_later_results_is_refused_before_any_kernel(tmp_path, project_root):
+    """Growing the simulation (runs.SELECTION) while the reward model holds results from its
+    smaller version: refused before any notebook runs, with the two commands that do it; grown
+    alone (--only 02), the check lets it through."""
+    from rlff_utils.params import load_params
+    from rlff_utils.pipeline import _refuse_growth_under_results, discover_stages, run_pipeline, select_stages
+
+    ci = project_root / "params" / "ci.yaml"
+    params = load_params(ci, {"output_root": str(tmp_path)})
+    for stage in (runs.SIMULATION, runs.REWARD_MODEL):
+        with runs.begin_stage(params, stage, require_upstream=False):
+            pass
+    grow = {"output_root": str(tmp_path), "simulation.num_candidates": 3}
+    with pytest.raises(runs.StaleStageError,
+                       match=r"'simulation' would grow \(simulation.num_candidates: 2 -> 3\), and 03_reward_model .*"
+                             r"--only 02.*--from 03 --force"):
+        run_pipeline(ci, start="02", overrides=grow, html=False)
+    assert not list((tmp_path / params.run_name).glob("*.ipynb"))  # no notebook ran
+    grown = load_params(ci, grow)
+    stages = discover_stages(project_root / "notebooks")
+    _refuse_growth_under_results(grown, runs.SIMULATION, select_stages(stages, only=["02"]))
+    runs.check_stage(grown, runs.SIMULATION, reopen=True)  # a growth, not staleness, for the stage itself
+    with pytest.raises(runs.StaleStageError, match="simulation.num_candidates: 2 -> 3"):
+        runs.check_stage(grown, runs.SIMULATION)  # read as finished results, it is another selection

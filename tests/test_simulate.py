@@ -251,3 +251,43 @@ def test_one_writer_at_a_time_and_a_dead_writer_lock_is_taken_over(prepared, pro
     s = run_simulation(params)  # its pid is dead: the lock is taken over
     assert s.trajectories == params.simulation.num_candidates
     assert not runs.layout(params).lock(runs.SIMULATION).exists()
+
+
+def test_simulation_grows_in_place_and_keeps_what_it_has(prepared, tmp_path, monkeypatch):
+    """More candidates and more contexts: the stored trajectories stay byte for byte, only the
+    missing ones are rolled, each the one a straight run of the larger simulation rolls (same
+    identity, same seeds); fewer again: nothing is rolled and the reward dataset follows the
+    selection. Any other change is still stale."""
+    small = _variant(prepared, tmp_path / "grown", simulation__max_contexts=2, simulation__num_candidates=2)
+    run_simulation(small)
+    lay = runs.layout(small)
+    before = lay.trajectories.read_bytes()
+
+    big = _reload(small, simulation__max_contexts=3, simulation__num_candidates=3)
+    assert runs.selection_changes(big, runs.SIMULATION) == {"simulation.max_contexts": (2, 3),
+                                                            "simulation.num_candidates": (2, 3)}
+    from rlff_utils import simulate
+
+    rolled, roll = [], simulate.rollout_to_store
+    monkeypatch.setattr(simulate, "rollout_to_store", lambda trajs, *a, **k: (rolled.append(len(trajs)), roll(trajs, *a, **k))[1])
+    s = run_simulation(big)
+    assert rolled == [5]  # the missing ones only: no stored batch neighbour is rolled again
+    assert s.resumed == 4 and s.new_trajectories == 5 and s.trajectories == s.reward_rows == 9
+    assert lay.trajectories.read_bytes().startswith(before)  # nothing stored was touched
+    record = runs.read_record(small.run_dir, runs.SIMULATION)
+    assert record["complete"] and record["settings"]["simulation"]["num_candidates"] == 3
+    assert record["grown_from"] == {"simulation.max_contexts": 2, "simulation.num_candidates": 2}
+    assert runs.selection_changes(big, runs.SIMULATION) == {} and runs.stage_is_complete(big, runs.SIMULATION)
+
+    straight = _variant(prepared, tmp_path / "straight", simulation__max_contexts=3, simulation__num_candidates=3)
+    run_simulation(straight)
+    grown = {(r["context_id"], r["candidate_index"]): r for r in load_trajectories(small.run_dir)}
+    reference = {(r["context_id"], r["candidate_index"]): r for r in load_trajectories(straight.run_dir)}
+    assert grown.keys() == reference.keys()
+    assert all(grown[k]["candidate_reply"] == reference[k]["candidate_reply"] for k in reference)
+
+    again = run_simulation(_reload(small, simulation__max_contexts=3, simulation__num_candidates=1))
+    assert again.new_trajectories == 0 and again.trajectories == again.reward_rows == 3
+    assert len(load_reward_dataset(small.run_dir)) == 3
+    with pytest.raises(runs.StaleStageError, match="simulation.max_turns: 2 -> 3"):
+        run_simulation(_reload(small, simulation__max_contexts=3, simulation__num_candidates=1, simulation__max_turns=3))
