@@ -29,6 +29,8 @@ from pydantic import (
 from .. import models as model_registry
 
 Backend = Literal["hf", "vllm", "openai"]
+# How a reward model reads its input (rlff_utils.reward.backbone.load_backbone).
+Pooling = Literal["last", "mean"]
 
 
 class ParamsError(ValueError):
@@ -181,7 +183,7 @@ class RewardModelParams(_Strict):
     max_history_turns: int | None = Field(
         None, ge=1, description="context turns shown to the reward model (None: data.max_history_turns)"
     )
-    pooling: Literal["last", "mean"] = Field(
+    pooling: Pooling = Field(
         "last", description="what the head reads: the last token (the paper's, transformers' default) or the "
         "mean over the input's tokens (rlff_utils.reward.backbone.mean_pooling)")
     learning_rate: float = Field(1e-4, gt=0)

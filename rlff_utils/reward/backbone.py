@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
+
+from ..params.schema import Pooling
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..params import RewardModelParams, RunParams
@@ -37,7 +39,7 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-POOLINGS = ("last", "mean")
+POOLINGS = get_args(Pooling)
 
 
 def load_backbone(name: str, num_labels: int, seed: int, pad_token_id: int, dtype=None, pooling: str = "last"):
