@@ -151,9 +151,10 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
         wanted = simulation_trajectories(contexts, sim.num_candidates, sim.max_turns)
         wanted_keys = {t.key for t in wanted}
         previous = [r for r in store.load() if store.key(r) in wanted_keys]
-        if grown_from:  # roll the missing ones only (a stored batch neighbour is never rolled again)
-            stored = {store.key(r) for r in previous}
-            wanted = [t for t in wanted if t.key not in stored]
+        # A plain run or resume rolls the fixed batches of the whole list (a resume matches a straight
+        # run bit for bit); a growth rolls the missing ones only (no stored neighbour is rolled again).
+        stored = {store.key(r) for r in previous}
+        to_roll = [t for t in wanted if t.key not in stored] if grown_from else wanted
         t0 = time.perf_counter()
         backends: dict[str, Any] = {}
         if len(previous) < len(wanted):
@@ -164,7 +165,7 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
             first, later, seeker, critic, backends = simulation_agents(params)
             for b in backends.values():
                 b.stats.reset()
-            rollout_to_store(wanted, store, sim.batch_size, first, later, seeker, critic,
+            rollout_to_store(to_roll, store, sim.batch_size, first, later, seeker, critic,
                              seed=params.seed, desc="simulation", already=previous,
                              critic_context_turns=params.data.max_history_turns,
                              state_path=lay.rollout_state(runs.SIMULATION))

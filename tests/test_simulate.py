@@ -263,20 +263,22 @@ def test_simulation_grows_in_place_and_keeps_what_it_has(prepared, tmp_path, mon
     lay = runs.layout(small)
     before = lay.trajectories.read_bytes()
 
-    big = _reload(small, simulation__max_contexts=3, simulation__num_candidates=3)
-    assert runs.selection_changes(big, runs.SIMULATION) == {"simulation.max_contexts": (2, 3),
-                                                            "simulation.num_candidates": (2, 3)}
     from rlff_utils import simulate
 
     rolled, roll = [], simulate.rollout_to_store
     monkeypatch.setattr(simulate, "rollout_to_store", lambda trajs, *a, **k: (rolled.append(len(trajs)), roll(trajs, *a, **k))[1])
+    more = _reload(small, simulation__max_contexts=2, simulation__num_candidates=3)  # fewer missing than stored
+    assert runs.selection_changes(more, runs.SIMULATION) == {"simulation.num_candidates": (2, 3)}
+    s = run_simulation(more)
+    assert rolled == [2] and s.resumed == 4 and s.new_trajectories == 2 and s.trajectories == s.reward_rows == 6
+    big = _reload(small, simulation__max_contexts=3, simulation__num_candidates=3)
     s = run_simulation(big)
-    assert rolled == [5]  # the missing ones only: no stored batch neighbour is rolled again
-    assert s.resumed == 4 and s.new_trajectories == 5 and s.trajectories == s.reward_rows == 9
+    assert rolled == [2, 3]  # the missing ones only: no stored batch neighbour is rolled again
+    assert s.resumed == 6 and s.new_trajectories == 3 and s.trajectories == s.reward_rows == 9
     assert lay.trajectories.read_bytes().startswith(before)  # nothing stored was touched
     record = runs.read_record(small.run_dir, runs.SIMULATION)
     assert record["complete"] and record["settings"]["simulation"]["num_candidates"] == 3
-    assert record["grown_from"] == {"simulation.max_contexts": 2, "simulation.num_candidates": 2}
+    assert record["grown_from"] == {"simulation.max_contexts": 2}
     assert runs.selection_changes(big, runs.SIMULATION) == {} and runs.stage_is_complete(big, runs.SIMULATION)
 
     straight = _variant(prepared, tmp_path / "straight", simulation__max_contexts=3, simulation__num_candidates=3)
