@@ -349,13 +349,9 @@ def _upstream_hashes(params: "RunParams", stage: str, require: bool | tuple[str,
 def stage_differences(params: "RunParams", stage: str, record: dict[str, Any], reopen: bool = False) -> list[str]:
     """Human-readable differences between a stored record and the current params. ``reopen``:
     the stage is about to run again, so its :data:`SELECTION` settings may differ."""
-    diffs = []
-    old = _flatten(record.get("settings", {}), "")
-    new = _flatten(json_ready(stage_settings(params, stage)), "")
     skip = SELECTION.get(stage, ()) if reopen else ()
-    for key in sorted(set(old) | set(new)):
-        if key not in skip and old.get(key, "<absent>") != new.get(key, "<absent>"):
-            diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    diffs = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in _setting_changes(params, stage, record).items()
+             if key not in skip]
     current_up = _upstream_hashes(params, stage, require=False)
     for up, h in (record.get("upstream") or {}).items():
         if current_up.get(up) != h:
@@ -387,11 +383,16 @@ def selection_changes(params: "RunParams", stage: str) -> dict[str, tuple[Any, A
     """The :data:`SELECTION` settings whose stored value differs from the params, as
     ``{dotted path: (stored, now)}``; empty when the stage never ran or holds the same selection."""
     record = read_record(layout(params).root, stage)
-    if record is None:
-        return {}
+    changes = _setting_changes(params, stage, record) if record else {}
+    return {key: change for key, change in changes.items() if key in SELECTION.get(stage, ())}
+
+
+def _setting_changes(params: "RunParams", stage: str, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted path: (stored, now)}`` for every setting the record and the params disagree on."""
     old = _flatten(record.get("settings", {}), "")
     new = _flatten(json_ready(stage_settings(params, stage)), "")
-    return {key: (old.get(key), new.get(key)) for key in SELECTION.get(stage, ()) if old.get(key) != new.get(key)}
+    return {key: (old.get(key, "<absent>"), new.get(key, "<absent>")) for key in sorted(set(old) | set(new))
+            if old.get(key, "<absent>") != new.get(key, "<absent>")}
 
 
 def _write_record(params: "RunParams", stage: str, complete: bool, upstream: dict[str, Any],

@@ -271,6 +271,11 @@ def test_simulation_grows_in_place_and_keeps_what_it_has(prepared, tmp_path, mon
     assert runs.selection_changes(more, runs.SIMULATION) == {"simulation.num_candidates": (2, 3)}
     s = run_simulation(more)
     assert rolled == [2] and s.resumed == 4 and s.new_trajectories == 2 and s.trajectories == s.reward_rows == 6
+    assert simulate._grown_from(more) is None  # finished: a rerun is a plain resume
+    record = runs.read_record(small.run_dir, runs.SIMULATION)
+    runs.write_json({**record, "complete": False}, runs.layout(small).record(runs.SIMULATION))
+    assert simulate._grown_from(more) == {"simulation.num_candidates": 2}  # interrupted: still a growth
+    runs.write_json(record, runs.layout(small).record(runs.SIMULATION))
     big = _reload(small, simulation__max_contexts=3, simulation__num_candidates=3)
     s = run_simulation(big)
     assert rolled == [2, 3]  # the missing ones only: no stored batch neighbour is rolled again
