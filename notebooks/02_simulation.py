@@ -45,7 +45,6 @@ params_file = "../params/smoke.yaml"
 overrides = {}
 
 # %%
-from IPython.display import display
 import pandas as pd
 
 from rlff_utils import runs

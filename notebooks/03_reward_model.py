@@ -45,9 +45,6 @@ params_file = "../params/smoke.yaml"
 overrides = {}
 
 # %%
-from IPython.display import display
-import pandas as pd
-
 from rlff_utils import analysis, plots, runs
 from rlff_utils.params import load_notebook_params
 from rlff_utils.reward import inputs, learned_critic, scorer, train, validation
