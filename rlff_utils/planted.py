@@ -142,7 +142,8 @@ def planted_summary(run) -> dict[str, Any] | None:
     for another kind of run): the reward models' held-out ROC-AUC against the planted label with
     95% intervals that resample the test contexts, whose candidates share a seeker turn (trained
     classification head and its untrained ``random`` start), the compliance before/after GRPO with
-    the paired interval, and the main system's paired SR difference to each baseline under the deciding critic and the contrast critic."""
+    the paired interval, and the main system's paired SR difference to each baseline under the
+    deciding critic and the contrast critic."""
     from pathlib import Path
 
     import pandas as pd
