@@ -199,8 +199,12 @@ def run_pipeline(
     for stage in stages:  # stale results stop the run now, before any kernel starts
         name = runs.NOTEBOOK_STAGE.get(stage.number)
         if name and force:
-            runs.reset_stage(params, name)
-            print(f"--force: cleared {runs.layout(params).stage(name)}", flush=True)
+            folder = runs.layout(params).stage(name)
+            if runs.reset_stage(params, name):
+                print(f"--force: cleared {folder}", flush=True)
+            elif folder.is_dir():
+                print(f"--force: left {folder} as it is (no {runs.STAGE_RECORD}: not a stage folder this "
+                      "project wrote)", flush=True)
         elif name:
             runs.check_stage(params, name, reopen=True)
             _refuse_growth_under_results(params, name, stages)
@@ -272,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force,
                      reuse_from=args.reuse_from)
-    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, FileNotFoundError) as e:
+    except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, runs.UnsafeClearError,
+            FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

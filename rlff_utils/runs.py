@@ -413,16 +413,42 @@ def _write_record(params: "RunParams", stage: str, complete: bool, upstream: dic
     return record
 
 
-def reset_stage(params: "RunParams", stage: str) -> None:
-    """Delete a stage's folder (``--force``), after making sure nobody is writing it."""
-    folder = layout(params).stage(stage)
-    if not folder.exists():
-        return
-    with stage_lock(folder):
-        for child in folder.iterdir():
-            if child.name == LOCK:
-                continue
+class UnsafeClearError(RuntimeError):
+    """``--force`` was asked to clear a folder that is not a stage folder of this run."""
+
+
+def clearable(params: "RunParams", stage: str) -> bool:
+    """Whether ``--force`` may empty the stage's folder: it must lie inside this run's folder once
+    every ``..`` and symbolic link is resolved (else :class:`UnsafeClearError`: nothing outside a
+    run folder is ever deleted), and hold a stage record, the mark of a folder the project wrote
+    (False: there is nothing of a stage to clear, and the folder is left as it is)."""
+    lay = layout(params)
+    folder = lay.stage(stage)
+    run = lay.root.resolve()
+    target = folder.resolve()
+    if target.parent != run or target.name != stage or run == run.parent:
+        raise UnsafeClearError(
+            f"--force: {folder} resolves to {target}, which is not the {stage!r} folder inside the run folder "
+            f"{run}; nothing was deleted")
+    return folder.is_dir() and lay.record(stage).is_file()
+
+
+def _clear(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.name != LOCK:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def reset_stage(params: "RunParams", stage: str) -> bool:
+    """Empty a stage's folder (``--force``), after making sure nobody is writing it; only a stage
+    folder of this run that holds a stage record is touched (:func:`clearable`). Returns whether
+    it was cleared."""
+    folder = layout(params).stage(stage)
+    if not clearable(params, stage):
+        return False
+    with stage_lock(folder):
+        _clear(folder)
+    return folder.is_dir() and lay.record(stage).is_file()
 
 
 @contextlib.contextmanager
@@ -438,9 +464,8 @@ def begin_stage(params: "RunParams", stage: str, force: bool = False, require_up
     upstream = _upstream_hashes(params, stage, require=require_upstream)
     with stage_lock(folder):
         if force:
-            for child in folder.iterdir():
-                if child.name != LOCK:
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if clearable(params, stage):
+                _clear(folder)
         else:
             check_stage(params, stage, reopen=True)
         _write_record(params, stage, complete=False, upstream=upstream, extra=extra)
@@ -496,7 +521,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return folder.is_dir() and lay.record(stage).is_file()
 
 
 @contextlib.contextmanager

@@ -419,12 +419,14 @@ class AnalysisParams(_Strict):
 
 
 class RunParams(_Strict):
-    run_name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")
+    run_name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$",
+                          description="the run folder's name under output_root: letters, digits, '.', '_', '-', "
+                          "not only dots ('.' and '..' would name output_root itself or the folder above it)")
     description: str = ""
     purpose: Literal["research", "smoke", "planted", "test"] = Field(
         "research", description="smoke / planted / test runs carry a banner: their numbers say nothing about RLFF-ESC")
     seed: int = 0
-    output_root: str = "outputs"
+    output_root: str = Field("outputs", min_length=1, description="the folder holding every run's folder")
     models: ModelRoles = Field(default_factory=ModelRoles)
     data: DataParams = Field(default_factory=DataParams)
     simulation: SimulationParams = Field(default_factory=SimulationParams)
@@ -464,6 +466,13 @@ class RunParams(_Strict):
         if roles.reward_backbone.backend != "hf":
             raise ValueError("models.reward_backbone must use backend 'hf': it is trained in-process")
         return self
+
+    @field_validator("run_name")
+    @classmethod
+    def _not_only_dots(cls, v: str) -> str:
+        if set(v) == {"."}:
+            raise ValueError(f"{v!r} is not a folder name of its own: it names output_root or a folder above it")
+        return v
 
     @model_validator(mode="after")
     def _grpo_config(self) -> "RunParams":
