@@ -68,6 +68,9 @@ def select_stages(stages: list[Stage], only: list[str] | None = None, start: str
         stages = [s for s in stages if s.number in only]
     if start:
         stages = [s for s in stages if s.number >= start]
+    if not stages:
+        raise PipelineError(f"--only {','.join(only or [])} with --from {start} selects no notebook: "
+                            "--from starts a chain, --only picks notebooks; give one of them")
     return stages
 
 
@@ -268,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", action="store_true", help="re-render the executed notebooks and the report index")
     args = ap.parse_args(argv)
     try:
-        only = [s.strip() for s in args.only.split(",")] if args.only else None
+        only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+        if only == []:  # an empty variable in a script must not mean "everything"
+            raise PipelineError(f"--only {args.only!r} names no notebook: give numbers such as --only 01,03, "
+                                "or leave --only out to run every notebook")
         if args.render_only:
             from .report import render_run
 

@@ -66,3 +66,14 @@ def test_force_clears_only_stage_folders_inside_the_run(tmp_path, data_dir):
     (run / "simulation" / "trajectories.jsonl").write_text("x")
     assert runs.reset_stage(params, runs.SIMULATION) is True
     assert list((run / "simulation").iterdir()) == []
+
+
+# ---- 6. an empty --only is an error, not the whole pipeline ------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--only", ""], ["--only", " , "], ["--only", "01", "--from", "03"]])
+def test_empty_selection_is_an_error_before_any_kernel(tmp_path, data_dir, args):
+    r = _cli(str(CI), "--set", f"output_root={tmp_path}", *args, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "no notebook" in r.stderr and "[1/" not in r.stdout
+    assert not (tmp_path / "ci" / "data").exists()
