@@ -147,6 +147,34 @@ def _fmt(v: Any, digits: int) -> str:
     return str(v)
 
 
+def _fmt_fixed(v: Any, digits: int) -> str:
+    """An interval's bound: always ``digits`` decimals (``-0.00035`` at 2 digits is ``0.00``)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return str(int(v))
+    x = round(float(v), digits)
+    return f"{x if x != 0 else 0.0:.{digits}f}"
+
+
+# Words for the parts of a code name in a header (``roc_auc`` -> ``ROC-AUC``, ``n_train`` -> ``train (n)``)
+HEADER_WORDS = {"auc": "AUC", "roc": "ROC", "sr": "SR", "at": "AT", "f1": "F1", "id": "id", "rm": "reward model",
+                "ci95": "95% interval", "mw": "Mann-Whitney", "spearman": "Spearman", "kl": "KL", "lr": "learning rate",
+                "pct": "%", "std": "std", "r": "R", "fut": "fut"}
+
+
+def header_words(col: Any) -> str:
+    """A column name for readers: a snake_case code name in words (``pairwise_accuracy`` ->
+    ``pairwise accuracy``, ``roc_auc`` -> ``ROC-AUC``, ``r_fut`` -> ``R_fut``); others unchanged."""
+    name = str(col)
+    if "_" not in name or " " in name:
+        return name
+    if name.lower() in ("roc_auc", "r_fut", "v_end", "t_end"):
+        return {"roc_auc": "ROC-AUC"}.get(name.lower(), name[0].upper() + name[1:])
+    parts = [w for w in name.split("_") if w]
+    count = parts[0].lower() in ("n", "num") and len(parts) > 1
+    words = [HEADER_WORDS.get(w.lower(), w) for w in parts[1:] if count] or [HEADER_WORDS.get(w.lower(), w) for w in parts]
+    return " ".join(words).replace("ROC AUC", "ROC-AUC") + (" (n)" if count else "")
+
+
 def _digits_for(col: str, digits: int | Mapping[str, int] | None) -> int:
     """Decimals of a column: ``digits`` when one number, else its entry, else 1 for times in
     seconds and 3 for everything else."""
@@ -172,7 +200,7 @@ def display_frame(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = 
         shown = t[col].map(lambda v, d=d: _fmt(v, d))
         if col in intervals:
             lo, hi = intervals[col]
-            ci = [f" [{_fmt(a, d)}, {_fmt(b, d)}]" if not (_missing(a) or _missing(b)) else ""
+            ci = [f" [{_fmt_fixed(a, d)}, {_fmt_fixed(b, d)}]" if not (_missing(a) or _missing(b)) else ""
                   for a, b in zip(t[lo], t[hi])]
             shown = shown + pd.Series(ci, index=t.index)
         out[col] = shown
@@ -195,19 +223,47 @@ def markdown_table(frame: pd.DataFrame, digits: int | Mapping[str, int] | None =
     shown = display_frame(frame, digits)
     numeric = set(_numeric_columns(shown))
     align = ["right" if c in numeric else "left" for c in shown.columns]
-    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+    return shown.rename(columns=header_words).to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
-def display_table(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = None, caption: str | None = None):
-    """What a notebook shows for a table: :func:`display_frame` as a pandas Styler, without the index."""
+WIDE_COLUMNS = 8  # a table with more columns than this (and few rows) is shown turned: one column per row
+LONG_TEXT = 60  # a column whose cells run longer wraps inside a bounded width
+
+
+def display_table(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = None, caption: str | None = None,
+                  transpose: bool | None = None):
+    """What a notebook shows for a table: :func:`display_frame` as a pandas Styler, without the
+    index, headers in words (:func:`header_words`), numbers right-aligned and kept on one line,
+    long text wrapped. A wide table with few rows is turned (``transpose``; by default when it has
+    more than :data:`WIDE_COLUMNS` columns and fewer rows than columns) so it fits a page: its first
+    column heads the new columns."""
     if frame.empty:
         frame = pd.DataFrame({"": ["(no rows)"]})
     shown = display_frame(frame, digits)
-    styler = shown.style.hide(axis="index").set_properties(**{"text-align": "left", "white-space": "nowrap"})
+    if transpose is None:
+        transpose = shown.shape[1] > WIDE_COLUMNS and len(shown) < shown.shape[1] - 1
+    if transpose:
+        shown = turned(shown)
+    shown = shown.rename(columns=header_words)
+    styler = shown.style.hide(axis="index").set_properties(**{"text-align": "left", "vertical-align": "top"})
     numeric = _numeric_columns(shown)
     if numeric:
-        styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
+        styler = styler.set_properties(subset=numeric, **{"text-align": "right", "white-space": "nowrap"})
+    long = [c for c in shown.columns if c not in numeric and shown[c].map(lambda v: len(str(v))).max() > LONG_TEXT]
+    if long:
+        styler = styler.set_properties(subset=long, **{"white-space": "pre-wrap", "min-width": "16em", "max-width": "40em"})
     return styler.set_caption(caption) if caption else styler
+
+
+def turned(shown: pd.DataFrame) -> pd.DataFrame:
+    """A displayed table turned: one row per former column (its name in words), one column per
+    former row, headed by the row's first cell."""
+    first = shown.columns[0]
+    heads = [str(v) for v in shown[first]]
+    heads = [h if heads.count(h) == 1 else f"{h} ({i + 1})" for i, h in enumerate(heads)]
+    body = shown.drop(columns=[first]).T
+    body.columns = heads
+    return body.reset_index(names=header_words(first)).assign(**{header_words(first): lambda t: t[header_words(first)].map(header_words)})
 
 
 def write_table(table: pd.DataFrame, folder: Path, name: str, shown: pd.DataFrame | None = None,

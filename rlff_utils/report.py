@@ -39,6 +39,7 @@ _CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
 def _mathml(tex: str, display: str) -> str:
     from latex2mathml.converter import convert
 
+    tex = re.sub(r"(?<!\\)\\\n", r"\\ ", tex)  # a backslash ending a line is TeX's control space
     try:
         return convert(tex.strip(), display=display).replace("\n", "")
     except Exception:  # noqa: BLE001 - an unsupported macro: show the source, marked as code
@@ -59,6 +60,7 @@ def _math_placeholders(markdown: str, formulas: dict[str, str]) -> str:
     def keep(tex: str, display: str) -> str:
         token = f"rlffmath{len(formulas):05d}x"
         formulas[token] = _mathml(tex, display)
+        formulas[token + "plain"] = plain_tex(tex)
         return f"\n\n{token}\n\n" if display == "block" else token
 
     parts = _CODE.split(markdown)
@@ -68,10 +70,29 @@ def _math_placeholders(markdown: str, formulas: dict[str, str]) -> str:
     return "".join(parts)
 
 
+def plain_tex(tex: str) -> str:
+    """A formula as plain words for places MathML cannot go (an anchor, a title): ``R_\\text{fut}``
+    -> ``R_fut``."""
+    text = re.sub(r"\\(?:text|mathrm|mathbf|operatorname|mathcal|mathbb)\s*", "", tex)
+    text = re.sub(r"\\([A-Za-z]+)", r"\1", text)
+    return " ".join(re.sub(r"[{}\\$]", "", text).split())
+
+
+_TAG = re.compile(r"<[^>]+>")
+
+
 def _fill_math(html_text: str, formulas: dict[str, str]) -> str:
-    for token, mathml in formulas.items():
-        html_text = html_text.replace(token, mathml)
-    return html_text
+    """Tokens inside a tag (a heading's anchor id or href) become plain words, the others MathML."""
+    tokens = [t for t in formulas if not t.endswith("plain")]
+    if not tokens:
+        return html_text
+    pattern = re.compile("|".join(map(re.escape, tokens)))
+
+    def in_tag(m: re.Match) -> str:
+        return pattern.sub(lambda t: re.sub(r"[^\w-]", "", formulas[t.group(0) + "plain"]), m.group(0))
+
+    html_text = _TAG.sub(in_tag, html_text)
+    return pattern.sub(lambda t: formulas[t.group(0)], html_text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,8 +116,9 @@ def _parameters_table(nb) -> str | None:
 
 
 def report_notebook(nb):
-    """A copy of an executed notebook for readers: parameters once (as a table), no stderr and
-    no progress-bar output, math in MathML. Input cells are hidden by the exporter."""
+    """A copy of an executed notebook for readers: parameters once (as a table), no stderr, no
+    library log, trainer dict, progress bar or widget output (:func:`_reader_outputs`), math in
+    MathML. Input cells are hidden by the exporter."""
     import copy
 
     import nbformat
@@ -111,17 +133,40 @@ def report_notebook(nb):
                 cells.append(nbformat.v4.new_markdown_cell(table))
             continue
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if not _is_noise(o)]
+            cell.outputs = _reader_outputs(cell.outputs)
         cells.append(cell)
     nb.cells = cells
+    nb.metadata.pop("widgets", None)  # widget state: its page script comes from a CDN
     return nb
 
 
-def _is_noise(output) -> bool:
-    if output.get("output_type") == "stream" and output.get("name") == "stderr":
-        return True
-    text = output.get("text", "") if output.get("output_type") == "stream" else ""
-    return "\r" in text and "%|" in text  # a text progress bar that went to stdout
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+# stdout lines that are a library's, not the project's: a trainer's log dict, a progress bar, a warning
+_LIBRARY_LINE = re.compile(r"^\s*\{'|%\||\bit/s\]|\w+Warning: |^\s*warnings\.warn")
+
+
+def _reader_outputs(outputs: list) -> list:
+    """What a reader sees of a cell's outputs: the project's own printed lines, tables, figures and
+    Markdown; stderr, widgets, progress tables (``<progress>``) and library lines are dropped."""
+    kept = []
+    for out in outputs:
+        kind = out.get("output_type")
+        if kind == "stream":
+            if out.get("name") == "stderr":
+                continue
+            lines = [ln for ln in out.get("text", "").replace("\r", "\n").splitlines(keepends=True)
+                     if ln.strip() and not _LIBRARY_LINE.search(ln)]
+            if lines:
+                out["text"] = "".join(lines)
+                kept.append(out)
+        elif kind in ("display_data", "execute_result"):
+            data = out.get("data", {})
+            if WIDGET_MIME in data or "<progress" in str(data.get("text/html", "")):
+                continue
+            kept.append(out)
+        else:
+            kept.append(out)
+    return kept
 
 
 def _with_math_tokens(nb) -> tuple[Any, dict[str, str]]:
@@ -144,24 +189,110 @@ def _exporter(report: bool):
 
 
 def render_notebook(notebook: Path, report_dir: Path | None = None) -> tuple[Path, Path | None]:
-    """Full page next to the executed notebook; report page in ``report_dir`` (when given)."""
+    """Full page next to the executed notebook; report page in ``report_dir`` (when given). Both
+    carry :func:`page_header` (title, the run's banner, links to the index, the neighbours and the
+    other rendering of the same notebook)."""
     import copy
 
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
     full = notebook.with_suffix(".html")
+    title = f"{notebook_title(nb, notebook.stem)} · run {notebook.parent.name}"
+    banner = banner_text(run_purpose(notebook.parent))
+    prev, nxt = neighbours(notebook)
     tokenised, formulas = _with_math_tokens(copy.deepcopy(nb))
     body, _ = _exporter(report=False).from_notebook_node(tokenised)
-    full.write_text(_fill_math(body, formulas), encoding="utf-8")
+    links = [("report index", "report/index.html"), ("reader page", f"report/{notebook.stem}.html"),
+             *[(f"{label}: {name}", f"{name}.html") for label, name in (("previous", prev), ("next", nxt)) if name]]
+    full.write_text(frame_page(_fill_math(body, formulas), title, banner, links, full_page=True), encoding="utf-8")
     page = None
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         page = report_dir / f"{notebook.stem}.html"
         tokenised, formulas = _with_math_tokens(report_notebook(nb))
         body, _ = _exporter(report=True).from_notebook_node(tokenised)
-        page.write_text(_fill_math(body, formulas), encoding="utf-8")
+        links = [("index", "index.html"),
+                 *[(f"{label}: {name}", f"{name}.html") for label, name in (("previous", prev), ("next", nxt)) if name],
+                 ("full page with code and logs", f"../{notebook.stem}.html")]
+        page.write_text(frame_page(_fill_math(body, formulas), title, banner, links), encoding="utf-8")
     return full, page
+
+
+def notebook_title(nb, fallback: str) -> str:
+    """The notebook's first level-1 heading in plain words (formulas as plain text)."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            m = re.search(r"^#\s+(.+)$", cell.source, flags=re.M)
+            if m:
+                return _INLINE.sub(lambda f: plain_tex(f.group(1)), m.group(1)).strip()
+    return fallback
+
+
+def run_purpose(run_dir: Path) -> str | None:
+    """The ``purpose`` of the resolved run in ``run_dir`` (``params.yaml``), None where unknown."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((Path(run_dir) / "params.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get("purpose") if isinstance(data, dict) else None
+
+
+def banner_text(purpose: str | None) -> str | None:
+    """The sentence every page and figure of a run with an internal purpose carries."""
+    kind = INTERNAL_RUNS.get(purpose or "")
+    return (f"This is {kind}: its numbers check that the code runs (or learns a planted signal); they say "
+            "nothing about RLFF-ESC itself.") if kind else None
+
+
+def stage_names(run_dir: Path) -> list[str]:
+    """The notebooks of a run in order: the project's and any other the run executed."""
+    names = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    names |= {p.stem for p in Path(run_dir).glob("[0-9][0-9]_*.ipynb")}
+    return sorted(names)
+
+
+def neighbours(notebook: Path) -> tuple[str | None, str | None]:
+    """The previous and next notebook's names (None at either end)."""
+    names = stage_names(notebook.parent)
+    i = names.index(notebook.stem) if notebook.stem in names else -1
+    return (names[i - 1] if i > 0 else None), (names[i + 1] if 0 <= i < len(names) - 1 else None)
+
+
+PAGE_CSS = """
+.rlff-header { font-family: system-ui, sans-serif; font-size: 14px; border-bottom: 1px solid #ddd;
+  padding: 0.6em 1em; display: flex; flex-wrap: wrap; gap: 0.4em 1.2em; align-items: baseline; }
+.rlff-header .rlff-title { font-weight: 600; margin-right: auto; }
+.rlff-banner { font-family: system-ui, sans-serif; background: #fff3cd; border: 1px solid #e0c36a;
+  padding: 0.6em 1em; margin: 0.8em 1em; }
+.rlff-note { background: #eef4fb; border-left: 4px solid #5b8bd0; padding: 0.4em 0.8em; margin: 0.4em 0; }
+body.rlff-reader main { max-width: 1180px; margin: 0 auto; }
+body.rlff-reader .jp-OutputArea-output table { max-width: 100%; }
+body.rlff-reader .jp-OutputArea-output td, body.rlff-reader .jp-OutputArea-output th { white-space: normal; overflow-wrap: anywhere; }
+body.rlff-reader .jp-OutputArea-output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+body.rlff-reader .jp-RenderedImage img { max-width: 100%; height: auto; }
+"""
+
+
+def frame_page(html_text: str, title: str, banner: str | None, links: list[tuple[str, str]],
+               full_page: bool = False) -> str:
+    """An exported page with its real ``<title>``, the header (title and links) and the banner."""
+    e = html.escape
+    nav = " ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in links)
+    header = (f'<header class="rlff-header"><span class="rlff-title">{e(title)}</span>{nav}</header>'
+              + (f'<div class="rlff-banner">{e(banner)}</div>' if banner else ""))
+    html_text = re.sub(r"<title>.*?</title>", f"<title>{e(title)}</title>", html_text, count=1, flags=re.S)
+    html_text = html_text.replace("</head>", f"<style>{PAGE_CSS}</style></head>", 1)
+    cls = "rlff-full" if full_page else "rlff-reader"
+    return re.sub(r"<body([^>]*)>", lambda m: f'<body{_add_class(m.group(1), cls)}>{header}', html_text, count=1)
+
+
+def _add_class(attrs: str, cls: str) -> str:
+    if re.search(r'class="', attrs):
+        return re.sub(r'class="', f'class="{cls} ', attrs, count=1)
+    return f'{attrs} class="{cls}"'
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,13 +371,11 @@ def run_card(params, run_dir: Path | None = None) -> dict[str, Any]:
     resources = runs.read_json(lay.resources, default={})
     commit = _git(root, "rev-parse", "--short=12", "HEAD")
     dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no")) if commit else None
-    purpose = INTERNAL_RUNS.get(getattr(params, "purpose", "") or "")
     return {
         "run": params.run_name,
         "description": params.description,
         "purpose": getattr(params, "purpose", None),
-        "banner": (f"This is {purpose}: its numbers check that the code runs (or learns a planted signal); they "
-                   "say nothing about RLFF-ESC itself.") if purpose else None,
+        "banner": banner_text(getattr(params, "purpose", None)),
         "params_file": str(source.relative_to(root)) if source and source.is_relative_to(root) else (source.name if source else None),
         "params_sha256": hashlib.sha256(source.read_bytes()).hexdigest()[:16] if source and source.is_file() else None,
         "git_commit": f"{commit}{' (with uncommitted changes)' if dirty else ''}" if commit else None,
