@@ -271,8 +271,13 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(json_ready(obj), indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-    tmp.replace(path)
+    text = json.dumps(json_ready(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:  # a full disk, a kill: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -323,8 +328,27 @@ def stage_settings(params: "RunParams", stage: str) -> dict[str, Any]:
     return {path: _strip_execution(_get(dumped, path)) for path in SETTINGS[stage]}
 
 
+class StageRecordError(StaleStageError):
+    """A stage record that cannot be read (truncated, emptied, edited by hand); the message names
+    the file and how to redo the stage."""
+
+
 def read_record(run_dir: str | os.PathLike, stage: str) -> dict[str, Any] | None:
-    return read_json(RunLayout(run_dir).record(stage), default=None)
+    """The stage's record; None when the stage never ran; :class:`StageRecordError` naming the
+    file when it is not a record (a torn or hand-edited ``stage.json`` is never guessed at)."""
+    path = RunLayout(run_dir).record(stage)
+    try:
+        record = read_json(path, default=None)
+    except (ValueError, UnicodeDecodeError) as e:
+        problem = f"not valid JSON ({e})"
+    else:
+        if record is None or (isinstance(record, dict) and isinstance(record.get("settings"), dict)):
+            return record
+        problem = f"a JSON {type(record).__name__}, not a stage record"
+    number = next(n for n, s in NOTEBOOK_STAGE.items() if s == stage)
+    raise StageRecordError(
+        f"{path} cannot be read: {problem}. The stage's results cannot be matched to any settings; redo the "
+        f"stage with python -m rlff_utils.pipeline <params> --from {number} --force")
 
 
 def _upstream_hashes(params: "RunParams", stage: str, require: bool | tuple[str, ...]) -> dict[str, str | None]:
@@ -448,7 +472,7 @@ def reset_stage(params: "RunParams", stage: str) -> bool:
         return False
     with stage_lock(folder):
         _clear(folder)
-    return folder.is_dir() and lay.record(stage).is_file()
+    return True
 
 
 @contextlib.contextmanager
@@ -521,7 +545,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return folder.is_dir() and lay.record(stage).is_file()
+    return True
 
 
 @contextlib.contextmanager
