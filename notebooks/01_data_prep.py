@@ -39,11 +39,12 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import data, plots
+from rlff_utils import analysis, data, plots
 from rlff_utils.params import load_notebook_params
+from rlff_utils.report import shown_path, shown_paths
 
 params = load_notebook_params(params_file, overrides)
-print(f"run {params.run_name!r} -> {params.run_dir}")
+print(f"run {params.run_name!r}: writes {shown_path(params.run_dir / 'data', params)}/")
 
 # %% [markdown]
 # ## Load, build contexts and evaluation cases, save
@@ -51,24 +52,31 @@ print(f"run {params.run_name!r} -> {params.run_dir}")
 # %%
 prepared = data.prepare_data(params)
 for dataset, source in prepared.sources.items():
-    print(f"{dataset}: {source}")
-display(pd.DataFrame([
-    {"file": r.source, "layout": r.layout, "kept": r.kept, "skipped": sum(r.skipped.values()),
-     "skip reasons": dict(r.skipped) or "", "repaired": dict(r.repaired) or "",
-     "unknown strategies": dict(r.unknown_strategies) or ""}
+    print(f"{dataset}: {shown_paths(str(source), params)}")
+
+
+def counts(d: dict) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in d.items())
+
+
+display(analysis.display_table(pd.DataFrame([
+    {"file": shown_path(r.source, params), "layout": r.layout, "kept": r.kept, "skipped": sum(r.skipped.values()),
+     "skip reasons": counts(r.skipped), "repaired": counts(r.repaired),
+     "unknown strategies": counts(r.unknown_strategies)}
     for r in prepared.reports
-]))
-pd.DataFrame(
+])))
+analysis.display_table(pd.DataFrame(
     {"dialogues": [len(prepared.dialogues)], "evaluation dialogues": [len(prepared.eval_dialogues)],
      "contexts": [len(prepared.contexts)], "evaluation cases": [len(prepared.eval_cases)]}
-)
+))
 
 # %% [markdown]
 # ## The corpus at a glance
 
 # %%
 frame = data.dialogues_frame(prepared.dialogues)
-display(frame.groupby(["dataset", "split"]).agg(dialogues=("id", "count"), mean_turns=("turns", "mean")).round(1))
+display(analysis.display_table(frame.groupby(["dataset", "split"]).agg(
+    dialogues=("id", "count"), mean_turns=("turns", "mean")).reset_index(), digits=1))
 strategies = pd.DataFrame(
     [{"dataset": ds, "strategy": s, "count": n} for (ds, s), n in data.strategy_counts(prepared.dialogues).items()]
 ).sort_values("count", ascending=False)
@@ -81,7 +89,9 @@ fig = plots.plot_data_overview(frame, strategies, params.run_dir / "data" / "ove
 # %%
 survey = frame.dropna(subset=["intensity_drop"])
 print(f"{len(survey)} dialogues report both intensities; mean drop {survey.intensity_drop.mean():.2f}")
-survey.groupby("emotion_type").intensity_drop.agg(["count", "mean"]).round(2).sort_values("count", ascending=False)
+analysis.display_table(survey.groupby("emotion_type").intensity_drop.agg(["count", "mean"])
+                       .sort_values("count", ascending=False).reset_index()
+                       .rename(columns={"count": "dialogues", "mean": "mean intensity drop"}), digits=2)
 
 # %% [markdown]
 # ## A context and an evaluation case
@@ -92,4 +102,4 @@ print(f"context {ctx['context_id']} ({ctx['emotion_type']}, {ctx['problem_type']
 for turn in ctx["history"][-6:]:
     print(f"{turn['speaker']:>9}: {turn['text']}")
 print(f"\nreal reply ({ctx['reference_strategy']}): {ctx['reference_reply']}")
-pd.DataFrame(prepared.eval_cases[:5])
+analysis.display_table(pd.DataFrame(prepared.eval_cases[:5]))

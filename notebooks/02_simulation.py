@@ -47,12 +47,13 @@ overrides = {}
 # %%
 import pandas as pd
 
-from rlff_utils import runs
+from rlff_utils import analysis, runs
 from rlff_utils import simulate as sim
 from rlff_utils.agents import policy_messages
 from rlff_utils.data import load_contexts
 from rlff_utils.params import load_notebook_params
 from rlff_utils.plots import plot_simulation
+from rlff_utils.report import shown_path
 from rlff_utils.reward.target import reward_frame
 from rlff_utils.rollout import format_transcript
 
@@ -61,11 +62,12 @@ lay = runs.layout(params)
 out_dir = lay.stage(runs.SIMULATION)
 s = params.simulation
 print(f"run {params.run_name!r}: m={s.num_candidates} candidates, T={s.max_turns} turns, critic {s.critic_mode}, "
-      f"lambda={s.efficiency_weight}, delta={s.label_threshold} -> {out_dir}")
-pd.DataFrame({role: {"backend": getattr(params.models, role).backend, "model": getattr(params.models, role).name,
-                     "temperature": getattr(params.models, role).temperature,
-                     "max_new_tokens": getattr(params.models, role).max_new_tokens}
-              for role in ("policy", "system", "user_sim", "critic")}).T
+      f"lambda={s.efficiency_weight}, delta={s.label_threshold}; writes {shown_path(out_dir, params)}/")
+analysis.display_table(pd.DataFrame([
+    {"role": role, "backend": getattr(params.models, role).backend, "model": getattr(params.models, role).name,
+     "temperature": getattr(params.models, role).temperature,
+     "max new tokens": getattr(params.models, role).max_new_tokens}
+    for role in ("policy", "system", "user_sim", "critic")]), digits=2)
 
 # %% [markdown]
 # ## Contexts from notebook 01
@@ -75,9 +77,14 @@ pd.DataFrame({role: {"backend": getattr(params.models, role).backend, "model": g
 
 # %%
 contexts = load_contexts(params)
-pd.DataFrame([{"context_id": c["context_id"], "emotion_type": c["emotion_type"], "problem_type": c["problem_type"],
-               "history_turns": len(c["history"]), "last seeker turn": c["history"][-1]["text"][:80]}
-              for c in contexts]).head(8)
+shown = min(8, len(contexts))
+simulated = min(len(contexts), s.max_contexts) if s.max_contexts else len(contexts)
+print(f"{len(contexts)} contexts from notebook 01; the simulation rolls {simulated} of them "
+      f"(simulation.max_contexts: {s.max_contexts or 'all'}) x {s.num_candidates} candidates; the first {shown} listed:")
+analysis.display_table(pd.DataFrame([
+    {"context": c["context_id"], "emotion": c["emotion_type"], "problem": c["problem_type"],
+     "history turns": len(c["history"]), "last seeker turn": c["history"][-1]["text"][:80]}
+    for c in contexts[:shown]]))
 
 # %% [markdown]
 # What the policy sees for the first context (`policy_messages`, the same function GRPO and evaluation use;
@@ -103,13 +110,13 @@ for m in policy_messages(contexts[0], style, max_history_turns=params.data.max_h
 
 # %%
 summary = sim.run_simulation(params, contexts)
-pd.Series(summary.as_dict(), name="value").to_frame()
+analysis.display_table(analysis.fields_table({k: v for k, v in summary.as_dict().items() if k != "out_dir"}))
 
 # %% [markdown]
 # The settings this stage ran with (its record):
 
 # %%
-pd.Series(runs.read_record(params.run_dir, runs.SIMULATION)["settings"], name="value").to_frame()
+analysis.display_table(analysis.fields_table(runs.read_record(params.run_dir, runs.SIMULATION)["settings"]))
 
 # %% [markdown]
 # ## Two trajectories, read in full
@@ -135,7 +142,7 @@ for rec in sim.pick_examples(frame, 2):
 plot_simulation(frame, sim.success_by_turn(records), lay.simulation_png);
 
 # %%
-sim.outcome_table(frame).round(3)
+analysis.display_table(sim.outcome_table(frame).reset_index())
 
 # %% [markdown]
 # ## The reward dataset for notebook 03
@@ -146,4 +153,5 @@ sim.outcome_table(frame).round(3)
 # judgement named no label (votes mode) have no $v_\text{end}$ and are left out; the count is in the summary above.
 
 # %%
-sorted(str(p.relative_to(params.run_dir)) for p in out_dir.iterdir() if p.is_file())
+analysis.display_table(pd.DataFrame({"file": sorted(str(p.relative_to(params.run_dir)) for p in out_dir.iterdir()
+                                                    if p.is_file())}))

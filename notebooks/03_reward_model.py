@@ -45,14 +45,17 @@ params_file = "../params/smoke.yaml"
 overrides = {}
 
 # %%
+import pandas as pd
+
 from rlff_utils import analysis, plots, runs
 from rlff_utils.params import load_notebook_params
+from rlff_utils.report import shown_path
 from rlff_utils.reward import inputs, learned_critic, scorer, train, validation
 
 params = load_notebook_params(params_file, overrides)
 stage_dir = runs.layout(params).stage(runs.REWARD_MODEL)
 print(f"run {params.run_name!r}: backbone {params.models.reward_backbone.name}, "
-      f"variants {params.reward_model.variants} -> {stage_dir}")
+      f"variants {', '.join(params.reward_model.variants)}; writes {shown_path(stage_dir, params)}/")
 
 # %% [markdown]
 # ## The reward dataset and its split
@@ -63,7 +66,7 @@ print(f"run {params.run_name!r}: backbone {params.models.reward_backbone.name}, 
 
 # %%
 splits = inputs.run_splits(params)
-splits.summary().round(3)
+analysis.display_table(splits.summary(), caption="– : not defined for this split")
 
 # %% [markdown]
 # Every input goes through one function, `format_input`, in training and when GRPO scores: the last
@@ -84,12 +87,13 @@ print(f"\nR_fut = {row['r_fut']:.3f}, label = {row['label']}")
 # stop the stage with a message naming them (`reward_model.retrain: true` starts it over). Held-out metrics:
 # accuracy and F1 of the classifier at $p = 0.5$; ROC-AUC against the label and
 # Spearman $\rho$ against $R_\text{fut}$ for every variant (both ignore the score's scale); pairwise accuracy on
-# the test split's ranking pairs (ties count ½). Values that are undefined on this split (for example AUC when
-# every test label is equal) are NaN, with the reason in `notes`.
+# the test split's ranking pairs (ties count ½). A value that is undefined reads "–": accuracy and F1 exist only
+# for the classifier, the untrained random reference has no training figures, and a metric undefined on this
+# split (for example AUC when every test label is equal) has its reason in the notes column.
 
 # %%
 report = train.train_reward_models(params)
-report.comparison.round(3)
+analysis.display_table(report.comparison, caption="– : not defined for this variant (see the text above)")
 
 # %%
 plots.reward_learning_curves(report, params);
@@ -123,8 +127,7 @@ plots.reward_calibration(report, params);
 
 # %%
 scorers = scorer.ScorerCache()
-scorer.reward_examples(params, splits.test, n_contexts=2, cache=scorers).style.set_properties(
-    subset=["candidate_reply"], **{"white-space": "pre-wrap", "text-align": "left"}).format(precision=3)
+analysis.display_table(scorer.reward_examples(params, splits.test, n_contexts=2, cache=scorers))
 
 # %% [markdown]
 # ## Do the judges know a helped seeker? Validity cards on real conversations
@@ -163,17 +166,21 @@ scorer.reward_examples(params, splits.test, n_contexts=2, cache=scorers).style.s
 # %%
 if "learned_critic" in params.validation.judges:
     lc = learned_critic.train_learned_critic(params)
-    print(f"learned critic: {'reused' if lc['reused'] else 'trained'}; conversations {lc['conversations']}, "
-          f"training examples {lc['train']}")
+    split = ", ".join(f"{n} {k}" for k, n in lc["conversations"].items())
+    ex = lc["train"]
+    print(f"learned critic: {'reused (same settings and data)' if lc['reused'] else 'trained'}; conversations: {split}; "
+          f"{ex.get('examples')} training examples, {ex.get('helped')} of them helped, "
+          f"{ex.get('feedback_prefixes')} from turn-by-turn ratings")
 
 # %%
 cards = validation.validity_cards(params, cache=scorers)
 for note in cards.notes:
-    print("note:", note)
+    if not note.startswith("learned critic: reused"):  # said above: the cards read the critic just trained
+        print("note:", note)
 for line in cards.summaries():
     print(line)
 print("evaluation critic's card:", cards.evaluation_critic.get("card") or cards.evaluation_critic.get("note"))
-analysis.display_table(cards.table(), digits=2)
+analysis.display_table(cards.table(), digits=2, transpose=True)
 
 # %% [markdown]
 # Left: each judge's scores of the two groups (a judge that knows a helped seeker puts the left box higher);
@@ -191,4 +198,5 @@ plots.reward_validity(cards, params);
 # `grpo.reward_model` through `scorer.load_reward_function`.
 
 # %%
-sorted(str(p.relative_to(params.run_dir)) for p in stage_dir.rglob("*") if p.is_file() and "adapter" not in p.parts)
+analysis.display_table(pd.DataFrame({"file": sorted(str(p.relative_to(params.run_dir)) for p in stage_dir.rglob("*")
+                                                    if p.is_file() and "adapter" not in p.parts)}))

@@ -50,13 +50,17 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
+import warnings
+
 from rlff_utils import analysis, grpo, runs
+from rlff_utils.data import load_contexts
 from rlff_utils.params import load_notebook_params
 from rlff_utils.plots import plot_grpo_curves
+from rlff_utils.report import shown_path
 
 params = load_notebook_params(params_file, overrides)
 layout = runs.layout(params)
-print(f"run {params.run_name!r} -> {layout.stage(runs.POLICY)}")
+print(f"run {params.run_name!r}: writes {shown_path(layout.stage(runs.POLICY), params)}/")
 
 # %% [markdown]
 # ## The setting
@@ -67,10 +71,11 @@ print(f"run {params.run_name!r} -> {layout.stage(runs.POLICY)}")
 # comparable), `reward_model: random` (an untrained reward head) or `reward_model: ranking`.
 
 # %%
-pd.set_option("display.max_colwidth", None)
 card = grpo.protocol(params)
-display(pd.Series(card["objective"], name="objective").astype(str).to_frame())
-pd.Series({**params.grpo.model_dump(exclude={"trainer"}), **params.grpo.args}, name="value").astype(str).to_frame()
+display(analysis.display_table(analysis.fields_table(card["objective"], value="objective")))
+analysis.display_table(analysis.fields_table(
+    {**params.grpo.model_dump(exclude={"trainer"}), **params.grpo.args}, value="setting",
+    missing={"num_train_prompts": "every context", "accelerate_config": "one process, no accelerate"}))
 
 # %% [markdown]
 # ## The prompts
@@ -81,8 +86,15 @@ pd.Series({**params.grpo.model_dump(exclude={"trainer"}), **params.grpo.args}, n
 # reply in its context.
 
 # %%
-prompts = grpo.build_prompt_dataset(params)
-print(f"{len(prompts)} training prompts; the first:")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    prompts = grpo.build_prompt_dataset(params)
+built = len(load_contexts(params))
+print(f"{len(prompts)} training prompts from the {built} contexts of notebook 01"
+      + (f" (grpo.num_train_prompts: {params.grpo.num_train_prompts})" if params.grpo.num_train_prompts else ""))
+for w in caught:  # prompts left out change what GRPO trains on: said here, not only in the log
+    print(f"note: {w.message}")
+print("The first prompt:")
 for m in prompts[0]["prompt"]:
     print(f"[{m['role']}] {m['content']}\n")
 
@@ -97,7 +109,7 @@ for m in prompts[0]["prompt"]:
 
 # %%
 result = grpo.run_grpo(params)
-print(f"adapter: {result.adapter_dir} (step {result.global_step}"
+print(f"adapter: {shown_path(result.adapter_dir, params)} (step {result.global_step}"
       + (f", {result.seconds:.0f} s)" if result.seconds else ", already trained)"))
 
 # %% [markdown]
@@ -123,7 +135,7 @@ analysis.display_table(curves)
 
 # %%
 samples = grpo.sample_before_after(params, n=3)
-samples.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}).format(precision=3)
+analysis.display_table(samples)
 
 # %% [markdown]
 # ## Planted-signal check (planted runs only)
@@ -153,4 +165,5 @@ else:
 # `log_history.json`, `curves.csv`/`curves.png`, `samples_before_after.jsonl`.
 
 # %%
-sorted(p.name for p in layout.stage(runs.POLICY).iterdir())
+analysis.display_table(pd.DataFrame({"file": sorted(p.name + ("/" if p.is_dir() else "")
+                                                    for p in layout.stage(runs.POLICY).iterdir())}))

@@ -26,10 +26,13 @@
 # - **SR** — share of cases solved; **AT** — mean turns, failures counted as the cap;
 # - **SR@k** — share solved within k turns; 95% intervals by bootstrap over cases.
 #
-# The evaluation simulator and critic are separate roles from the training ones (paper: GPT-4o), so the
-# policy is not judged by the model whose judgements it was trained on. Systems compared: the vanilla
-# prompt, chain-of-strategy prompting, the base model with the reasoning prompt, the RLFF-ESC policy
-# (base + the adapter from notebook 04), and ablation adapters when they exist.
+# The evaluation simulator and critic are roles of their own (`models.eval_user_sim`, `models.eval_critic`),
+# separate from the training ones so that the policy need not be judged by the model whose judgements it
+# was trained on: in the paper GPT-4o plays them. Which model plays each role in *this* run is listed
+# below; where one model plays them all, the separation holds only in name. The systems a run can compare:
+# the vanilla prompt, chain-of-strategy prompting, the base model with the reasoning prompt, the RLFF-ESC
+# policy (base + the adapter from notebook 04) and ablation adapters (`evaluation.systems`); the table
+# below lists those this run evaluated.
 
 # %% tags=["parameters"]
 # The run: a params file (its relative paths start at the project root) and overrides as dotted
@@ -39,17 +42,27 @@ params_file = "../params/smoke.yaml"
 overrides = {}
 
 # %%
-import json
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import evaluate, plots, runs
+from rlff_utils import analysis, evaluate, plots, runs
 from rlff_utils.params import load_notebook_params
 
 params = load_notebook_params(params_file, overrides)
 lay = runs.layout(params)
-print(json.dumps({k: v for k, v in params.evaluation.model_dump().items() if k != "systems"}, indent=1))
-pd.DataFrame([s.model_dump() for s in params.evaluation.systems])
+roles = {"policy (every system's base)": "policy", "user simulator (evaluation)": "eval_user_sim",
+         "critic (evaluation; decides SR/AT)": "eval_critic", "pairwise judge": "judge",
+         "critic (training, notebook 02)": "critic"}
+models = {label: getattr(params.models, role).name for label, role in roles.items()}
+display(analysis.display_table(pd.DataFrame([{"role": k, "model": v} for k, v in models.items()])))
+if len(set(models.values())) == 1:
+    print(f"note: one model ({next(iter(models.values()))}) plays every role here, the judging ones included")
+display(analysis.display_table(analysis.fields_table(
+    params.evaluation.model_dump(exclude={"systems"}), value="setting",
+    missing={"contrast_critic": "none: one critic decides", "num_cases": "every case"})))
+analysis.display_table(pd.DataFrame(
+    [{"system": s.name, "prompt": s.prompt, "adapter": s.adapter or "none (the base model)"}
+     for s in params.evaluation.systems]))
 
 # %% [markdown]
 # ## Run every system through the protocol (resumes per case)
@@ -63,11 +76,11 @@ pd.DataFrame([s.model_dump() for s in params.evaluation.systems])
 table = evaluate.run_evaluation(params)
 for s in table.attrs["skipped"]:
     print(f"skipped {s['system']}: {s['reason']}")
-display(table.round(3))
+display(analysis.display_table(table))
 fig = plots.plot_system_bars(table, lay.eval_figure("sr_at"))
 
 # %%
-pd.Series(runs.read_record(params.run_dir, runs.EVALUATION)["settings"], name="value").to_frame()
+analysis.display_table(analysis.fields_table(runs.read_record(params.run_dir, runs.EVALUATION)["settings"]))
 
 # %% [markdown]
 # ### How far the critic behind these numbers can be trusted
@@ -79,7 +92,10 @@ pd.Series(runs.read_record(params.run_dir, runs.EVALUATION)["settings"], name="v
 
 # %%
 card = runs.read_record(params.run_dir, runs.EVALUATION).get("critic_card") or {}
-pd.Series({k: v for k, v in card.items()}, name="evaluation critic's validity card", dtype=object).to_frame()
+if card:
+    display(analysis.display_table(analysis.fields_table(card, digits=2, value="evaluation critic's validity card")))
+else:
+    print("no validity card for the evaluation critic in this run")
 
 # %% [markdown]
 # ## SR@k and success per emotion type
@@ -91,7 +107,8 @@ long = pd.DataFrame(
 )
 fig = plots.plot_sr_at_k(long, lay.eval_figure("sr_at_k"))
 per_emotion = pd.DataFrame({s: {e: v["SR"] for e, v in m["SR_by_emotion"].items()} for s, m in metrics.items()})
-per_emotion.round(2)
+analysis.display_table(per_emotion.reset_index(names="emotion"), digits=2,
+                       caption="share of cases solved per emotion type")
 
 # %% [markdown]
 # ## The main system against each baseline, case by case
@@ -102,12 +119,13 @@ per_emotion.round(2)
 # %%
 main = evaluate.main_system(params)
 paired = metrics.get(main, {}).get("paired_vs", {})
-pd.DataFrame([{"system": main, "baseline": b, "cases": d["cases"],
-               "SR difference (points)": None if d["SR_diff"] is None else f"{100 * d['SR_diff']:+.1f} "
-               f"[{100 * d['SR_diff_ci95'][0]:+.1f}, {100 * d['SR_diff_ci95'][1]:+.1f}]",
-               "AT difference": None if d["AT_diff"] is None else f"{d['AT_diff']:+.2f} "
-               f"[{d['AT_diff_ci95'][0]:+.2f}, {d['AT_diff_ci95'][1]:+.2f}]"}
-              for b, d in paired.items()])
+analysis.display_table(pd.DataFrame([
+    {"system": main, "baseline": b, "cases": d["cases"],
+     "SR difference (points)": None if d["SR_diff"] is None else f"{100 * d['SR_diff']:+.1f} "
+     f"[{100 * d['SR_diff_ci95'][0]:+.1f}, {100 * d['SR_diff_ci95'][1]:+.1f}]",
+     "AT difference": None if d["AT_diff"] is None else f"{d['AT_diff']:+.2f} "
+     f"[{d['AT_diff_ci95'][0]:+.2f}, {d['AT_diff_ci95'][1]:+.2f}]"}
+    for b, d in paired.items()]), caption="– : undefined (no case with an outcome on both sides)")
 
 # %% [markdown]
 # ## The same conversations under a second critic (when `evaluation.contrast_critic` is set)
@@ -122,7 +140,7 @@ pd.DataFrame([{"system": main, "baseline": b, "cases": d["cases"],
 from rlff_utils import contrast
 
 contrast_view = contrast.contrast_table(metrics)
-contrast_view if len(contrast_view) else print("no contrast critic in this run")
+analysis.display_table(contrast_view) if len(contrast_view) else print("no contrast critic in this run")
 
 # %% [markdown]
 # ## The same case under the RLFF-ESC policy and the vanilla baseline, side by side
@@ -134,7 +152,8 @@ contrast_view if len(contrast_view) else print("no contrast critic in this run")
 baseline = "vanilla" if "vanilla" in set(table.system) and main != "vanilla" else table.system.iloc[0]
 pair = evaluate.side_by_side(params, baseline)
 print(f"case {pair.attrs.get('case_id')}: " + "; ".join(f"{k}: {v}" for k, v in pair.attrs.get("outcomes", {}).items()))
-pair.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}).format(precision=2, na_rep="–")
+print("Every evaluated conversation, with filters and per-turn scores: report/transcripts.html.")
+analysis.display_table(pair.reset_index(), digits=2, caption="– : the conversation had ended")
 
 # %% [markdown]
 # ## Response quality: pairwise judge and a blind sheet for human annotators
@@ -148,7 +167,7 @@ pair.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}).f
 # %%
 rates = evaluate.run_quality(params)
 if len(rates):
-    display(rates.round(2))
+    display(analysis.display_table(rates, digits=2))
     fig = plots.plot_win_rates(rates, lay.eval_figure("win_rates"))
 else:
     print("no baseline to compare with")

@@ -42,8 +42,6 @@ params = load_notebook_params(params_file, overrides, check_files=False)
 layout = run_folders.layout(params)
 out = layout.report
 card = run_report.run_card(params)
-if card["banner"]:
-    display(Markdown(f"> **{card['banner']}**"))
 runs = analysis.list_runs(params.resolve(params.output_root), params.analysis.runs)
 display(Markdown("Runs compared: " + ", ".join(f"`{r.name}`" for r in runs)))
 
@@ -135,8 +133,10 @@ else:
 # %% [markdown]
 # ## The run
 #
-# What was run, with what, on what; wall time and peak memory of each notebook (this one excluded: it is
-# still running). `report/index.html` gathers this card, every report page, table and figure.
+# What was run, with what, on what; wall time and peak memory of each notebook that had finished when this
+# page was made (this one is still running: `report/index.html`, written after it, has the full table). Peak
+# memory per notebook is the kernel and its child processes, sampled every half second.
+# `report/index.html` gathers this card, every report page, table, figure and the transcript browser.
 
 # %%
 display(analysis.display_table(analysis.run_card_table(card)))

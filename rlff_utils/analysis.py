@@ -255,6 +255,33 @@ def display_table(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = 
     return styler.set_caption(caption) if caption else styler
 
 
+def _flat(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (list, tuple)):
+            out[f"{prefix}{k}"] = "; ".join(map(str, v)) if v else None
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def fields_table(mapping: Mapping[str, Any], digits: int | Mapping[str, int] | None = None,
+                 value: str = "value", missing: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """A record (settings, a summary) as a two-column table for readers: nested dicts as dotted
+    fields, lists joined with ``"; "``, each value by the table rules; a missing value reads
+    :data:`MISSING` followed by its reason from ``missing`` (field -> reason) when there is one."""
+    flat = _flat(mapping)
+    rows = []
+    for k, v in flat.items():
+        shown = _fmt(v, _digits_for(k, digits))
+        if shown == MISSING and missing and k in missing:
+            shown = f"{MISSING} ({missing[k]})"
+        rows.append({"field": k, value: shown})
+    return pd.DataFrame(rows, columns=["field", value])
+
+
 def turned(shown: pd.DataFrame) -> pd.DataFrame:
     """A displayed table turned: one row per former column (its name in words), one column per
     former row, headed by the row's first cell."""
@@ -423,11 +450,48 @@ def validity_table(runs: list[Path]) -> pd.DataFrame:
     return t[["run", *[c for c in t.columns if c != "run"]]]
 
 
-def planted_table(runs: list[Path]) -> pd.DataFrame:
-    """The planted-signal figures of every planted run (:func:`rlff_utils.planted.planted_summary`),
-    one row per run: a positive run beside its negative control."""
-    from .planted import planted_summary
+def planted_summary(run) -> dict[str, Any] | None:
+    """The figures the planted-signal check asks for, from the files a planted run wrote (None
+    for another kind of run): the reward models' held-out ROC-AUC against the planted label with
+    95% intervals that resample the test contexts, whose candidates share a seeker turn (trained
+    classification head and its untrained ``random`` start), the compliance before/after GRPO with
+    the paired interval, and the main system's paired SR difference to each baseline under the
+    deciding critic and the contrast critic."""
+    import yaml
 
+    from .validity import clustered_auc_ci
+
+    run = Path(run)
+    lay = RunLayout(run)
+    params = yaml.safe_load(lay.resolved_params.read_text(encoding="utf-8")) if lay.resolved_params.is_file() else {}
+    if (params or {}).get("purpose") != "planted":
+        return None
+    out: dict[str, Any] = {"run": run.name, "grpo_reward_model": params.get("grpo", {}).get("reward_model")}
+    for variant in ("classification", "random"):
+        if lay.rm_predictions(variant).is_file():
+            pred = pd.read_csv(lay.rm_predictions(variant))
+            auc, ci, contexts = clustered_auc_ci(pred.score.tolist(), pred.label.tolist(), pred.context_id.tolist(),
+                                                 seed=params.get("seed", 0))
+            out.update({f"rm_{variant}_auc": auc, f"rm_{variant}_auc_lo": ci[0], f"rm_{variant}_auc_hi": ci[1],
+                        "rm_test_candidates": len(pred), "rm_test_contexts": contexts})
+    c = read_json(lay.planted_compliance, default=None)
+    if c:
+        out.update({"compliance_before": c["before"], "compliance_after": c["after"], "compliance_diff": c["difference"],
+                    "compliance_diff_lo": c["difference_ci95"][0], "compliance_diff_hi": c["difference_ci95"][1],
+                    "compliance_prompts": c["prompts"], "compliance_samples": c["samples_per_prompt"]})
+    for metrics_file in lay.all_system_metrics():
+        m = read_json(metrics_file)
+        for critic, block in (("rule", m), ("contrast", m.get("contrast_critic") or {})):
+            for baseline, d in (block.get("paired_vs") or {}).items():
+                ci = d.get("SR_diff_ci95") or [None, None]
+                key = f"sr_diff_{critic}_{metrics_file.parent.name}_vs_{baseline}"
+                out.update({key: d.get("SR_diff"), f"{key}_lo": ci[0], f"{key}_hi": ci[1], "eval_cases": d.get("cases")})
+    return out
+
+
+def planted_table(runs: list[Path]) -> pd.DataFrame:
+    """The planted-signal figures of every planted run (:func:`planted_summary`),
+    one row per run: a positive run beside its negative control."""
     return records_frame([s for s in map(planted_summary, runs) if s])
 
 
@@ -490,8 +554,6 @@ def _clean(obj: Any) -> Any:
 def run_summary(run: Path) -> dict[str, Any]:
     """The few numbers printed at the end of a pipeline run and kept in ``summary.json``
     (undefined metrics are null)."""
-    from .planted import planted_summary
-
     ev = evaluation_table([run])
     rm = reward_model_table([run])
     lay = RunLayout(run)

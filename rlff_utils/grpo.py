@@ -279,7 +279,7 @@ def _train(params: RunParams) -> GRPOResult:
     lay = runs.layout(params)
     out, adapter, ckpts = lay.stage(runs.POLICY), lay.adapter, lay.grpo_checkpoints
     if (adapter / "adapter_config.json").is_file():
-        print(f"policy adapter already trained with these settings: {adapter} (--force to retrain)")
+        print(f"policy adapter already trained with these settings: {adapter.relative_to(lay.root)} (--force to retrain)")
         history = load_log_history(params)
         return GRPOResult(adapter, history, True, None, max((h.get("step", 0) for h in history), default=0))
     last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
@@ -293,7 +293,7 @@ def _train(params: RunParams) -> GRPOResult:
     if _is_main_process():
         runs.write_json(config.to_dict(), lay.grpo_config)
         print(f"GRPO: {len(dataset)} prompts, {config.max_steps} steps, G={config.num_generations}, "
-              f"rewards {[getattr(f, '__name__', f) for f in reward_funcs]} x {weights}")
+              "rewards " + " + ".join(f"{w} x {getattr(f, '__name__', f)}" for f, w in zip(reward_funcs, weights)))
         if last:
             print(f"resuming from {last}")
 

@@ -225,6 +225,8 @@ def run_pipeline(
         timing[stage.name] = round(time.perf_counter() - t0, 1)
         peaks[stage.name] = round(mem.peak_mib, 1)
         runs.write_json(timing, lay.timing)
+        # each finished notebook's peak at once, so a later notebook (06's run table) can show it
+        runs.write_json({**runs.read_json(lay.resources, default={}), "peak_rss_mib_per_notebook": peaks}, lay.resources)
         print(f"[{i}/{len(stages)}] {stage.name} done in {timing[stage.name]:.0f}s -> {executed[-1]}", flush=True)
     wall = time.perf_counter() - t_all
     peak = max(_peak_child_rss_mib(), *[peaks.get(s.name, 0.0) for s in stages])

@@ -96,6 +96,39 @@ def _fill_math(html_text: str, formulas: dict[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Paths as a reader may see them
+# --------------------------------------------------------------------------------------------
+
+
+def shown_path(path: str | os.PathLike, params=None) -> str:
+    """A path without the machine's part: inside the run folder ``<run>/…``, inside the project
+    relative to it, under ``$RLFF_DATA_DIR`` written so; elsewhere only its last two parts."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    bases = []
+    if params is not None:
+        bases.append((Path(params.run_dir), f"outputs/{params.run_name}"))
+        if params.project_root:
+            bases.append((Path(params.project_root), ""))
+    if os.environ.get("RLFF_DATA_DIR"):
+        bases.append((Path(os.environ["RLFF_DATA_DIR"]).resolve(), "$RLFF_DATA_DIR"))
+    for base, shown in bases:
+        if p.is_relative_to(base):
+            rel = p.relative_to(base).as_posix()
+            return "/".join(x for x in (shown, rel) if x and x != ".") or "."
+    return "…/" + "/".join(p.parts[-2:])
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.~])/[^\s'\",;:)\]]+")
+
+
+def shown_paths(text: str, params=None) -> str:
+    """Every absolute path in ``text`` through :func:`shown_path`."""
+    return _ABSOLUTE.sub(lambda m: shown_path(m.group(0), params), text)
+
+
+# --------------------------------------------------------------------------------------------
 # Notebook pages
 # --------------------------------------------------------------------------------------------
 
