@@ -297,15 +297,16 @@ def _train(params: RunParams) -> GRPOResult:
         if last:
             print(f"resuming from {last}")
 
-    trainer = trainer_class(params)(
-        model=resolve_model(params.models.policy.name),
-        reward_funcs=reward_funcs,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=build_lora_config(params),
-        callbacks=[_progress_callback()],
-    )
+    with vllm_generation_on_cpu(config):
+        trainer = trainer_class(params)(
+            model=resolve_model(params.models.policy.name),
+            reward_funcs=reward_funcs,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=build_lora_config(params),
+            callbacks=[_progress_callback()],
+        )
     t0 = time.monotonic()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.monotonic() - t0
@@ -449,6 +450,36 @@ def merged_adapter(model):
     finally:
         for weight, data in originals:
             weight.data = data
+
+
+@contextlib.contextmanager
+def vllm_generation_on_cpu(config):
+    """TRL's colocated vLLM generation (``use_vllm``) on vLLM's CPU build: the engine TRL builds
+    runs eagerly (TRL does not ask for it, and compiling the model costs minutes on a CPU) with a
+    fixed KV cache (``VLLM_CPU_KVCACHE_SPACE``, default :data:`~rlff_utils.backends.vllm.CPU_KV_CACHE_GIB`
+    GiB), because the CPU build reads ``vllm_gpu_memory_utilization`` as the share of the machine's
+    RAM to reserve. Nothing changes on a GPU or without ``use_vllm``."""
+    if not getattr(config, "use_vllm", False) or config.vllm_mode != "colocate":
+        yield
+        return
+    from .backends.vllm import CPU_KV_CACHE_GIB, _vllm_platform
+
+    if _vllm_platform() != "cpu":
+        yield
+        return
+    import trl.generation.vllm_generation as trl_vllm
+
+    real = trl_vllm.LLM
+
+    def eager_llm(*args, **kwargs):
+        return real(*args, **{**kwargs, "enforce_eager": True})
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
+    trl_vllm.LLM = eager_llm
+    try:
+        yield
+    finally:
+        trl_vllm.LLM = real
 
 
 def trainer_class(params: RunParams):
