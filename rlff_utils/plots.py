@@ -29,7 +29,7 @@ from . import grpo, runs
 if TYPE_CHECKING:  # pragma: no cover
     from .params import RunParams
     from .reward.train import RewardModelReport
-    from .reward.validation import ValidityReport
+    from .validation import ValidityReport
 
 NOTE = "rlff-note"  # gid of the in-panel notes (degenerate panels, coinciding lines)
 DATASET_NAMES = {"esconv": "ESConv", "extes": "ExTES"}
@@ -40,10 +40,56 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _save(fig, path: str | Path | None):
+    """Save ``fig`` (when ``path``), with the run's purpose in its corner (:func:`mark_purpose`)."""
     if path is not None:
+        mark_purpose(fig, _purpose_of(Path(path)))
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
+
+
+PURPOSE_MARK = "rlff-purpose"  # gid of the purpose text in a figure's corner
+
+
+def _purpose_of(path: Path) -> str | None:
+    """The purpose of the run a figure is saved in (its ``params.yaml``, up to three folders up)."""
+    from .report import run_purpose
+
+    for folder in list(path.parents)[:3]:
+        if (folder / "params.yaml").is_file():
+            return run_purpose(folder)
+    return None
+
+
+def mark_purpose(fig, purpose: str | None) -> None:
+    """A smoke, planted or test run's figure says so in its lower-right corner, so a copied
+    figure does not pass for a result."""
+    from .report import INTERNAL_RUNS
+
+    if purpose not in INTERNAL_RUNS or any(t.get_gid() == PURPOSE_MARK for t in fig.texts):
+        return
+    fig.text(0.995, 0.005, f"{purpose} run: checks the code, not a result", ha="right", va="bottom", fontsize=7.5,
+             color="#7a5c00", gid=PURPOSE_MARK,
+             bbox={"boxstyle": "round,pad=0.25", "facecolor": "#fff3cd", "edgecolor": "#e0c36a"})
+
+
+def system_colors(names: Iterable[str]) -> dict[str, tuple]:
+    """One colour per evaluated system on every page and figure: the default systems
+    (``EvaluationParams``' order) keep theirs, other systems take the next ones in order of
+    appearance. A ``run / system`` label takes its system's colour."""
+    from .params.schema import EvaluationParams
+
+    palette = sns.color_palette("tab10", 10)
+    known = [s.name for s in EvaluationParams().systems]
+    out, extra = {}, len(known)
+    for name in dict.fromkeys(map(str, names)):
+        system = name.rsplit(" / ", 1)[-1]
+        if system in known:
+            out[name] = palette[known.index(system) % 10]
+        else:
+            out[name] = palette[extra % 10]
+            extra += 1
+    return out
 
 
 def _subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kw):
@@ -174,7 +220,8 @@ def plot_sr_at_k(long: pd.DataFrame, path: str | Path | None = None, hue: str = 
     for i, name in enumerate(names):
         g = long[long[hue] == name].sort_values("k")
         dx = (i / (len(names) - 1) - 0.5) * width if len(names) > 1 else 0.0
-        ax.plot(g["k"] + dx, g["SR@k"], marker=MARKERS[i % len(MARKERS)], ms=6, lw=1.5, label=name, alpha=0.9)
+        ax.plot(g["k"] + dx, g["SR@k"], marker=MARKERS[i % len(MARKERS)], ms=6, lw=1.5, label=name, alpha=0.9,
+                color=system_colors(names)[str(name)])
     ax.set(xlabel="turns k", ylabel="share of cases solved within k turns", ylim=(-0.03, 1.03), title="SR@k")
     integer_ticks(ax)
     if names:
@@ -198,7 +245,7 @@ def plot_system_bars(table: pd.DataFrame, path: str | Path | None = None, label:
     evaluation writes them, or ``sr``/``sr_lo``/``sr_hi`` as :func:`rlff_utils.analysis.evaluation_table`)."""
     fig, axes = _subplots(1, 2, (12, 4.4))
     names = table[label].astype(str).tolist()
-    colors = sns.color_palette(n_colors=max(len(names), 1))
+    colors = [system_colors(names)[n] for n in names]
     for ax, metric, scale, ylabel, title in (
         (axes[0, 0], "SR", 100.0, "success rate (% of cases)", "success rate (95% CI)"),
         (axes[0, 1], "AT", 1.0, "average turns (turns)", "average turns (95% CI; lower is better)"),
@@ -241,6 +288,9 @@ def plot_win_rates(rates: pd.DataFrame, path: str | Path | None = None):
             note(ax, "no parsable judgement", "center")
         elif (g["tie"] == 1).all():
             note(ax, "every judged pair a tie", "center")
+        for criterion in g.index[empty] if not empty.all() else []:
+            ax.text(0.5, criterion, "no parsable judgement", ha="center", va="center", fontsize=8,
+                    color="#555555", gid=NOTE)
     fig.legend(handles=[Patch(color=c, label=k) for k, c in colors.items()], loc="outside right upper", frameon=False, fontsize=8)
     return _save(fig, path)
 
@@ -254,6 +304,7 @@ def plot_r_fut_distribution(frame: pd.DataFrame, path: str | Path | None = None)
     hue = "run" if len(runs_) > 1 else ("end_reason" if "end_reason" in frame else None)
     if len(frame):
         sns.histplot(frame, x="r_fut", hue=hue, bins=20, multiple="stack" if hue == "end_reason" else "layer", ax=ax)
+        integer_ticks(ax, "y")  # counts of candidates
         if hue:
             legend_outside(ax, hue.replace("_", " "))
         for r, g in frame.groupby("run") if "run" in frame else []:
@@ -387,6 +438,10 @@ def plot_score_distributions(predictions: pd.DataFrame, path: str | Path | None 
         sns.boxplot(g, x="label", y="score", order=order, ax=ax, color="white", showfliers=False)
         sns.stripplot(g, x="label", y="score", order=order, ax=ax, hue="label", hue_order=order, legend=False, alpha=0.7)
         ax.set(title=v, xlabel="simulated label", ylabel="reward-model score")
+        for i, label in enumerate(order):
+            if not (g["label"] == label).any():
+                ax.text(i, 0.5, "no held-out\ncandidate", transform=ax.get_xaxis_transform(), ha="center",
+                        va="center", fontsize=8, color="#555555", gid=NOTE)
         c = _constant(g["score"])
         if c is not None:
             note(ax, f"constant score {c:.3g}", "top")
@@ -424,7 +479,7 @@ VALIDITY_GROUPS = {"success": "helped (intensity drop)", "failed": "not helped (
 def plot_validity(frame: pd.DataFrame, cards: dict, path: str | Path | None = None):
     """Each judge's scores of real conversations by outcome group (one panel per judge), and the
     ROC curves of every card with the turn-count baseline (last panel). ``cards``: key ->
-    :class:`rlff_utils.validity.ValidityCard` (a :class:`~rlff_utils.reward.validation.ValidityReport`'s)."""
+    :class:`rlff_utils.validity.ValidityCard` (a :class:`~rlff_utils.validation.ValidityReport`'s)."""
     from sklearn.metrics import roc_curve
 
     keys = [k for k in cards if k != "critic_heldout"] or ["(none)"]
@@ -464,8 +519,8 @@ def plot_validity(frame: pd.DataFrame, cards: dict, path: str | Path | None = No
         fpr, tpr, _ = roc_curve((base["group"] == "success").astype(int), base["turns"].astype(float))
         auc = next((c.baseline_auc for c in cards.values() if c.baseline), math.nan)
         ax.plot(fpr, tpr, color="#555555", ls="--", lw=1, label=f"turn count (baseline, AUC {auc:.2f})")
-    ax.set(title="ROC: helped vs not helped", xlabel="false-positive rate (not-helped ones above the cut)",
-           ylabel="true-positive rate (helped ones above the cut)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(title="ROC: helped vs not helped", xlabel="false-positive rate\n(not-helped ones above the cut)",
+           ylabel="true-positive rate\n(helped ones above the cut)", xlim=(0, 1), ylim=(0, 1.02))
     legend_outside(ax, "judge")
     fig.suptitle("validity on real ESConv conversations")
     return _save(fig, path)

@@ -387,6 +387,7 @@ def headline(run_dir: Path, main_system: str | None = None) -> dict[str, Any] | 
     if baselines:
         best = max(baselines, key=lambda k: baselines[k]["SR"])
         out["best_baseline"] = best
+        out["tied_baselines"] = [k for k, v in baselines.items() if v["SR"] == baselines[best]["SR"]]
         out["SR_minus_best_baseline"] = (m["SR"] - baselines[best]["SR"]) if m.get("SR") is not None else None
         paired = (m.get("paired_vs") or {}).get(best) or {}
         if paired.get("SR_diff_ci95"):
@@ -450,63 +451,164 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
+# The report folder's figures in reading order, with what each shows
+REPORT_FIGURES = {
+    "sr_at": "Success rate and average turns of each evaluated system, with 95% bootstrap intervals",
+    "sr_at_k": "Share of cases solved within k turns (SR@k), per system",
+    "r_fut_distribution": "The simulated future-oriented reward R_fut of every candidate reply (dashed: the label threshold)",
+    "rm_score_vs_r_fut": "Each reward-model variant's held-out score against the R_fut the simulation measured",
+    "grpo_curves": "GRPO training curves: rewards, well-formed answers, KL, entropy, completion length",
+}
+REPORT_TABLES = {
+    "main_results": "Main results: SR and AT per system, with the validity of the critic behind them",
+    "simulation": "The simulation's statistics",
+    "reward_models": "Reward-model variants compared on held-out candidates",
+    "validity_cards": "Validity cards: do the judges know a helped seeker?",
+    "planted_signal": "Planted-signal figures (planted runs only)",
+}
+# Each stage's own figures, linked from the index (run-folder relative)
+STAGE_FIGURES = {
+    "data/overview.png": "the corpus at a glance (01)",
+    "simulation/simulation.png": "the simulated reward signal (02)",
+    "reward_model/learning_curves.png": "reward-model learning curves (03)",
+    "reward_model/score_distributions.png": "reward-model scores by simulated label (03)",
+    "reward_model/calibration.png": "calibration of the classifier (03)",
+    "reward_model/validity.png": "validity on real conversations (03)",
+    "policy/curves.png": "GRPO curves (04)",
+    "evaluation/sr_at.png": "SR and AT (05)",
+    "evaluation/sr_at_k.png": "SR@k (05)",
+    "evaluation/win_rates.png": "pairwise judge: win rates (05)",
+}
+
+
+def _words(stem: str) -> str:
+    return stem.replace("_", " ")
+
+
+def _headline_html(h: dict[str, Any] | None) -> str:
+    e = html.escape
+    if not h:
+        return ""
+    sr = "–" if h["SR"] is None else f"{100 * h['SR']:.1f}%{_fmt_ci(h.get('SR_ci95'), 100)}"
+    at = "–" if h["AT"] is None else f"{h['AT']:.2f}{_fmt_ci(h.get('AT_ci95'), 1, 2)}"
+    diff = ""
+    tied = h.get("tied_baselines") or []
+    if h.get("best_baseline") and h.get("SR_minus_best_baseline") is not None:
+        who = (f"the baselines ({', '.join(map(e, tied))}, all at the same SR)" if len(tied) > 1
+               else f"the best baseline ({e(h['best_baseline'])})")
+        diff = f"; vs {who}: {100 * h['SR_minus_best_baseline']:+.1f} points{_fmt_ci(h.get('SR_diff_ci95'), 100)}"
+    return (f"<p class='headline'><b>{e(h['system'])}</b> on {h['cases']} cases: SR {sr}, AT {at}{diff} "
+            "(95% bootstrap intervals; protocol in <a href='05_evaluation.html'>05 · Evaluation</a>)</p>")
+
+
+def _link_list(items: list[tuple[str, str, str]]) -> str:
+    """``<ul>`` of (href, label, note) for the links that exist; ``none`` when empty."""
+    e = html.escape
+    rows = [f"<li><a href='{e(href)}'>{e(label)}</a>{(' – ' + e(note)) if note else ''}</li>" for href, label, note in items]
+    return f"<ul>{''.join(rows)}</ul>" if rows else "<p>none yet</p>"
+
+
 def write_index(params, run_dir: Path | None = None) -> Path:
-    """``report/index.html``: the run card, then links to the report pages, tables and figures."""
+    """``report/index.html``: the run card and headline, then links to everything a reader may
+    want (reader and full pages, the transcript browser, tables as Markdown and CSV, the human
+    evaluation sheet, each stage's figures) and the report's figures in reading order."""
     run_dir = Path(run_dir or params.run_dir)
     lay = runs.RunLayout(run_dir)
     report = lay.report
     report.mkdir(parents=True, exist_ok=True)
     card = run_card(params, run_dir)
     runs.write_json(card, report / "run_card.json")
+    from .transcript_browser import write_transcript_browser
+
+    write_transcript_browser(run_dir, f"Evaluated conversations · run {card['run']}", card["banner"])
     e = html.escape
     rows = []
     for key in ("run", "description", "params_file", "params_sha256", "git_commit", "date", "device", "seed"):
         if card.get(key) not in (None, ""):
             rows.append(f"<tr><th>{e(key.replace('_', ' '))}</th><td>{e(str(card[key]))}</td></tr>")
-    rows.append("<tr><th>models</th><td>" + ", ".join(f"{e(r)}: <code>{e(n)}</code>" for r, n in card["models"].items()) + "</td></tr>")
+    rows.append("<tr><th>models</th><td>" + "; ".join(f"{e(r)}: <code>{e(n)}</code>" for r, n in card["models"].items()) + "</td></tr>")
     rows.append("<tr><th>packages</th><td>" + ", ".join(f"{e(k)} {e(v)}" for k, v in card["packages"].items()) + "</td></tr>")
     if card["wall_seconds"] is not None:
-        rows.append(f"<tr><th>wall time</th><td>{card['wall_seconds'] / 60:.1f} min; peak memory "
-                    f"{(card['peak_memory_mib'] or 0) / 1024:.1f} GiB</td></tr>")
-    h = card["headline"]
-    headline_html = ""
-    if h:
-        sr = "n/a" if h["SR"] is None else f"{100 * h['SR']:.1f}%{_fmt_ci(h.get('SR_ci95'), 100)}"
-        at = "n/a" if h["AT"] is None else f"{h['AT']:.2f}{_fmt_ci(h.get('AT_ci95'), 1, 2)}"
-        diff = ""
-        if h.get("best_baseline") and h.get("SR_minus_best_baseline") is not None:
-            diff = (f"; vs the best baseline ({e(h['best_baseline'])}): {100 * h['SR_minus_best_baseline']:+.1f} points"
-                    f"{_fmt_ci(h.get('SR_diff_ci95'), 100)}")
-        headline_html = (f"<p class='headline'><b>{e(h['system'])}</b> on {h['cases']} cases: SR {sr}, AT {at}{diff} "
-                         "(95% bootstrap intervals; protocol in 05_evaluation)</p>")
+        peak = "–" if card["peak_memory_mib"] is None else f"{card['peak_memory_mib'] / 1024:.1f} GiB"
+        rows.append(f"<tr><th>wall time</th><td>{card['wall_seconds'] / 60:.1f} min; peak memory {peak} (the largest "
+                    "of the operating system's count for the largest single process and the per-notebook samples "
+                    "below; the OS count catches short peaks that half-second sampling misses)</td></tr>")
+    peaks = card["peak_memory_mib_per_notebook"]
     stage_rows = "".join(
-        f"<tr><td>{e(name)}</td><td>{secs:.0f} s</td><td>{card['peak_memory_mib_per_notebook'].get(name, float('nan')) / 1024:.2f} GiB</td></tr>"
+        f"<tr><td><a href='{e(name)}.html'>{e(name)}</a></td><td class='num'>{secs:.0f} s</td><td class='num'>"
+        + ("–" if peaks.get(name) is None else f"{peaks[name] / 1024:.2f} GiB") + "</td></tr>"
         for name, secs in card["seconds_per_notebook"].items())
-    pages = sorted(p for p in report.glob("[0-9][0-9]_*.html"))
-    tables = sorted(report.glob("*.csv"))
-    figures = sorted(report.glob("*.png"))
-    banner = f"<div class='banner'>{e(card['banner'])}</div>" if card["banner"] else ""
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>rlff-esc run {e(card['run'])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }} th, td {{ text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; vertical-align: top; }}
-.banner {{ background: #fff3cd; border: 1px solid #e0c36a; padding: 0.8em 1em; margin: 1em 0; }}
-.headline {{ font-size: 1.15em; }} img {{ max-width: 100%; }}
-</style></head><body>
+    pages = sorted(report.glob("[0-9][0-9]_*.html"))
+    page_items = "".join(
+        f"<li><a href='{e(p.name)}'>{e(_page_title(p))}</a> (<a href='../{e(p.name)}'>full page with code and logs</a>)</li>"
+        for p in pages)
+    tables = [(f"{name}.md", REPORT_TABLES.get(name, _words(name)), f"CSV: {name}.csv")
+              for name in [*REPORT_TABLES, *sorted({t.stem for t in report.glob('*.csv')} - set(REPORT_TABLES))]
+              if (report / f"{name}.csv").is_file()]
+    table_items = "".join(f"<li>{e(label)}: <a href='{e(md)}'>Markdown</a>, <a href='{e(md[:-3])}.csv'>CSV</a></li>"
+                          for md, label, _ in tables if (report / md).is_file())
+    material = [(href, label, note) for href, label, note, path in (
+        ("transcripts.html", "transcript browser", "every evaluated conversation, filters by system, case and outcome, "
+         "per-turn critic scores, two systems side by side", report / "transcripts.html"),
+        ("../evaluation/human_sheet.csv", "human-evaluation sheet", "blind pairs for annotators; the key is kept apart "
+         "in evaluation/human_sheet_key/", lay.human_sheet),
+        ("../evaluation/judgements.csv", "pairwise judge's verdicts", "", lay.stage(runs.EVALUATION) / "judgements.csv"),
+        ("../params.yaml", "the resolved parameters", "", lay.resolved_params),
+        ("run_card.json", "the run card as JSON", "", report / "run_card.json"),
+    ) if path.is_file()]
+    stage_figs = [(f"../{rel}", label, "") for rel, label in STAGE_FIGURES.items() if (run_dir / rel).is_file()]
+    figures = [f for f in REPORT_FIGURES if (report / f"{f}.png").is_file()]
+    figures += sorted({f.stem for f in report.glob("*.png")} - set(figures))
+    figure_html = "".join(
+        f"<figure><img src='data:image/png;base64,{_b64(report / f'{f}.png')}' alt='{e(REPORT_FIGURES.get(f, _words(f)))}'>"
+        f"<figcaption>{e(REPORT_FIGURES.get(f, _words(f)))} (<a href='{e(f)}.png'>{e(f)}.png</a>)</figcaption></figure>"
+        for f in figures) or "<p>none yet</p>"
+    title = f"rlff-esc · run {card['run']}"
+    first = f"<a href='{e(pages[0].name)}'>first page: {e(_page_title(pages[0]))}</a>" if pages else ""
+    body = f"""<header class="rlff-header"><span class="rlff-title">{e(title)}</span>{first}
+<a href="transcripts.html">transcripts</a></header>
+{f"<div class='rlff-banner'>{e(card['banner'])}</div>" if card["banner"] else ""}
+<main>
 <h1>Run <code>{e(card['run'])}</code></h1>
-{banner}
-{headline_html}
-<h2>Run card</h2><table>{''.join(rows)}</table>
-<h2>Stages</h2><table><tr><th>notebook</th><th>wall time</th><th>peak memory</th></tr>{stage_rows}</table>
-<h2>Pages</h2><ul>{''.join(f"<li><a href='{e(p.name)}'>{e(p.stem)}</a></li>" for p in pages)}</ul>
-<h2>Tables</h2><ul>{''.join(f"<li><a href='{e(t.name)}'>{e(t.name)}</a></li>" for t in tables) or '<li>none</li>'}</ul>
-<h2>Figures</h2>{''.join(f"<figure><img src='data:image/png;base64,{_b64(f)}' alt='{e(f.stem)}'><figcaption>{e(f.stem)} (<a href='{e(f.name)}'>{e(f.name)}</a>)</figcaption></figure>" for f in figures) or '<p>none</p>'}
-</body></html>
-"""
+{_headline_html(card["headline"])}
+<h2>Pages</h2><ol class="pages">{page_items or '<li>none yet</li>'}</ol>
+<h2>Conversations and material for people</h2>{_link_list(material)}
+<h2>Figures</h2>{figure_html}
+<h2>Tables</h2>{f"<ul>{table_items}</ul>" if table_items else "<p>none yet</p>"}
+<h2>Each stage's figures</h2>{_link_list(stage_figs)}
+<h2>Run card</h2><table class="card">{''.join(rows)}</table>
+<h2>Stages</h2><table><tr><th>notebook</th><th>wall time</th><th>peak memory (kernel and children, sampled)</th></tr>{stage_rows}</table>
+</main>"""
     path = report / "index.html"
-    path.write_text(doc, encoding="utf-8")
+    path.write_text(standalone_page(title, body), encoding="utf-8")
     return path
+
+
+INDEX_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
+main { max-width: 60em; margin: 1em auto; padding: 0 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; max-width: 100%; }
+th, td { text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; vertical-align: top; overflow-wrap: anywhere; }
+td.num { text-align: right; white-space: nowrap; }
+table.card th { white-space: nowrap; }
+.headline { font-size: 1.15em; } img { max-width: 100%; height: auto; } figure { margin: 1em 0 2em; }
+figcaption { color: #444; font-size: 0.95em; }
+"""
+
+
+def standalone_page(title: str, body: str, css: str = "", script: str = "") -> str:
+    """A self-contained page of the report folder (no file or script from elsewhere)."""
+    e = html.escape
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>\n"
+            f"<style>{INDEX_CSS}{PAGE_CSS}{css}</style></head>\n<body>\n{body}\n"
+            + (f"<script>{script}</script>\n" if script else "") + "</body></html>\n")
+
+
+def _page_title(page: Path) -> str:
+    """A report page's title without the run (``03 · The future-oriented reward model``)."""
+    m = re.search(r"<title>(.*?)</title>", page.read_text(encoding="utf-8")[:20000], flags=re.S)
+    title = html.unescape(m.group(1)).strip() if m else ""
+    return title.rsplit(" · run ", 1)[0] if title and title != "Notebook" else _words(page.stem)
 
 
 def render_run(params, run_dir: Path | None = None) -> Path:

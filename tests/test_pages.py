@@ -161,3 +161,115 @@ def test_pages_fit_1280_px_in_a_real_browser(ci_run, tmp_path):
         if measured["scroll"] > measured["width"] + 1 or measured["wide"]:
             wide[page.name] = measured
     assert not wide, json.dumps(wide, indent=1)
+
+
+# --------------------------------------------------------------------------------------------
+# The parts the pages are made of
+# --------------------------------------------------------------------------------------------
+
+
+def test_reader_outputs_keep_the_projects_lines_and_drop_library_noise():
+    import nbformat
+
+    from rlff_utils import report
+
+    out = nbformat.v4.new_output
+    outputs = [
+        out("stream", name="stdout", text="{'loss': '1.076', 'grad_norm': '11.51'}\nlearned critic: trained\n"),
+        out("stream", name="stderr", text="UserWarning: something\n"),
+        out("display_data", data={report.WIDGET_MIME: {"model_id": "x"}, "text/plain": "simulation: 0%"}),
+        out("display_data", data={"text/html": "<progress value='2' max='2'></progress><table>Training Loss</table>"}),
+        out("stream", name="stdout", text="Loading: 100%|####| 3/3 [00:01<00:00, 2.1it/s]\n"),
+        out("display_data", data={"text/html": "<table><tr><td>kept</td></tr></table>"}),
+    ]
+    kept = report._reader_outputs(outputs)
+    assert [o.get("text") or o["data"]["text/html"] for o in kept] == [
+        "learned critic: trained\n", "<table><tr><td>kept</td></tr></table>"]
+
+
+def test_tables_for_readers_have_words_for_headers_fixed_bounds_and_reasons():
+    import pandas as pd
+
+    from rlff_utils import analysis
+
+    assert analysis.header_words("pairwise_accuracy") == "pairwise accuracy"
+    assert analysis.header_words("roc_auc") == "ROC-AUC" and analysis.header_words("n_train") == "train (n)"
+    shown = analysis.display_frame(pd.DataFrame({"auc": [0.33], "auc_lo": [-0.00035], "auc_hi": [0.59]}), 2)
+    assert shown["auc"].tolist() == ["0.33 [0.00, 0.59]"]  # not "0.33 [-0.00035, 0.59]"
+    fields = analysis.fields_table({"contrast_critic": None, "bootstrap": 50, "nested": {"a": [1, 2]}},
+                                   missing={"contrast_critic": "none: one critic decides"}).set_index("field")["value"]
+    assert fields.to_dict() == {"contrast_critic": "– (none: one critic decides)", "bootstrap": "50", "nested.a": "1; 2"}
+    wide = pd.DataFrame([{"card": "critic", **{f"metric_{i}": i / 7 for i in range(10)}}])
+    html = analysis.display_table(wide).to_html()
+    assert "metric 9" in html and ">critic<" in html  # turned: one row per former column, headers in words
+    assert pagecheck.lint_html(CLEAN.replace("</body>", html + "</body>")) == []
+
+
+def test_one_colour_per_system_and_the_purpose_in_every_saved_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from rlff_utils import plots
+
+    (tmp_path / "params.yaml").write_text("purpose: smoke\n")
+    first = pd.DataFrame({"system": ["vanilla", "rlff-esc"], "SR": [0.2, 0.5], "SR_ci95": [(0.0, 0.4), (0.2, 0.8)],
+                          "AT": [3.0, 2.0], "AT_ci95": [(2.0, 4.0), (1.0, 3.0)]})
+    fig = plots.plot_system_bars(first, tmp_path / "evaluation" / "sr_at.png")
+    again = plots.plot_system_bars(first.iloc[::-1], None)
+    colours = [tuple(p.get_facecolor()[:3]) for p in fig.axes[0].patches]
+    reversed_colours = [tuple(p.get_facecolor()[:3]) for p in again.axes[0].patches]
+    assert colours == reversed_colours[::-1]  # a system keeps its colour whatever the order of the table
+    assert colours[0] == tuple(plots.system_colors(["vanilla"])["vanilla"])
+    marks = [t.get_text() for t in fig.texts if t.get_gid() == plots.PURPOSE_MARK]
+    assert marks == ["smoke run: checks the code, not a result"]
+    assert not [t for t in again.texts if t.get_gid() == plots.PURPOSE_MARK]  # not saved: no run to name
+
+
+def _evaluated_run(tmp_path):
+    import json
+
+    from rlff_utils import runs
+
+    lay = runs.RunLayout(tmp_path / "run")
+    for system, sr in (("vanilla", 0.0), ("chain-of-strategy", 0.0), ("rlff-esc", 0.5)):
+        runs.write_json({"cases": 2, "SR": sr, "SR_ci95": [0.0, 1.0], "AT": 2.0, "AT_ci95": [1.0, 2.0]},
+                        lay.system_metrics(system))
+        recs = [{"case_id": f"case-{i}", "emotion_type": "anxiety", "situation": "exams",
+                 "history": [{"speaker": "seeker", "text": "I can't sleep before my exams."}],
+                 "turns": [{"speaker": "supporter", "text": f"{system} reply"}, {"speaker": "seeker", "text": "ok"}],
+                 "critic_scores": [None if i else 0.5], "turns_used": 1, "max_turns": 2,
+                 "end_reason": "goal" if (sr and i == 0) else "max_turns"} for i in range(2)]
+        lay.transcripts(system).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return lay
+
+
+def test_the_transcript_browser_lists_every_conversation_offline(tmp_path):
+    from rlff_utils.transcript_browser import write_transcript_browser
+
+    lay = _evaluated_run(tmp_path)
+    page = write_transcript_browser(lay.root, "Evaluated conversations · run x", "This is a smoke run.")
+    text = page.read_text()
+    assert text.count("<details class='conv'") == 6  # 2 cases x 3 systems
+    assert "data-system='chain-of-strategy' data-case='case-1' data-outcome='max_turns'" in text
+    assert "critic after turn 1: +0.50" in text and "critic after turn 1: no verdict" in text
+    for control in ("f-system", "f-case", "f-outcome", "c-case", "c-a", "c-b"):
+        assert f"id=\"{control}\"" in text
+    assert pagecheck.lint_html(text) == []
+    assert write_transcript_browser(tmp_path / "empty", "t", None) is None
+
+
+def test_the_index_names_tied_baselines_and_links_what_the_run_wrote(tmp_path, project_root, data_dir):
+    from rlff_utils import report
+    from rlff_utils.params import load_params
+
+    p = load_params(project_root / "params" / "ci.yaml", {"output_root": str(tmp_path)})
+    lay = _evaluated_run(tmp_path)
+    lay.human_sheet.write_text("a,b\n")
+    text = report.write_index(p, lay.root).read_text()
+    assert "the baselines (chain-of-strategy, vanilla, all at the same SR)" in text
+    assert "best baseline" not in text
+    for href in ("transcripts.html", "../evaluation/human_sheet.csv", "run_card.json"):
+        assert f"href='{href}'" in text, href
+    assert pagecheck.lint_html(text, is_index=True) == []
