@@ -142,6 +142,7 @@ def _parameters_table(nb) -> str | None:
         m = re.match(r"^(\w+)\s*=\s*(.+)$", line.strip())
         if m:
             value = m.group(2).strip().strip("\"'")
+            value = "none" if value in ("{}", "[]", "None") else value
             values[m.group(1)] = Path(value).name if m.group(1) == "params_file" else value
     rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td><code>{html.escape(v)}</code></td></tr>"
                    for k, v in values.items())
@@ -303,6 +304,8 @@ PAGE_CSS = """
 .rlff-note { background: #eef4fb; border-left: 4px solid #5b8bd0; padding: 0.4em 0.8em; margin: 0.4em 0; }
 body.rlff-reader main { max-width: 1180px; margin: 0 auto; }
 body.rlff-reader .jp-OutputArea-output table { max-width: 100%; }
+body.rlff-reader .jp-OutputArea-output th { text-align: left; vertical-align: bottom; }
+.jp-OutputArea-output table caption { caption-side: bottom; text-align: left; color: #555; font-size: 0.9em; }
 body.rlff-reader .jp-OutputArea-output td, body.rlff-reader .jp-OutputArea-output th { white-space: normal; overflow-wrap: anywhere; }
 body.rlff-reader .jp-OutputArea-output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 body.rlff-reader .jp-RenderedImage img { max-width: 100%; height: auto; }
