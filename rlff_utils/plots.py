@@ -68,7 +68,8 @@ def mark_purpose(fig, purpose: str | None) -> None:
 
     if purpose not in INTERNAL_RUNS or any(t.get_gid() == PURPOSE_MARK for t in fig.texts):
         return
-    fig.text(0.995, 0.005, f"{purpose} run: checks the code, not a result", ha="right", va="bottom", fontsize=7.5,
+    # below the figure's lower-right corner: the tight bounding box of the saved file grows to hold it
+    fig.text(0.995, -0.01, f"{purpose} run: checks the code, not a result", ha="right", va="top", fontsize=8,
              color="#7a5c00", gid=PURPOSE_MARK,
              bbox={"boxstyle": "round,pad=0.25", "facecolor": "#fff3cd", "edgecolor": "#e0c36a"})
 

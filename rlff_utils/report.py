@@ -175,6 +175,14 @@ def report_notebook(nb):
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _widgets_as_text(nb) -> None:
+    """A widget (a progress bar) shows its plain-text form: drawing it needs a script from a CDN."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            out.get("data", {}).pop(WIDGET_MIME, None)
 # stdout lines that are a library's, not the project's: a trainer's log dict, a progress bar, a warning
 _LIBRARY_LINE = re.compile(r"^\s*\{'|%\||\bit/s\]|\w+Warning: |^\s*warnings\.warn")
 
@@ -236,6 +244,7 @@ def render_notebook(notebook: Path, report_dir: Path | None = None) -> tuple[Pat
     banner = banner_text(run_purpose(notebook.parent))
     prev, nxt = neighbours(notebook)
     tokenised, formulas = _with_math_tokens(copy.deepcopy(nb))
+    _widgets_as_text(tokenised)
     body, _ = _exporter(report=False).from_notebook_node(tokenised)
     links = [("report index", "report/index.html"), ("reader page", f"report/{notebook.stem}.html"),
              *[(f"{label}: {name}", f"{name}.html") for label, name in (("previous", prev), ("next", nxt)) if name]]
@@ -306,8 +315,8 @@ body.rlff-reader main { max-width: 1180px; margin: 0 auto; }
 body.rlff-reader .jp-OutputArea-output table { max-width: 100%; }
 body.rlff-reader .jp-OutputArea-output th { text-align: left; vertical-align: bottom; }
 .jp-OutputArea-output table caption { caption-side: bottom; text-align: left; color: #555; font-size: 0.9em; }
-body.rlff-reader .jp-OutputArea-output td, body.rlff-reader .jp-OutputArea-output th { white-space: normal; overflow-wrap: anywhere; }
-body.rlff-reader .jp-OutputArea-output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+body.rlff-reader .jp-OutputArea-output td, body.rlff-reader .jp-OutputArea-output th { white-space: normal; overflow-wrap: break-word; }
+body.rlff-reader .jp-OutputArea-output pre { white-space: pre-wrap; overflow-wrap: break-word; }
 body.rlff-reader .jp-RenderedImage img { max-width: 100%; height: auto; }
 """
 
