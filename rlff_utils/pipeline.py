@@ -23,10 +23,13 @@ params file may live anywhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,88 @@ NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 
 class PipelineError(RuntimeError):
     """A notebook failed; the message names the executed copy that holds the traceback."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like ``KeyboardInterrupt`` is for Ctrl-C."""
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal; the message says what was kept and how to resume, ``code``
+    is the shell's exit status for it (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _stop_kernels(timeout: float = 20.0) -> None:
+    """Stop this process's notebook kernels (and what they started), so none goes on writing a
+    stage after the runner has gone; the kernel client then removes its connection file."""
+    import psutil
+
+    kernels = [p for p in psutil.Process().children() if "ipykernel" in " ".join(_cmdline(p))]
+    files = [c[c.index("-f") + 1] for c in map(_cmdline, kernels) if "-f" in c[:-1]]
+    procs = [q for k in kernels for q in [k, *_children(k)]]
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    for connection_file in files:  # the kernel's address and key: no use once it is gone
+        Path(connection_file).unlink(missing_ok=True)
+
+
+def _cmdline(proc) -> list[str]:
+    import psutil
+
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _in_worker(fn, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` in a worker thread while the main thread waits, so a Ctrl-C or SIGTERM reaches
+    this runner's handler (not nbclient's): the kernel is stopped, the worker's own clean-up
+    runs (connection file removed), then the signal's exception goes on."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the main thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, name="notebook", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except BaseException:
+        _stop_kernels()
+        worker.join(60)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
 
 
 @dataclass(frozen=True)
@@ -138,7 +223,8 @@ def execute_stage(stage: Stage, params: RunParams, resolved_file: Path, html: bo
     out = params.run_dir / f"{stage.name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(
+        _in_worker(
+            pm.execute_notebook,
             str(stage.path),
             str(out),
             parameters={"params_file": str(resolved_file), "overrides": {}},
@@ -146,6 +232,12 @@ def execute_stage(stage: Stage, params: RunParams, resolved_file: Path, html: bo
             kernel_name="python3",
             progress_bar=False,
         )
+    except OSError as e:  # a full or read-only disk while papermill writes the executed copy
+        _drop_unreadable(out)
+        raise PipelineError(
+            f"{stage.name} stopped: {e.strerror or e} while writing {e.filename or out}; what the stage wrote "
+            f"before is kept in {runs.layout(params).root}: make room (or fix the folder) and run the same "
+            "command again to resume") from None
     except pm.PapermillExecutionError as e:
         if html:
             render_notebook(out)
@@ -155,6 +247,19 @@ def execute_stage(stage: Stage, params: RunParams, resolved_file: Path, html: bo
     if html:
         render_notebook(out, runs.layout(params).report)
     return out
+
+
+def _drop_unreadable(notebook: Path) -> None:
+    """An executed copy cut short by a failed write is not a notebook: remove it (a rerun writes
+    it again), so no reader trips over half a JSON file."""
+    import nbformat
+
+    try:
+        nbformat.read(notebook, as_version=4)
+    except FileNotFoundError:
+        return
+    except Exception:  # noqa: BLE001 - any unreadable state of our own file
+        notebook.unlink(missing_ok=True)
 
 
 def _refuse_growth_under_results(params: RunParams, name: str, stages: list[Stage]) -> None:
@@ -220,8 +325,11 @@ def run_pipeline(
     for i, stage in enumerate(stages, 1):
         print(f"[{i}/{len(stages)}] {stage.name} ...", flush=True)
         t0 = time.perf_counter()
-        with _PeakMemory() as mem:
-            executed.append(execute_stage(stage, params, resolved, html))
+        try:
+            with _PeakMemory() as mem:
+                executed.append(execute_stage(stage, params, resolved, html))
+        except (KeyboardInterrupt, Terminated) as e:
+            raise _interrupted(e, stage, executed, params) from None
         timing[stage.name] = round(time.perf_counter() - t0, 1)
         peaks[stage.name] = round(mem.peak_mib, 1)
         runs.write_json(timing, lay.timing)
@@ -241,6 +349,17 @@ def run_pipeline(
           f"{peak / 1024:.1f} GiB; outputs in {params.run_dir}")
     _print_summary(params)
     return executed
+
+
+def _interrupted(signal_exc: BaseException, stage: Stage, executed: list[Path], params: RunParams) -> Interrupted:
+    """What to tell a user whose run was stopped: what was kept and how to resume."""
+    name, code = ("SIGTERM", 143) if isinstance(signal_exc, Terminated) else ("Ctrl-C", 130)
+    done = ", ".join(p.stem for p in executed) or "none"
+    return Interrupted(
+        f"stopped by {name} during {stage.name}; its kernel was stopped. Kept in {params.run_dir}: the finished "
+        f"notebooks ({done}) and what {stage.name} had stored (finished conversations, checkpoints). Run the "
+        "same command again to resume: finished stages are reused, the interrupted one continues where it "
+        "stopped.", code)
 
 
 def _peak_child_rss_mib() -> float:
@@ -272,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-html", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="re-render the executed notebooks and the report index")
     args = ap.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
         if only == []:  # an empty variable in a script must not mean "everything"
@@ -287,6 +408,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, runs.UnsafeClearError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except (KeyboardInterrupt, Terminated) as e:  # before any notebook started: nothing to keep
+        print("error: stopped before any notebook ran; nothing was written. Run the command again.", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except OSError as e:  # a full or read-only disk outside a notebook (params, timing, report index)
+        print(f"error: {e.strerror or e} while writing {e.filename or 'the run folder'}; finished stages are kept: "
+              "make room (or fix the folder) and run the same command again", file=sys.stderr)
         return 1
     return 0
 

@@ -337,12 +337,14 @@ def read_record(run_dir: str | os.PathLike, stage: str) -> dict[str, Any] | None
     """The stage's record; None when the stage never ran; :class:`StageRecordError` naming the
     file when it is not a record (a torn or hand-edited ``stage.json`` is never guessed at)."""
     path = RunLayout(run_dir).record(stage)
+    if not path.is_file():
+        return None
     try:
-        record = read_json(path, default=None)
+        record = read_json(path)
     except (ValueError, UnicodeDecodeError) as e:
         problem = f"not valid JSON ({e})"
     else:
-        if record is None or (isinstance(record, dict) and isinstance(record.get("settings"), dict)):
+        if isinstance(record, dict) and isinstance(record.get("settings"), dict):
             return record
         problem = f"a JSON {type(record).__name__}, not a stage record"
     number = next(n for n, s in NOTEBOOK_STAGE.items() if s == stage)

@@ -77,3 +77,107 @@ def test_empty_selection_is_an_error_before_any_kernel(tmp_path, data_dir, args)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "no notebook" in r.stderr and "[1/" not in r.stdout
     assert not (tmp_path / "ci" / "data").exists()
+
+
+# ---- 7. one sentence where a traceback was -----------------------------------------------------
+
+
+def _one_sentence(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r.stderr
+
+
+@pytest.mark.parametrize("setting, field", [("models=3", "models"), ("output_root=~nouser-x/out", "output_root"),
+                                            ("output_root=", "output_root")])
+def test_bad_settings_name_the_field(tmp_path, data_dir, setting, field):
+    r = subprocess.run([sys.executable, "-m", "rlff_utils.params", str(CI), "--set", setting], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert field in _one_sentence(r) and not (tmp_path / "ci").exists()
+
+
+@pytest.mark.parametrize("content", ['{"stage": "data", "sett', "", "[]", "null"])
+def test_a_torn_stage_record_is_named(tmp_path, data_dir, content):
+    record = tmp_path / "ci" / "data" / runs.STAGE_RECORD
+    record.parent.mkdir(parents=True)
+    record.write_text(content)
+    r = _cli(str(CI), "--set", f"output_root={tmp_path}", "--only", "01", timeout=120)
+    err = _one_sentence(r)
+    assert r.returncode == 1 and str(record) in err and "--force" in err and "[1/1]" not in r.stdout
+
+
+def test_a_failed_json_write_leaves_no_temporary_file(tmp_path):
+    """/dev/full answers every write with ENOSPC (errno 28), like a full disk."""
+    target = tmp_path / "rollout_state.json"
+    tmp = tmp_path / f".rollout_state.json.{os.getpid()}.tmp"
+    tmp.symlink_to("/dev/full")
+    with pytest.raises(OSError) as err:
+        runs.write_json({"x": 1}, target)
+    assert err.value.errno == 28 and not os.path.lexists(tmp) and not target.exists()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 600 KiB file system (tmpfs), or a read-only one; needs root's mount."""
+    folders = []
+
+    def make(options: str) -> Path:
+        folder = tmp_path / f"mnt{len(folders)}"
+        folder.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()})")
+        folders.append(folder)
+        return folder
+
+    yield make
+    for folder in folders:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_read_only_output_folder_fails_at_validation(small_disk, data_dir):
+    ro = small_disk("ro,size=64k")
+    r = subprocess.run([sys.executable, "-m", "rlff_utils.params", str(CI), "--set", f"output_root={ro}/out"],
+                       capture_output=True, text=True)
+    assert "output_root" in _one_sentence(r) and "Read-only file system" in r.stderr
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_notebook_is_one_sentence(small_disk, data_dir):
+    disk = small_disk("size=600k")
+    r = _cli(str(CI), "--set", f"output_root={disk}", "--only", "01", "--no-html")
+    err = _one_sentence(r)
+    assert r.returncode == 1 and "\nerror: " in "\n" + err and "No space left on device" in err, err
+    run = disk / "ci"
+    assert not list(run.rglob("*.tmp")), list(run.rglob("*"))
+    executed = run / "01_data_prep.ipynb"
+    if executed.exists():  # an executed copy that is left is a readable notebook
+        json.loads(executed.read_text())
+
+
+def _kernels_of(pid: int) -> list:
+    import psutil
+
+    return [k for k in psutil.Process(pid).children(recursive=True) if "ipykernel" in " ".join(k.cmdline())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, says", [(2, 130, "Ctrl-C"), (15, 143, "SIGTERM")])
+def test_a_signal_stops_the_kernel_and_says_how_to_resume(tmp_path, data_dir, sig, code, says):
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "rlff_utils.pipeline", str(CI), "--set",
+                             f"output_root={tmp_path}", "--only", "01", "--no-html"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not _kernels_of(proc.pid) and time.time() < deadline:
+        time.sleep(0.3)
+    kernels = _kernels_of(proc.pid)
+    assert kernels, "no kernel started"
+    connection = Path(kernels[0].cmdline()[kernels[0].cmdline().index("-f") + 1])
+    time.sleep(3)  # the kernel is at work
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and "Traceback" not in err, err[-3000:]
+    assert says in err and "same command again" in err and str(tmp_path / "ci") in err
+    assert not any(k.is_running() and k.status() != "zombie" for k in kernels)
+    assert not connection.exists()

@@ -11,8 +11,27 @@ from .schema import ModelRole, ModelRoles, ParamsError, RunParams
 
 
 def check_environment(params: RunParams) -> None:
+    check_output_folder(params)
     check_data_files(params)
     check_model_access(params)
+
+
+def check_output_folder(params: RunParams) -> None:
+    """The run folder can be written: its nearest existing folder takes a probe file (a read-only
+    disk, a missing permission or a file where a folder belongs fail here, not in a kernel)."""
+    import tempfile
+
+    run = params.run_dir
+    existing = next((p for p in [run, *run.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise ParamsError(f"{params.source}: output_root: {existing} is not a folder, so the run folder {run} "
+                          "cannot be made there")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rlff-write-check-"):
+            pass
+    except OSError as e:
+        raise ParamsError(f"{params.source}: output_root: the run folder {run} cannot be written "
+                          f"({e.strerror} in {existing}): choose a writable output_root") from None
 
 
 def check_data_files(params: RunParams) -> None:

@@ -139,7 +139,10 @@ def _expand_all(node: Any, src: str, dotted: str = "") -> Any:
 def _absolute(value: Any, base: Path) -> Any:
     if not isinstance(value, str) or not value:
         return value
-    p = Path(value).expanduser()
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home folder
+        raise ParamsError(f"{value!r}: the home folder of {value.split('/')[0]!r} is unknown on this machine") from None
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
@@ -162,8 +165,12 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         section, _, leaf = dotted.rpartition(".")
         node = raw.get(section) if section else raw
         if isinstance(node, dict) and leaf in node:
-            node[leaf] = _absolute(node[leaf], base)
-    for role in (raw.get("models") or {}).values():
+            try:
+                node[leaf] = _absolute(node[leaf], base)
+            except ParamsError as e:
+                raise ParamsError(f"{dotted}: {e}") from None
+    models = raw.get("models") if isinstance(raw.get("models"), dict) else {}  # not a mapping: pydantic says so
+    for role in models.values():
         if isinstance(role, dict) and isinstance(role.get("name"), str) and role.get("backend", "hf") != "openai" \
                 and role["name"] not in model_registry.REGISTRY and _looks_like_path(role["name"], base):
             role["name"] = _absolute(role["name"], base)
@@ -243,7 +250,10 @@ def load_params(
         _set_dotted(raw, key, value)
     raw = _expand_all(raw, src)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    _resolve_paths(raw, base.resolve())
+    try:
+        _resolve_paths(raw, base.resolve())
+    except ParamsError as e:
+        raise ParamsError(f"{src}: {e}") from None
     try:
         params = RunParams.model_validate(raw)
     except ValidationError as e:
