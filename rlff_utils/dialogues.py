@@ -14,6 +14,7 @@ happens to its neighbours.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,39 @@ def _json_list_items(text: str) -> Iterator[Any]:
             return
 
 
+REPLACED_SURROGATES = "lone surrogates replaced"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(node: Any) -> tuple[Any, bool]:
+    """``node`` with every lone UTF-16 surrogate (valid JSON such as ``"\\ud83d"``, not Unicode
+    text) replaced by U+FFFD, and whether there was one; a pair already joined by ``json`` is a
+    character and stays."""
+    if isinstance(node, str):
+        fixed = _SURROGATE.sub("\ufffd", node)
+        return fixed, fixed != node
+    if isinstance(node, list):
+        items = [_replace_surrogates(v) for v in node]
+        return [v for v, _ in items], any(c for _, c in items)
+    if isinstance(node, dict):
+        pairs = {k: _replace_surrogates(v) for k, v in node.items()}
+        keys = {k: _replace_surrogates(k)[0] for k in node}
+        return {keys[k]: v for k, (v, _) in pairs.items()}, any(c for _, c in pairs.values()) or any(
+            keys[k] != k for k in node)
+    return node, False
+
+
+def without_surrogates(records: list[Any], report: LoadReport) -> list[Any]:
+    out = []
+    for rec in records:
+        rec, changed = _replace_surrogates(rec)
+        report.repaired[REPLACED_SURROGATES] += changed
+        out.append(rec)
+    if not report.repaired[REPLACED_SURROGATES]:
+        del report.repaired[REPLACED_SURROGATES]
+    return out
+
+
 def read_records(path: str | Path, report: LoadReport) -> list[Any]:
     """Every record of a dataset file, in file order: a JSON list's items, or JSON Lines' lines
     (blank lines are not records). The layout is detected from the content and noted in the
@@ -226,9 +260,9 @@ def read_records(path: str | Path, report: LoadReport) -> list[Any]:
     text = decode(raw, report)
     if text.lstrip().startswith("["):
         report.layout = "JSON list"
-        return list(_json_list_items(text))
+        return without_surrogates(list(_json_list_items(text)), report)
     report.layout = "JSON Lines"
-    return [parse_line(line) for line in text.splitlines() if line.strip()]
+    return without_surrogates([parse_line(line) for line in text.splitlines() if line.strip()], report)
 
 
 def broken_or_not_object(rec: Any) -> str | None:

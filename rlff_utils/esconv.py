@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from .dialogues import (
     ESCONV_STRATEGIES, SEEKER, SUPPORTER, DataError, Dialogue, LoadReport, Turn, broken_or_not_object,
-    optional_text, parse_line, read_records, score_1_to_5,
+    optional_text, parse_line, read_records, score_1_to_5, without_surrogates,
 )
 
 HUB_ID = "thu-coai/esconv"
@@ -246,7 +246,7 @@ def read_esconv(source: EsconvSource) -> EsconvRecords:
                     rows.append(parse_line(text))
             else:
                 rows.append(row)  # a structured copy: the row is the record
-        out.splits[split], out.reports[split] = rows, report
+        out.splits[split], out.reports[split] = without_surrogates(rows, report), report
     return out
 
 

@@ -181,3 +181,35 @@ def test_a_signal_stops_the_kernel_and_says_how_to_resume(tmp_path, data_dir, si
     assert says in err and "same command again" in err and str(tmp_path / "ci") in err
     assert not any(k.is_running() and k.status() != "zombie" for k in kernels)
     assert not connection.exists()
+
+
+# ---- 3. a lone surrogate is replaced and counted, not a crash ----------------------------------
+
+
+def _data_copy(tmp_path: Path, data_dir: Path) -> Path:
+    """A writable copy of the data folder (ESConv with its failed conversations and PPDPP lists)."""
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir / "esconv", copy / "esconv")
+    return copy
+
+
+def test_a_lone_surrogate_in_a_turn_is_replaced_and_counted(tmp_path, data_dir):
+    from rlff_utils import data
+    from rlff_utils.params import load_params
+
+    copy = _data_copy(tmp_path, data_dir)
+    train = copy / "esconv" / "train.json"
+    lines = train.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["dialog"][0]["text"] = "PLACEHOLDER"
+    lines[0] = json.dumps(first).replace("PLACEHOLDER", "I feel \\ud83d alone")  # valid JSON, invalid Unicode
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    params = load_params(CI, {"output_root": str(tmp_path / "out"), "data.esconv_dir": str(copy / "esconv")})
+    prepared = data.prepare_data(params)
+    d0 = next(d for d in prepared.dialogues if d.split == "train")
+    assert d0.turns[0].text == "I feel \ufffd alone"
+    stats = json.loads(runs.layout(params).data_stats.read_text())
+    train_report = next(r for r in stats["load_reports"] if r["source"].endswith("train.json"))
+    assert train_report["repaired"] == {"lone surrogates replaced": 1}
