@@ -273,3 +273,37 @@ def test_the_index_names_tied_baselines_and_links_what_the_run_wrote(tmp_path, p
     for href in ("transcripts.html", "../evaluation/human_sheet.csv", "run_card.json"):
         assert f"href='{href}'" in text, href
     assert pagecheck.lint_html(text, is_index=True) == []
+
+
+def test_paths_are_shown_without_the_machines_part(tmp_path, monkeypatch, project_root, data_dir):
+    from rlff_utils import report
+    from rlff_utils.params import load_params
+
+    p = load_params(project_root / "params" / "ci.yaml", {"output_root": str(tmp_path / "outputs")})
+    monkeypatch.setenv("RLFF_DATA_DIR", str(data_dir))
+    assert report.shown_path(p.run_dir / "policy" / "adapter", p) == "outputs/ci/policy/adapter"
+    assert report.shown_path(data_dir / "esconv" / "train.json", p) == "$RLFF_DATA_DIR/esconv/train.json"
+    assert report.shown_path(project_root / "params" / "ci.yaml", p) == "params/ci.yaml"
+    assert report.shown_path("/somewhere/else/deep/file.txt", p) == "…/deep/file.txt"
+    text = report.shown_paths(f"esconv: local folder {data_dir / 'esconv'} (auto)", p)
+    assert text == "esconv: local folder $RLFF_DATA_DIR/esconv (auto)" and not pagecheck.lint_html(_with(f"<p>{text}</p>"))
+
+
+def test_a_full_page_draws_no_widget_from_the_network(tmp_path):
+    import nbformat
+
+    from rlff_utils import report
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("run()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        report.WIDGET_MIME: {"model_id": "abc", "version_major": 2}, "text/plain": "simulation: 100% 24/24"})]
+    nb.cells = [nbformat.v4.new_markdown_cell("# 02 · Simulation"), cell]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "02_simulation.ipynb")
+    full, page = report.render_notebook(tmp_path / "02_simulation.ipynb", tmp_path / "report")
+    text = full.read_text()
+    assert "simulation: 100% 24/24" in text and "cdn.jsdelivr" not in text and "widget-view+json" not in text
+    assert "<title>02 · Simulation · run" in text and "href=\"report/index.html\"" in text
+    assert "simulation: 100%" not in page.read_text()  # the reader page drops it altogether
