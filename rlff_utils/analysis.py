@@ -261,7 +261,9 @@ def _flat(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(v, Mapping) and v:
             out.update(_flat(v, f"{prefix}{k}."))
         elif isinstance(v, (list, tuple)):
-            out[f"{prefix}{k}"] = "; ".join(map(str, v)) if v else None
+            items = [", ".join(f"{a}: {_fmt(b, 3)}" for a, b in _flat(x).items()) if isinstance(x, Mapping) else _fmt(x, 3)
+                     for x in v]
+            out[f"{prefix}{k}"] = "; ".join(items) if items else None
         else:
             out[f"{prefix}{k}"] = v
     return out
