@@ -271,10 +271,7 @@ def train_policy(params: RunParams, force: bool = False) -> GRPOResult:
 
 
 def _train(params: RunParams) -> GRPOResult:
-    from transformers.trainer_utils import get_last_checkpoint
-
     from .models import load_tokenizer, resolve_model
-    from .reward.scorer import load_reward_function
 
     lay = runs.layout(params)
     out, adapter, ckpts = lay.stage(runs.POLICY), lay.adapter, lay.grpo_checkpoints
@@ -282,7 +279,7 @@ def _train(params: RunParams) -> GRPOResult:
         print(f"policy adapter already trained with these settings: {adapter.relative_to(lay.root)} (--force to retrain)")
         history = load_log_history(params)
         return GRPOResult(adapter, history, True, None, max((h.get("step", 0) for h in history), default=0))
-    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    last = runs.last_complete_checkpoint(ckpts)  # a checkpoint torn by a kill is skipped, with a note
 
     # Everything that can fail cheaply fails here, before the model loads.
     reward_funcs, weights = reward_setup(params)

@@ -536,6 +536,41 @@ def reuse_stages(params: "RunParams", source_run: str | os.PathLike) -> list[str
 
 
 # --------------------------------------------------------------------------------------------
+# Training checkpoints
+# --------------------------------------------------------------------------------------------
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that a trainer can resume from, else None.
+
+    transformers writes a checkpoint's weights and optimizer before ``trainer_state.json``, so a
+    run killed while saving leaves a torn ``checkpoint-N`` that ``resume_from_checkpoint`` cannot
+    read. Such a checkpoint (no readable trainer state) is removed, with a note, and the one
+    before it is used; with none left, training starts over. One rule for GRPO, the reward-model
+    variants and the learned critic."""
+    import re
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted(((int(m.group(1)), p) for p in folder.iterdir()
+                    if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))), reverse=True)
+    for _, path in found:
+        try:
+            state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if isinstance(state, dict):
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"note: {path} is incomplete (no readable {TRAINER_STATE}: the run stopped while saving it); "
+              "removed, resuming from the checkpoint before it (or from the start)", flush=True)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # Lock
 # --------------------------------------------------------------------------------------------
 

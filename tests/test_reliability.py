@@ -213,3 +213,67 @@ def test_a_lone_surrogate_in_a_turn_is_replaced_and_counted(tmp_path, data_dir):
     stats = json.loads(runs.layout(params).data_stats.read_text())
     train_report = next(r for r in stats["load_reports"] if r["source"].endswith("train.json"))
     assert train_report["repaired"] == {"lone surrogates replaced": 1}
+
+
+# ---- 5. a torn checkpoint does not block a resume ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory, data_dir):
+    """Two real GRPO steps on the tiny model (checkpoint every step), untrained reward head."""
+    from rlff_utils import grpo
+    from rlff_utils.data import prepare_data
+    from rlff_utils.params import load_params
+
+    root = tmp_path_factory.mktemp("grpo-torn")
+    p = load_params(CI, {"output_root": str(root / "outputs"), "grpo.reward_model": "random"})
+    prepare_data(p)
+    grpo.train_policy(p)
+    return p
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("torn", [["checkpoint-1"], ["checkpoint-2"]])
+def test_a_torn_grpo_checkpoint_is_skipped_with_a_note(grpo_run, tmp_path, torn, capsys):
+    """A kill between the adapter and trainer_state.json: the rerun resumes from the last whole
+    checkpoint (checkpoint-2 torn: checkpoint-1), or starts over (checkpoint-1, the only one)."""
+    import shutil
+
+    from rlff_utils import grpo
+    from rlff_utils.params import load_params
+
+    p = load_params(CI, {"output_root": str(tmp_path / "outputs"), "grpo.reward_model": "random"})
+    shutil.copytree(grpo_run.run_dir / "data", p.run_dir / "data")
+    src, dst = runs.layout(grpo_run).stage(runs.POLICY), runs.layout(p).stage(runs.POLICY)
+    dst.mkdir(parents=True)
+    record = json.loads((src / "stage.json").read_text())
+    runs.write_json({**record, "complete": False}, dst / "stage.json")
+    kept = ["checkpoint-1", *torn]
+    for name in dict.fromkeys(kept):
+        shutil.copytree(src / "checkpoints" / name, dst / "checkpoints" / name)
+    for name in torn:
+        (dst / "checkpoints" / name / "trainer_state.json").unlink()
+    result = grpo.train_policy(p)
+    assert result.global_step == p.grpo.config.max_steps and (dst / "adapter" / "adapter_config.json").is_file()
+    summary = json.loads((dst / "train_summary.json").read_text())
+    expected = None if torn == ["checkpoint-1"] else str(dst / "checkpoints" / "checkpoint-1")
+    assert summary["resumed_from"] == expected
+    assert f"{dst / 'checkpoints' / torn[0]} is incomplete" in capsys.readouterr().out
+
+
+def test_reward_head_resume_skips_a_torn_checkpoint(tmp_path, capsys):
+    """The rule shared by the reward-model variants and the learned critic (``fit_head``)."""
+    from rlff_utils.reward.train import FINGERPRINT, resume_point
+
+    ckpts = tmp_path / "checkpoints"
+    stamp = {"variant": "classification", "data_sha256": "x"}
+    runs.write_json(stamp, ckpts / FINGERPRINT)
+    for step in (1, 2):
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        (ckpts / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+    (ckpts / "checkpoint-1" / runs.TRAINER_STATE).write_text('{"global_step": 1}')
+    (ckpts / "checkpoint-2" / runs.TRAINER_STATE).write_text('{"global_st')  # torn while written
+    assert resume_point(ckpts, stamp) == str(ckpts / "checkpoint-1")
+    assert not (ckpts / "checkpoint-2").exists() and "checkpoint-2 is incomplete" in capsys.readouterr().out
+    (ckpts / "checkpoint-1" / runs.TRAINER_STATE).unlink()
+    assert resume_point(ckpts, stamp) is None and (ckpts / FINGERPRINT).is_file()

@@ -106,12 +106,14 @@ def fingerprint(params: "RunParams", variant: str, train, valid) -> dict[str, An
 
 
 def resume_point(ckpt_dir: Path, stamp: dict[str, Any]) -> str | None:
-    """The last checkpoint of an interrupted run with the same fingerprint, else None (stale
-    checkpoints are removed and the fingerprint written for the run about to start)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    same = runs.read_json(ckpt_dir / FINGERPRINT, default=None) == stamp
-    last = get_last_checkpoint(str(ckpt_dir)) if same and ckpt_dir.is_dir() else None
+    """The last complete checkpoint (:func:`rlff_utils.runs.last_complete_checkpoint`) of an
+    interrupted run with the same fingerprint, else None (stale checkpoints are removed and the
+    fingerprint written for the run about to start)."""
+    try:
+        same = runs.read_json(ckpt_dir / FINGERPRINT, default=None) == stamp
+    except ValueError:  # torn by a kill: what the checkpoints were trained on is unknown
+        same = False
+    last = runs.last_complete_checkpoint(ckpt_dir) if same else None  # a torn checkpoint is skipped
     if not last:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         runs.write_json(stamp, ckpt_dir / FINGERPRINT)
@@ -193,7 +195,7 @@ def train_variant(params: "RunParams", variant: str, splits: RMSplits, force: bo
 
     A variant whose metrics exist is reused unless ``force``. Training checkpoints every epoch
     and an interrupted variant resumes from its last checkpoint (same fingerprint only); it
-    writes the adapter, the card, the log history, then predictions and metrics last, so an
+    writes the adapter, its config (rm_config.json), the log history, then predictions and metrics last, so an
     interrupted run never looks finished.
     """
     check_variant(variant, VARIANTS)
@@ -209,7 +211,7 @@ def train_variant(params: "RunParams", variant: str, splits: RMSplits, force: bo
         rm = params.reward_model
         model, log, facts = fit(params, variant, splits)
         model.save_pretrained(str(lay.rm_adapter(variant)))
-        card = {
+        config = {
             "variant": variant,
             "backbone": params.models.reward_backbone.name,
             "num_labels": NUM_LABELS[variant],
@@ -219,7 +221,7 @@ def train_variant(params: "RunParams", variant: str, splits: RMSplits, force: bo
             "seed": params.seed,
             "reward_model_params": rm.model_dump(),
         }
-        runs.write_json(card, lay.rm_config(variant))
+        runs.write_json(config, lay.rm_config(variant))
         runs.write_json(log, lay.rm_log_history(variant))
         shutil.rmtree(lay.rm_checkpoints(variant), ignore_errors=True)
         del model
