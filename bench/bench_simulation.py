@@ -67,7 +67,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from rlff_utils.agents import Critic
+    from rlff_utils.critic import LLMCritic
     from rlff_utils.backends import get_backend, shares_prompt_pass
     from rlff_utils.models import pick_device
     from rlff_utils.data import load_all
@@ -101,7 +101,7 @@ def main() -> None:
         def rollout(batch: int) -> tuple[float, int, int, float]:
             for b in backends:
                 b.stats.reset()
-            critic = Critic(critic_backend, args.critic_mode, samples=args.votes, seed=args.seed)
+            critic = LLMCritic(critic_backend, args.critic_mode, samples=args.votes, seed=args.seed)
             trajs = simulation_trajectories(ctxs, args.candidates, args.max_turns)
             t0 = time.perf_counter()
             for start in range(0, len(trajs), batch):
@@ -136,8 +136,8 @@ def main() -> None:
             # votes-reread: the n samples each re-read the prompt (transformers' num_return_sequences),
             # as a sampling loop without prefix sharing does; "votes" reads it once.
             critic_backend.share_prompt_pass = mode != "votes-reread"
-            critic = Critic(critic_backend, mode.split("-")[0], samples=args.votes, temperature=1.1, seed=args.seed,
-                            max_history_turns=turns)
+            critic = LLMCritic(critic_backend, mode.split("-")[0], samples=args.votes, temperature=1.1, seed=args.seed,
+                               window=turns)
             t0 = time.perf_counter()
             res = critic.judge(dialogues)
             hardware.sync(device)

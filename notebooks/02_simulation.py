@@ -47,7 +47,7 @@ overrides = {}
 # %%
 import pandas as pd
 
-from rlff_utils import analysis, runs
+from rlff_utils import analysis, critic, runs
 from rlff_utils import simulate as sim
 from rlff_utils.agents import policy_messages
 from rlff_utils.data import load_contexts
@@ -107,8 +107,14 @@ for m in policy_messages(contexts[0], style, max_history_turns=params.data.max_h
 # the turn and the role, so the resumed run writes what an uninterrupted one would have written. Stored
 # trajectories are reused only with the same settings: the stage's record (`simulation/stage.json`) holds them,
 # and other settings stop the run with the list of changes (rerun with `--force`, or use another `run_name`).
+#
+# With `simulation.critic_mode: learned` the critic is a classifier trained on real seekers' outcomes
+# (`rlff_utils.critic.learned`): it is trained first, as its own step (notebook 03 describes it; reused while its
+# settings and data are unchanged), since building the simulation's critic only loads it.
 
 # %%
+if s.critic_mode == "learned":
+    critic.train_learned_critic(params)
 summary = sim.run_simulation(params, contexts)
 analysis.display_table(analysis.fields_table({k: v for k, v in summary.as_dict().items() if k != "out_dir"}))
 

@@ -47,10 +47,10 @@ overrides = {}
 # %%
 import pandas as pd
 
-from rlff_utils import analysis, plots, runs
+from rlff_utils import analysis, critic, plots, rewards, runs, validation
 from rlff_utils.params import load_notebook_params
 from rlff_utils.report import shown_path
-from rlff_utils.reward import inputs, learned_critic, scorer, train, validation
+from rlff_utils.reward import inputs, scorer, train
 
 params = load_notebook_params(params_file, overrides)
 stage_dir = runs.layout(params).stage(runs.REWARD_MODEL)
@@ -119,7 +119,7 @@ plots.reward_calibration(report, params);
 # %% [markdown]
 # ## The reward function GRPO uses
 #
-# `scorer.load_reward_function(params)` returns a picklable callable with TRL's reward-function signature
+# `rewards.load_reward_function(params)` returns a picklable callable with TRL's reward-function signature
 # `f(prompts, completions, history=..., **kwargs) -> list[float]` for the variant in `grpo.reward_model`. It
 # loads the saved adapter once per process, scores in batches without gradients and strips reasoning before
 # scoring. Here it scores all candidates of two held-out contexts, next to their simulated $R_\text{fut}$
@@ -127,7 +127,7 @@ plots.reward_calibration(report, params);
 
 # %%
 scorers = scorer.ScorerCache()
-analysis.display_table(scorer.reward_examples(params, splits.test, n_contexts=2, cache=scorers))
+analysis.display_table(rewards.reward_examples(params, splits.test, n_contexts=2, cache=scorers))
 
 # %% [markdown]
 # ## Do the judges know a helped seeker? Validity cards on real conversations
@@ -161,11 +161,12 @@ analysis.display_table(scorer.reward_examples(params, splits.test, n_contexts=2,
 # $\ge 4$ (1) or $\le 2$ (0). Train and validation are split by conversation; its card is computed on
 # conversations it never saw (`validation.learned_critic.heldout_fraction` of each card group). Its score
 # $2\,P(\text{helped}) - 1 \in [-1, 1]$ keeps the critic's meaning, so success is still score $>$
-# `success_threshold`. It is trained once per run (reused while its settings and data are unchanged).
+# `success_threshold`. It is trained here, as a step of its own, once per run (reused while its settings and
+# data are unchanged); the cards below only read it.
 
 # %%
-if "learned_critic" in params.validation.judges:
-    lc = learned_critic.train_learned_critic(params)
+if critic.learned_critic_wanted(params):
+    lc = critic.train_learned_critic(params)
     split = ", ".join(f"{n} {k}" for k, n in lc["conversations"].items())
     ex = lc["train"]
     print(f"learned critic: {'reused (same settings and data)' if lc['reused'] else 'trained'}; conversations: {split}; "
@@ -175,8 +176,7 @@ if "learned_critic" in params.validation.judges:
 # %%
 cards = validation.validity_cards(params, cache=scorers)
 for note in cards.notes:
-    if not note.startswith("learned critic: reused"):  # said above: the cards read the critic just trained
-        print("note:", note)
+    print("note:", note)
 for line in cards.summaries():
     print(line)
 print("evaluation critic's card:", cards.evaluation_critic.get("card") or cards.evaluation_critic.get("note"))
@@ -195,7 +195,7 @@ plots.reward_validity(cards, params);
 # Under `reward_model/`: per variant `adapter/` (LoRA + score head), `rm_config.json`, `metrics.json`,
 # `test_predictions.csv`, `log_history.json`; `comparison.csv`, `splits.csv`, `validity.{json,csv}` (the cards
 # and every judge's score per real conversation), `learned_critic/` (its adapter, config and record), the figures, and `stage.json` (the settings this stage ran with). Notebook 04 reads the adapter of
-# `grpo.reward_model` through `scorer.load_reward_function`.
+# `grpo.reward_model` through `rewards.load_reward_function`.
 
 # %%
 analysis.display_table(pd.DataFrame({"file": sorted(str(p.relative_to(params.run_dir)) for p in stage_dir.rglob("*")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
-from .agents import PromptStyle, policy_messages, strip_reasoning
+from .agents import PromptStyle, policy_messages
+from .text import strip_reasoning
 from .params import ParamsError, RunParams, load_params
 
 

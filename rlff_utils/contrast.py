@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from . import runs
-from .agents import Critic
-from .rollout import TrajectoryStore, derive_seed
+from . import critic, runs
+from .conversation_metrics import paired_difference, system_metrics
+from .rollout import TrajectoryStore
+from .sampling import derive_seed
 
 JUDGEMENT_KEY = ("case_id", "turn")
 
@@ -33,12 +34,13 @@ def _contexts(record: dict[str, Any], turn: int) -> dict[str, Any]:
             "history": list(record.get("history") or []) + rollout, "rollout": rollout}
 
 
-def contrast_critic(params, backend: Any = None) -> Critic:
+def contrast_critic(params, backend: Any = None) -> critic.Critic:
     """``models.eval_critic`` in the mode ``evaluation.contrast_critic`` names."""
-    return Critic.for_stage(params, "evaluation", backend, mode=params.evaluation.contrast_critic)
+    return critic.for_stage(params, "evaluation", backend, mode=params.evaluation.contrast_critic)
 
 
-def judge_transcripts(params, system: str, records: Sequence[dict[str, Any]], critic: Critic) -> dict[tuple, float | None]:
+def judge_transcripts(params, system: str, records: Sequence[dict[str, Any]],
+                      judge: critic.Critic) -> dict[tuple, float | None]:
     """The contrast critic's score after every turn of every conversation of ``system``
     ({(case_id, turn): score}, None for an answer without a label); resumes from the store."""
     store = TrajectoryStore(runs.layout(params).system_dir(system) / "contrast_judgements.jsonl", JUDGEMENT_KEY)
@@ -47,7 +49,7 @@ def judge_transcripts(params, system: str, records: Sequence[dict[str, Any]], cr
     size = params.evaluation.batch_size
     for i in range(0, len(todo), size):
         batch = todo[i: i + size]
-        results = critic.judge([_contexts(r, t) for r, t in batch],
+        results = judge.judge([_contexts(r, t) for r, t in batch],
                                seeds=[derive_seed(params.seed, "contrast-critic", system, r["case_id"], t) for r, t in batch])
         rows = [{"case_id": r["case_id"], "turn": t, "score": res.score if math.isfinite(res.score) else None,
                  "unparsed": res.unparsed} for (r, t), res in zip(batch, results)]
@@ -86,11 +88,9 @@ def contrast_metrics(params, records_of: dict[str, list[dict[str, Any]]], main: 
     """Per system: SR/AT/SR@k under the contrast critic on the same conversations (95% bootstrap
     intervals), its agreement with the deciding critic, and for ``main`` the paired differences
     against every other system under the contrast critic."""
-    from .evaluate import paired_difference, system_metrics
-
     e = params.evaluation
-    critic = contrast_critic(params)
-    again = {name: rejudged(records, judge_transcripts(params, name, records, critic), e.success_threshold)
+    judge = contrast_critic(params)
+    again = {name: rejudged(records, judge_transcripts(params, name, records, judge), e.success_threshold)
              for name, records in records_of.items()}
     out = {}
     for name, records in records_of.items():

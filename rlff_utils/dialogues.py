@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SEEKER, SUPPORTER = "seeker", "supporter"
+from .text import SEEKER, SUPPORTER  # noqa: F401 - the speakers of the schema
 
 ESCONV_STRATEGIES = [
     "Question",

@@ -5,9 +5,8 @@ the seeker's opening (the case's situation). The system under test answers (reas
 the *evaluation* user simulator replies, the *evaluation* critic judges after every seeker turn;
 the conversation stops at success (critic score > threshold) or at the turn cap.
 
-- SR: share of cases that reached success.  AT: mean turns, failures counted as the cap.
-- SR@k: share of cases solved within k turns, k = 1..cap (the curve behind SR and AT).
-- 95% intervals: percentile bootstrap over cases (the cases, not the turns, are the sample).
+SR, AT and SR@k with their 95% intervals, and paired differences between systems, are
+:mod:`rlff_utils.conversation_metrics`; the critic is :func:`rlff_utils.critic.for_stage`.
 
 Response quality follows the paper's human-evaluation criteria. An LLM judge compares two
 systems' conversations on the same case in both orders, which cancels its position bias: a
@@ -25,17 +24,16 @@ from __future__ import annotations
 import csv
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
-from . import runs
-from .agents import CRITERIA, Critic, judge_messages, parse_verdict, transcript, write_prompts
+from . import critic, runs
+from .agents import CRITERIA, judge_messages, parse_verdict, write_prompts
 from .backends import get_backend
 from .contrast import contrast_metrics
+from .conversation_metrics import paired_difference, system_metrics
 from .data import load_eval_cases
 from .rollout import (
     RoutedStore,
@@ -46,82 +44,8 @@ from .rollout import (
     rollout_to_store,
     routed_supporter,
 )
-from .stats import bootstrap_ci
-from .validity import evaluation_card
-
-
-# --------------------------------------------------------------------------------------------
-# Success rate, average turns, SR@k
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the metrics need from one evaluated conversation."""
-
-    success: bool
-    turns: int
-    emotion_type: str = ""
-
-
-def outcomes(records: Iterable[dict[str, Any]]) -> list[Outcome]:
-    return [Outcome(bool(r["goal_reached"]), int(r["turns_used"]), r.get("emotion_type") or "") for r in records]
-
-
-def success_rate(outs: Sequence[Outcome]) -> float:
-    return float(np.mean([o.success for o in outs])) if outs else math.nan
-
-
-def average_turns(outs: Sequence[Outcome], cap: int) -> float:
-    """Failures count as the cap, so a system cannot look fast by failing early."""
-    return float(np.mean([o.turns if o.success else cap for o in outs])) if outs else math.nan
-
-
-def sr_at_k(outs: Sequence[Outcome], cap: int) -> list[float]:
-    """[SR@1, ..., SR@cap]: the share of cases solved within k turns."""
-    return [float(np.mean([o.success and o.turns <= k for o in outs])) if outs else math.nan for k in range(1, cap + 1)]
-
-
-def metrics(records: Sequence[dict[str, Any]], cap: int, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """SR, AT (with bootstrap 95% intervals), SR@k and SR per emotion type for one system."""
-    outs = outcomes(records)
-    succ = [float(o.success) for o in outs]
-    turns = [float(o.turns if o.success else cap) for o in outs]
-    per_emotion: dict[str, list[Outcome]] = {}
-    for o in outs:
-        per_emotion.setdefault(o.emotion_type, []).append(o)
-    return {
-        "cases": len(outs),
-        "SR": success_rate(outs),
-        "SR_ci95": bootstrap_ci(succ, samples=samples, seed=seed),
-        "AT": average_turns(outs, cap),
-        "AT_ci95": bootstrap_ci(turns, samples=samples, seed=seed),
-        "SR_at_k": sr_at_k(outs, cap),
-        "SR_by_emotion": {e: {"cases": len(v), "SR": success_rate(v)} for e, v in sorted(per_emotion.items())},
-    }
-
-
-def paired_difference(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]], cap: int,
-                      samples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """SR and AT of ``ours`` minus ``theirs`` on the cases both have, with paired percentile
-    bootstrap 95% intervals (a resample draws cases, keeping each case's two outcomes together:
-    same cases, same simulator seeds, so the case-to-case variation cancels)."""
-    a = {r["case_id"]: r for r in ours}
-    b = {r["case_id"]: r for r in theirs}
-    shared = [c for c in a if c in b]
-    if not shared:
-        return {"cases": 0, "SR_diff": None, "SR_diff_ci95": None, "AT_diff": None, "AT_diff_ci95": None}
-    oa, ob = outcomes([a[c] for c in shared]), outcomes([b[c] for c in shared])
-    sa, sb = [float(o.success) for o in oa], [float(o.success) for o in ob]
-    ta, tb = [float(o.turns if o.success else cap) for o in oa], [float(o.turns if o.success else cap) for o in ob]
-    diff = lambda x, y: (x - y).mean(axis=1)  # noqa: E731
-    return {
-        "cases": len(shared),
-        "SR_diff": float(np.mean(sa) - np.mean(sb)),
-        "SR_diff_ci95": bootstrap_ci(sa, sb, stat=diff, samples=samples, seed=seed),
-        "AT_diff": float(np.mean(ta) - np.mean(tb)),
-        "AT_diff_ci95": bootstrap_ci(ta, tb, stat=diff, samples=samples, seed=seed),
-    }
+from .text import transcript
+from .validation import evaluation_card
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,20 +218,6 @@ def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: i
     ]
 
 
-def system_metrics(records: Sequence[dict[str, Any]], params) -> dict[str, Any]:
-    """Metrics over all cases, and per dataset when there are several."""
-    e = params.evaluation
-    out = metrics(records, e.max_turns, e.bootstrap_samples, params.seed)
-    datasets = sorted({r.get("dataset") or "" for r in records})
-    out["dataset"] = "+".join(datasets)
-    if len(datasets) > 1:
-        out["by_dataset"] = {
-            d: metrics([r for r in records if r.get("dataset") == d], e.max_turns, e.bootstrap_samples, params.seed)
-            for d in datasets
-        }
-    return out
-
-
 def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore]) -> None:
     """Every planned system through the protocol, in shared lockstep batches: one user-simulator
     and one critic call per turn serve all systems; each system's policy writes its own turns."""
@@ -324,9 +234,9 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore]) -> No
         for s, adapter in plan
     }
     seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
-    critic = Critic.for_stage(params, "evaluation")
+    judge = critic.for_stage(params, "evaluation")
     supporter = routed_supporter(supporters, "system")
-    rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, critic, seed=params.seed,
+    rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, judge, seed=params.seed,
                      desc=f"eval ({len(plan)} systems)", already=[r for st in stores.values() for r in st.load()],
                      state_path=runs.layout(params).rollout_state(runs.EVALUATION))
 
@@ -352,7 +262,7 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
     card = evaluation_card(params)  # the critic's validity card, beside every SR/AT it decides
     with runs.begin_stage(params, runs.EVALUATION, force, require_upstream=_needed_upstream(params),
                           extra={"critic_card": card}):
-        write_prompts(lay.prompts(runs.EVALUATION))
+        write_prompts(lay.prompts(runs.EVALUATION), critic.CRITIC_LABELS)
         stores = {s.name: TrajectoryStore(lay.transcripts(s.name), CASE_KEY) for s, _ in plan}
         if plan:
             _roll_systems(params, plan, cases, stores)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -43,39 +42,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
+from .agents import policy_messages
 from .params import ParamsError, RunParams, build_trainer_config, load_params, parse_set, write_resolved
-
-
-# --------------------------------------------------------------------------------------------
-# Format reward
-# --------------------------------------------------------------------------------------------
-
-_THINK_BLOCK = re.compile(r"\A\s*<think>(?P<reasoning>.*?)</think>(?P<reply>.*)\Z", re.DOTALL)
-
-
-def is_well_formed(text: str) -> bool:
-    """Exactly one ``<think>`` block, opening the answer, with non-empty reasoning, followed by a
-    non-empty reply.
-
-    Stricter than ``trl.rewards.think_format_reward``, which gives 1.0 to an empty reply
-    (``<think>x</think>``) and to a stray second ``</think>``; both would let the policy collect the
-    format reward without answering the seeker. Leading whitespace is allowed (tokenizers often
-    emit it); anything else before ``<think>`` is not.
-    """
-    m = _THINK_BLOCK.match(text)
-    if m is None:
-        return False
-    reasoning, reply = m.group("reasoning"), m.group("reply")
-    if "<think>" in reasoning or "<think>" in reply or "</think>" in reply:
-        return False
-    return bool(reasoning.strip()) and bool(reply.strip())
-
-
-def format_reward(completions: list, **kwargs) -> list[float]:
-    """R_format in TRL's reward-function signature (module level, so it pickles)."""
-    from .reward.scorer import completion_text
-
-    return [1.0 if is_well_formed(completion_text(c)) else 0.0 for c in completions]
+from .rewards import format_reward, load_reward_function, needs_trained_model, reward_source
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,9 +59,8 @@ def reward_setup(params: RunParams) -> tuple[list[Callable], list[float]]:
     with ``grpo.format_reward: false`` its weight is 0, which leaves R = R_fut exactly (TRL sums the
     weighted rewards before normalising them per group).
     """
-    from .reward.scorer import reward_source  # lazy and picklable: loads its model on first call
-
     g = params.grpo
+    # reward_source is lazy and picklable: it loads its model on first call
     return [reward_source(params), format_reward], [1.0, g.format_weight if g.format_reward else 0.0]
 
 
@@ -105,8 +73,6 @@ def prompt_messages(context: dict[str, Any], tokenizer, max_prompt_length: int, 
     """The reasoning-style prompt for one context, dropping the oldest turns until the templated
     prompt fits ``max_prompt_length`` tokens (TRL 1.16 has no prompt truncation of its own, and
     cutting tokens from the left would cut the system prompt). None when even one turn is too long."""
-    from .agents import policy_messages
-
     dataset = context.get("dataset") or "esconv"
     for turns in range(min(max_history_turns, len(context["history"])), 0, -1):
         messages = policy_messages(context, "reasoning", dataset=dataset, max_history_turns=turns)
@@ -254,8 +220,6 @@ def _stage(params: RunParams, force: bool):
     """The policy stage folder, locked and checked against its record (stale checkpoints or
     adapter from other settings -> StaleStageError). Under ``accelerate launch`` only rank 0 takes
     the lock (the notebook that launched it may hold it already); other ranks only check."""
-    from .reward.scorer import needs_trained_model
-
     needs_reward_stage = needs_trained_model(params.grpo.reward_model)
     if _is_main_process():
         return runs.begin_stage(params, runs.POLICY, force=force, extra=protocol(params),
@@ -294,7 +258,7 @@ def _train(params: RunParams) -> GRPOResult:
         if last:
             print(f"resuming from {last}")
 
-    with vllm_generation_on_cpu(config):
+    with vllm_generation_on_cpu(config, params.models.policy.dtype):
         trainer = trainer_class(params)(
             model=resolve_model(params.models.policy.name),
             reward_funcs=reward_funcs,
@@ -450,12 +414,18 @@ def merged_adapter(model):
 
 
 @contextlib.contextmanager
-def vllm_generation_on_cpu(config):
+def vllm_generation_on_cpu(config, dtype: str = "auto"):
     """TRL's colocated vLLM generation (``use_vllm``) on vLLM's CPU build: the engine TRL builds
-    runs eagerly (TRL does not ask for it, and compiling the model costs minutes on a CPU) with a
+    runs eagerly (TRL does not ask for it, and compiling the model costs minutes on a CPU), in the
+    policy's ``dtype`` (TRL leaves it to vLLM, whose CPU build samples a float32 policy in bfloat16), with a
     fixed KV cache (``VLLM_CPU_KVCACHE_SPACE``, default :data:`~rlff_utils.backends.vllm.CPU_KV_CACHE_GIB`
     GiB), because the CPU build reads ``vllm_gpu_memory_utilization`` as the share of the machine's
-    RAM to reserve. Nothing changes on a GPU or without ``use_vllm``."""
+    RAM to reserve; and its linear layers keep their weights as plain parameters: the CPU build
+    packs them into oneDNN/sgl handles and drops the parameters, so TRL's weight sync after each
+    step (``load_weights``) fails with "'Parameter' object has no attribute 'weight_loader'" and
+    could not reach the packed copy anyway. The engine TRL builds runs in this process
+    (``external_launcher``), so patching the dispatch here reaches it. Nothing changes on a GPU or
+    without ``use_vllm``."""
     if not getattr(config, "use_vllm", False) or config.vllm_mode != "colocate":
         yield
         return
@@ -464,19 +434,24 @@ def vllm_generation_on_cpu(config):
     if _vllm_platform() != "cpu":
         yield
         return
+    import torch
     import trl.generation.vllm_generation as trl_vllm
+    import vllm.model_executor.layers.utils as vllm_layers
 
-    real = trl_vllm.LLM
+    real_llm, real_dispatch = trl_vllm.LLM, vllm_layers.dispatch_cpu_unquantized_gemm
 
     def eager_llm(*args, **kwargs):
-        return real(*args, **{**kwargs, "enforce_eager": True})
+        return real_llm(*args, **{**kwargs, "enforce_eager": True, **({"dtype": dtype} if dtype != "auto" else {})})
+
+    def plain_linear(layer, remove_weight):  # keep the weights TRL's sync writes to
+        layer.cpu_linear = torch.nn.functional.linear
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
-    trl_vllm.LLM = eager_llm
+    trl_vllm.LLM, vllm_layers.dispatch_cpu_unquantized_gemm = eager_llm, plain_linear
     try:
         yield
     finally:
-        trl_vllm.LLM = real
+        trl_vllm.LLM, vllm_layers.dispatch_cpu_unquantized_gemm = real_llm, real_dispatch
 
 
 def trainer_class(params: RunParams):
@@ -564,8 +539,7 @@ def sample_before_after(params: RunParams, n: int = 3, score: bool = True):
         }
     )
     if score:
-        from .reward.scorer import load_reward_function
-
+    
         rm = load_reward_function(params)
         as_msgs = lambda xs: [[{"role": "assistant", "content": x}] for x in xs]  # noqa: E731
         frame["R_fut_before"] = rm(prompts=prompts, completions=as_msgs(before), history=history)

@@ -21,14 +21,14 @@ left out of every set: the reward model was trained on their continuations.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .data import SEEKER
+from .sampling import derive_seed
+from .text import SEEKER
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dialogues import Dialogue
@@ -49,18 +49,13 @@ def intensity_drop(d: "Dialogue") -> int | None:
     return d.initial_emotion_intensity - d.final_emotion_intensity
 
 
-def stable_seed(*parts: Any) -> int:
-    """A 31-bit seed from the identity of a piece of work (run seed, what, which conversation)."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=4).digest(), "little") & 0x7FFFFFFF
-
-
 def _sample(items: Sequence["Dialogue"], k: int | None, seed: int, what: str) -> list["Dialogue"]:
     """``k`` of ``items`` (all when None or more than there are), drawn by a seed of their own,
     in id order."""
     items = sorted(items, key=lambda d: d.id)
     if k is None or k >= len(items):
         return items
-    rng = np.random.default_rng(stable_seed(seed, what))
+    rng = np.random.default_rng(derive_seed(seed, what))
     return sorted((items[i] for i in rng.choice(len(items), k, replace=False)), key=lambda d: d.id)
 
 

@@ -28,7 +28,6 @@ the turn in flight, and, resumed, writes the same records an uninterrupted run w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,19 +38,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .agents import Critic, PromptStyle, policy_messages, seeker_messages, visible_reply
-from .data import SEEKER, SUPPORTER
-from .runs import json_ready, read_json, write_json
+from .agents import PromptStyle, policy_messages, seeker_messages
+from .runs import RunLayout, json_ready, read_json, write_json
+from .sampling import derive_seed
+from .text import SEEKER, SUPPORTER, first_line, visible_reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backends import ChatBackend
+    from .critic import Critic
 
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from any parts (run seed, trajectory key, turn, role): same parts,
-    same seed, on every machine and in every process."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+# A simulated trajectory's identity: the context and the candidate's index in it.
+SIM_KEY = ("context_id", "candidate_index")
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +122,14 @@ class TrajectoryStore:
             f.flush()
             os.fsync(f.fileno())
         return len(lines)
+
+
+def load_trajectories(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The simulation stage's finished trajectories of a run (``outputs/<run>``)."""
+    path = RunLayout(run_dir).trajectories
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run notebook 02 (simulation) for this run first")
+    return TrajectoryStore(path, SIM_KEY).load()
 
 
 class RoutedStore:
@@ -278,12 +283,6 @@ def candidate_sampler(backend: "ChatBackend", style: PromptStyle, max_history_tu
         return out
 
     return sampler
-
-
-def first_line(text: str) -> str:
-    """The first non-empty line: a chat turn is one line, and small simulators that run on past
-    it start writing the other side's turn or their own instructions."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def backend_seeker(backend: "ChatBackend", max_history_turns: int) -> SeekerFn:

@@ -1,6 +1,11 @@
-"""Sampling whose draws belong to the row, not to the batch: the hf backend's sampler.
+"""Seeds tied to the identity of the work, and sampling whose draws belong to the row, not the batch.
 
-transformers' sampling draws every row of a batch from one random generator, so what a
+:func:`derive_seed` is the project's one seed function: every sample, vote, split and draw takes
+its seed from the identity of what it belongs to (the run seed, the trajectory key, the turn, the
+role), never from a position in a batch or a global generator, so a resumed run writes what an
+uninterrupted one writes.
+
+The hf backend's sampler: transformers' sampling draws every row of a batch from one random generator, so what a
 conversation says depends on which conversations share its batch and in which order. Here each
 row (one sample of one conversation) has its own ``torch.Generator``, seeded from the
 conversation's seed and the sample's index; a Gumbel-max draw over the warped logits is exactly a
@@ -11,6 +16,14 @@ argmax transformers takes is that draw.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any parts (run seed, trajectory key, turn, role): same parts,
+    same seed, on every machine and in every process."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
 def sample_seed(seed: int, index: int) -> int:

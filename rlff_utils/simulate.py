@@ -24,15 +24,17 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import runs
-from .agents import Critic, PromptStyle, write_prompts
-from .backends import get_backend
-from .data import SEEKER, load_contexts
+from . import critic, runs
+from .agents import PromptStyle, write_prompts
+from .backends import ChatBackend, get_backend
+from .data import load_contexts
 from .reward.target import write_reward_dataset
 from .rollout import (
+    SIM_KEY,
+    SeekerFn,
+    SupporterFn,
     Trajectory,
     TrajectoryStore,
     backend_seeker,
@@ -40,13 +42,14 @@ from .rollout import (
     candidate_sampler,
     rollout_to_store,
 )
+from .stats import finite_mean
+from .text import SEEKER
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .params import RunParams
 
-SIM_KEY = ("context_id", "candidate_index")
 _META_FIELDS = ("context_id", "dialogue_id", "dataset", "emotion_type", "problem_type", "situation",
                 "reference_reply", "reference_strategy")
 
@@ -60,14 +63,6 @@ def simulation_trajectories(contexts: Sequence[dict[str, Any]], num_candidates: 
         for c in contexts
         for j in range(num_candidates)
     ]
-
-
-def load_trajectories(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The simulation stage's finished trajectories of a run (``outputs/<run>``)."""
-    path = runs.RunLayout(run_dir).trajectories
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run notebook 02 (simulation) for this run first")
-    return TrajectoryStore(path, SIM_KEY).load()
 
 
 @dataclass
@@ -113,21 +108,34 @@ def check_contexts(contexts: Sequence[dict[str, Any]]) -> None:
         raise ValueError(f"duplicate context ids: {dup[:5]}")
 
 
-def simulation_agents(params: "RunParams"):
-    """(candidate sampler, later supporter, seeker, critic, backends by role) for training
-    rollouts; roles that share a model share one engine. The critic's window is set per call
-    (``critic_context_turns``: the context's last ``data.max_history_turns`` turns + the rollout)."""
+@dataclass
+class SimulationAgents:
+    """The agents of training rollouts: the policy's candidate sampler (turn 1), the ESC system
+    model (later supporter turns), the user simulator, the critic, and the chat backends by role
+    (their token counts go into the summary)."""
+
+    first: SupporterFn
+    later: SupporterFn
+    seeker: SeekerFn
+    critic: critic.Critic
+    backends: dict[str, ChatBackend]
+
+
+def simulation_agents(params: "RunParams") -> SimulationAgents:
+    """The simulation's agents from the params; roles that share a model share one engine. The
+    critic's window is set per call (``critic_context_turns``: the context's last
+    ``data.max_history_turns`` turns + the rollout). A learned critic must have been trained
+    (:func:`rlff_utils.critic.train_learned_critic`): building the agents never trains one."""
     m, sim, turns = params.models, params.simulation, params.data.max_history_turns
     roles = ("policy", "system", "user_sim") + (() if sim.critic_mode == "learned" else ("critic",))
     backends = {role: get_backend(getattr(m, role), seed=params.seed) for role in roles}
     style: PromptStyle = "reasoning" if sim.reasoning_format else "vanilla"
-    critic = Critic.for_stage(params, "simulation", backends.get("critic"))
-    return (
-        candidate_sampler(backends["policy"], style, turns),
-        backend_supporter(backends["system"], "vanilla", turns),
-        backend_seeker(backends["user_sim"], turns),
-        critic,
-        backends,
+    return SimulationAgents(
+        first=candidate_sampler(backends["policy"], style, turns),
+        later=backend_supporter(backends["system"], "vanilla", turns),
+        seeker=backend_seeker(backends["user_sim"], turns),
+        critic=critic.for_stage(params, "simulation", backends.get("critic")),
+        backends=backends,
     )
 
 
@@ -146,7 +154,7 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
     check_contexts(contexts)
     grown_from = None if force else _grown_from(params)
     with runs.begin_stage(params, runs.SIMULATION, force, extra={"grown_from": grown_from} if grown_from else None):
-        write_prompts(lay.prompts(runs.SIMULATION))
+        write_prompts(lay.prompts(runs.SIMULATION), critic.CRITIC_LABELS)
         store = TrajectoryStore(lay.trajectories, SIM_KEY)
         wanted = simulation_trajectories(contexts, sim.num_candidates, sim.max_turns)
         wanted_keys = {t.key for t in wanted}
@@ -158,14 +166,11 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
         t0 = time.perf_counter()
         backends: dict[str, Any] = {}
         if len(previous) < len(wanted):
-            if sim.critic_mode == "learned":  # trained on real outcomes, before it judges (or reused)
-                from .reward.learned_critic import train_learned_critic
-
-                train_learned_critic(params)
-            first, later, seeker, critic, backends = simulation_agents(params)
+            agents = simulation_agents(params)
+            backends = agents.backends
             for b in backends.values():
                 b.stats.reset()
-            rollout_to_store(to_roll, store, sim.batch_size, first, later, seeker, critic,
+            rollout_to_store(to_roll, store, sim.batch_size, agents.first, agents.later, agents.seeker, agents.critic,
                              seed=params.seed, desc="simulation", already=previous,
                              critic_context_turns=params.data.max_history_turns,
                              state_path=lay.rollout_state(runs.SIMULATION))
@@ -197,24 +202,20 @@ def _summary(contexts, records, previous, frame, seconds, lay: runs.RunLayout, b
         trajectories=len(records),
         new_trajectories=len(records) - len(previous),
         resumed=len(previous),
-        success_rate=_mean([r["goal_reached"] for r in records]),
-        mean_turns=_mean([r["turns_used"] for r in records]),
+        success_rate=finite_mean([r["goal_reached"] for r in records]),
+        mean_turns=finite_mean([r["turns_used"] for r in records]),
         judgements=len(judged),
         unparsed_answers=sum(sum(r.get("critic_unparsed", [])) for r in records),
         unjudged_trajectories=int(frame.attrs.get("dropped_unjudged", 0)),
         reward_rows=len(frame),
         label_threshold=float(frame.attrs.get("label_threshold", math.nan)),
-        positive_rate=_mean(frame["label"].tolist()) if len(frame) else math.nan,
+        positive_rate=finite_mean(frame["label"].tolist()) if len(frame) else math.nan,
         seconds=round(seconds, 2),
         out_dir=str(lay.stage(runs.SIMULATION)),
         generated_tokens={role: b.stats.generated_tokens for role, b in backends.items()},
         prompt_tokens={role: b.stats.prompt_tokens for role, b in backends.items()},
         backend_seconds={role: round(b.stats.seconds, 2) for role, b in backends.items()},
     )
-
-
-def _mean(xs: Sequence[Any]) -> float:
-    return float(sum(xs) / len(xs)) if len(xs) else math.nan
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def success_by_turn(records: Sequence[dict[str, Any]]) -> "pd.DataFrame":
     if not records:
         return pd.DataFrame(columns=["turn", "success_within"])
     cap = max(int(r.get("max_turns") or r["turns_used"]) for r in records)
-    rows = [{"turn": k, "success_within": _mean([bool(r["goal_reached"]) and r["turns_used"] <= k for r in records])}
+    rows = [{"turn": k, "success_within": finite_mean([bool(r["goal_reached"]) and r["turns_used"] <= k for r in records])}
             for k in range(1, cap + 1)]
     return pd.DataFrame(rows)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -45,3 +45,10 @@ def bootstrap_ci(
         return (math.nan, math.nan)
     lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def finite_mean(xs: Sequence[Any]) -> float:
+    """The mean of the values that are numbers and finite (None and NaN are left out, booleans
+    count as 0/1); NaN when none is: an empty or unjudged group has no mean, not a mean of 0."""
+    vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    return float(np.mean(vals)) if vals else math.nan

@@ -16,9 +16,10 @@ unparsable answers, conversations without a verdict, and the turn-count baseline
   that applies to the evaluation's SR/AT either way;
 * ``reward_model``: the reward model GRPO uses (``grpo.reward_model``; ``random``: the untrained
   head) scoring the real final supporter turn in its context;
-* ``learned_critic``: the critic trained on real outcomes (:mod:`.learned_critic`), on the
+* ``learned_critic``: the critic trained on real outcomes (:mod:`rlff_utils.critic.learned`), on the
   conversations it never saw; ``critic_heldout`` is the simulation's critic on the same ones when
-  they are not the whole card set.
+  they are not the whole card set. It is trained before this step (notebook 03 calls
+  :func:`rlff_utils.critic.train_learned_critic`); here it is only loaded.
 
 Saved as ``validity.json`` (cards, settings, notes) and ``validity.csv`` (one row per
 conversation: group, turns, drop, every judge's score and label), reused while the settings match.
@@ -26,23 +27,24 @@ conversation: group, turns, drop, every judge's score and label), reused while t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .. import runs
-from ..data import SUPPORTER
-from ..outcomes import FAILED, SUCCESS, OutcomeError, intensity_drop, outcome_sets, stable_seed
-from ..validity import ValidityCard, card_from_dict, cards_frame, critic_identity, critic_window, validity_card
-from .scorer import ScorerCache, load_reward_function, needs_trained_model
-from .variants import stage_writer
+from . import critic, runs
+from .outcomes import FAILED, SUCCESS, OutcomeError, intensity_drop, outcome_sets
+from .reward.scorer import ScorerCache
+from .reward.variants import stage_writer
+from .rewards import load_reward_function, needs_trained_model
+from .sampling import derive_seed
+from .text import SUPPORTER, dialogue_turns
+from .validity import SUMMARY_FIELDS, ValidityCard, card_from_dict, cards_frame, validity_card
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..dialogues import Dialogue
-    from ..params import RunParams
+    from .dialogues import Dialogue
+    from .params import RunParams
 
 BASE_COLUMNS = ["dialogue_id", "group", "heldout", "turns", "intensity_drop"]
 BASELINE = "turn count"
@@ -70,22 +72,19 @@ class ValidityReport:
 # --------------------------------------------------------------------------------------------
 
 
-def _contexts(dialogues: list["Dialogue"]) -> list[dict[str, Any]]:
+def _states(dialogues: list["Dialogue"]) -> list[dict[str, Any]]:
     return [{"situation": d.situation or "", "emotion_type": d.emotion_type or "", "problem_type": d.problem_type or "",
-             "history": [{"speaker": t.speaker, "text": t.text} for t in d.turns]} for d in dialogues]
+             "history": dialogue_turns(d)} for d in dialogues]
 
 
 def critic_judgements(params: "RunParams", stage: str, dialogues: list["Dialogue"]) -> pd.DataFrame:
     """The stage's critic (LLM modes) on each real conversation's last turns (its window), each
     judgement seeded by its conversation: score, top label and unparsable answers per conversation."""
-    from ..agents import Critic
-
-    critic = Critic.for_stage(params, stage, max_history_turns=critic_window(params, stage))
-    seeds = [stable_seed(params.seed, "critic card", stage, d.id) for d in dialogues]
-    results = critic.judge(_contexts(dialogues), seeds=seeds)
-    labels = [max(r.counts, key=r.counts.get) if math.isfinite(r.score) and any(r.counts.values()) else None
-              for r in results]
-    return pd.DataFrame({"score": [r.score for r in results], "label": labels, "unparsed": [r.unparsed for r in results]})
+    judge = critic.for_stage(params, stage, window=params.critic_settings(stage).window)
+    seeds = [derive_seed(params.seed, "critic card", stage, d.id) for d in dialogues]
+    results = judge.judge(_states(dialogues), seeds=seeds)
+    return pd.DataFrame({"score": [r.score for r in results], "label": [r.top_label for r in results],
+                         "unparsed": [r.unparsed for r in results]})
 
 
 def reward_model_scores(params: "RunParams", dialogues: list["Dialogue"], cache: ScorerCache | None = None) -> list[float]:
@@ -94,7 +93,7 @@ def reward_model_scores(params: "RunParams", dialogues: list["Dialogue"], cache:
     scorer = load_reward_function(params, cache=cache)
     histories, replies, owner = [], [], []
     for k, d in enumerate(dialogues):
-        turns = [{"speaker": t.speaker, "text": t.text} for t in d.turns]
+        turns = dialogue_turns(d)
         last = max((i for i, t in enumerate(turns) if t["speaker"] == SUPPORTER and i > 0), default=None)
         if last is not None:
             histories.append(turns[:last])
@@ -107,10 +106,7 @@ def reward_model_scores(params: "RunParams", dialogues: list["Dialogue"], cache:
 
 def learned_critic_scores(params: "RunParams", dialogues: list["Dialogue"]) -> list[float]:
     """The learned critic's 2·P(helped) − 1 on each whole conversation (its window)."""
-    from .learned_critic import load_learned_critic
-
-    critic = load_learned_critic(params)
-    return critic.score_states([[{"speaker": t.speaker, "text": t.text} for t in d.turns] for d in dialogues]).tolist()
+    return critic.load_learned_critic(params).score_states([dialogue_turns(d) for d in dialogues]).tolist()
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,16 +136,13 @@ def _card(params: "RunParams", judge: str, frame: pd.DataFrame, key: str, answer
 
 
 def _critic_protocol(params: "RunParams", stage: str) -> tuple[str, dict[str, Any], int]:
-    s = params.simulation if stage == "simulation" else params.evaluation
-    role = params.models.critic if stage == "simulation" else params.models.eval_critic
-    window = critic_window(params, stage)
+    s = params.critic_settings(stage)
     name = "critic" if stage == "simulation" else "evaluation critic"
-    answers = s.critic_samples if s.critic_mode == "votes" else 1
-    sampling = (f", {s.critic_samples} votes at T = {s.critic_temperature}" if s.critic_mode == "votes" else "")
-    protocol = {"model": role.name, "backend": role.backend, "mode": s.critic_mode, "window": window,
-                "samples": s.critic_samples if s.critic_mode == "votes" else None,
-                "temperature": s.critic_temperature if s.critic_mode == "votes" else None}
-    return f"{name} ({role.name}, {s.critic_mode}{sampling}, last {window} turns)", protocol, answers
+    votes = s.mode == "votes"
+    sampling = f", {s.samples} votes at T = {s.temperature}" if votes else ""
+    protocol = {"model": s.role.name, "backend": s.role.backend, "mode": s.mode, "window": s.window,
+                "samples": s.samples if votes else None, "temperature": s.temperature if votes else None}
+    return f"{name} ({s.role.name}, {s.mode}{sampling}, last {s.window} turns)", protocol, s.samples if votes else 1
 
 
 def card_settings(params: "RunParams") -> dict[str, Any]:
@@ -161,7 +154,7 @@ def card_settings(params: "RunParams") -> dict[str, Any]:
     learned = runs.read_json(lay.learned_critic_metrics, default=None)
     return runs.json_ready({
         "validation": params.validation.model_dump(), "seed": params.seed,
-        "critic": critic_identity(params, "simulation"), "eval_critic": critic_identity(params, "evaluation"),
+        "critic": critic.identity(params, "simulation"), "eval_critic": critic.identity(params, "evaluation"),
         "reward_model": variant, "model_version": adapter.stat().st_mtime_ns if adapter and adapter.is_file() else None,
         "learned_critic": (learned or {}).get("fingerprint"),
     })
@@ -182,13 +175,11 @@ def _base_frame(sets) -> pd.DataFrame:
 
 
 def _llm_critic_mode(params: "RunParams", stage: str) -> bool:
-    return (params.simulation if stage == "simulation" else params.evaluation).critic_mode in ("votes", "probs")
+    return params.critic_settings(stage).mode in ("votes", "probs")
 
 
 def _compute(params: "RunParams", cache: ScorerCache | None) -> ValidityReport:
     """Score the card's conversations with every judge and make the cards."""
-    from .learned_critic import train_learned_critic
-
     v = params.validation
     sets = outcome_sets(params)
     notes = list(sets.notes)
@@ -214,14 +205,14 @@ def _compute(params: "RunParams", cache: ScorerCache | None) -> ValidityReport:
         else:
             notes.append(f"simulation critic mode {params.simulation.critic_mode!r}: no LLM critic to card"
                          + (" (its card is the learned critic's)" if params.simulation.critic_mode == "learned" else ""))
-    evaluation = {"identity": critic_identity(params, "evaluation"), "card": None}
+    evaluation = {"identity": critic.identity(params, "evaluation"), "card": None}
     if params.evaluation.critic_mode == "learned":
         evaluation["card"] = "learned_critic"
     elif not _llm_critic_mode(params, "evaluation"):
         evaluation["note"] = f"evaluation critic mode {params.evaluation.critic_mode!r} judges rollouts only: no card"
     elif "critic" not in v.judges:
         evaluation["note"] = "the critics are not carded ('critic' is not in validation.judges)"
-    elif critic_identity(params, "evaluation") == critic_identity(params, "simulation") and "critic" in cards:
+    elif critic.identity(params, "evaluation") == critic.identity(params, "simulation") and "critic" in cards:
         evaluation["card"] = "critic"
     else:
         add_critic("eval_critic", "evaluation")
@@ -232,13 +223,11 @@ def _compute(params: "RunParams", cache: ScorerCache | None) -> ValidityReport:
         cards["reward_model"] = _card(params, f"reward model ({params.grpo.reward_model}, final supporter turn)", frame,
                                       "reward_model", None, {"variant": params.grpo.reward_model, "conversations": "all"})
     if "learned_critic" in v.judges or "learned" in modes:
-        try:
-            record = train_learned_critic(params, sets)
-        except OutcomeError as e:
-            notes.append(f"learned critic: {e}")
+        record = runs.read_json(runs.layout(params).learned_critic_metrics, default=None)
+        if not record:
+            notes.append("learned critic: not trained, no card (its training step, "
+                         "rlff_utils.critic.train_learned_critic, comes first in notebook 03)")
             return ValidityReport(cards, frame, _applies(evaluation, cards), notes)
-        if record.get("reused"):
-            notes.append("learned critic: reused (same settings and data)")
         scores = np.full(len(frame), np.nan)
         scores[held] = learned_critic_scores(params, [d for d, h in zip(dialogues, held) if h])
         frame["learned_critic_score"] = scores
@@ -259,7 +248,8 @@ def _applies(evaluation: dict[str, Any], cards: dict[str, ValidityCard]) -> dict
 
 
 def validity_cards(params: "RunParams", force: bool | None = None, cache: ScorerCache | None = None) -> ValidityReport:
-    """Every judge's card (see the module docstring), trained learned critic included; saved as
+    """Every judge's card (see the module docstring), the learned critic's included when it was
+    trained (:func:`rlff_utils.critic.train_learned_critic`, the step before); saved as
     ``validity.{json,csv}`` and reused while :func:`card_settings` are unchanged, unless ``force``
     (default ``reward_model.retrain``). Without the failed conversations (or with no judge) the
     report is empty and says why."""
@@ -274,8 +264,23 @@ def validity_cards(params: "RunParams", force: bool | None = None, cache: Scorer
             report = _compute(params, cache)
         except OutcomeError as e:
             report = ValidityReport({}, pd.DataFrame(columns=BASE_COLUMNS), {}, [f"no card: {e}"])
-        settings = card_settings(params)  # the learned critic may have been trained just now
         report.frame.to_csv(lay.validity_csv, index=False)
         runs.write_json({"settings": settings, "cards": {k: c.as_dict() for k, c in report.cards.items()},
                          "evaluation_critic": report.evaluation_critic, "notes": report.notes}, lay.validity)
         return report
+
+
+def evaluation_card(params: Any) -> dict[str, Any]:
+    """The card of the evaluation's critic, for every SR/AT it decides (its key in the run's
+    ``validity.json`` and the card's headline numbers), or ``{"card": None, "note": why}``."""
+    saved = runs.read_json(runs.layout(params).validity, default=None)
+    if not saved:
+        return {"card": None, "note": "no validity card in this run (notebook 03)"}
+    applies = saved.get("evaluation_critic") or {}
+    if applies.get("identity") != critic.identity(params, "evaluation"):
+        return {"card": None, "note": "the run's cards were computed for another evaluation critic: rerun notebook 03"}
+    key = applies.get("card")
+    card = (saved.get("cards") or {}).get(key) if key else None
+    if not card:
+        return {"card": None, "note": applies.get("note") or "no card for the evaluation critic"}
+    return {"card": key, **{k: card.get(k) for k in SUMMARY_FIELDS}}

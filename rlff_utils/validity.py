@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .stats import finite_mean
+
 MIN_INTENSITY_DROP = 2
 
 
@@ -140,11 +142,6 @@ def spearman_with_ci(x: Sequence[float], y: Sequence[float], samples: int = 1000
     return rho, ci, len(pairs)
 
 
-def _mean(xs: Sequence[float]) -> float:
-    vals = [x for x in xs if x is not None and math.isfinite(x)]
-    return float(np.mean(vals)) if vals else math.nan
-
-
 def validity_card(
     judge: str,
     success_scores: Sequence[float | None],
@@ -177,8 +174,8 @@ def validity_card(
         auc=auc,
         auc_ci95=ci,
         mann_whitney_p=p,
-        mean_score_success=_mean(success_scores),
-        mean_score_failed=_mean(failed_scores),
+        mean_score_success=finite_mean(success_scores),
+        mean_score_failed=finite_mean(failed_scores),
         no_verdict_share=no_verdict / len(all_scores) if all_scores else math.nan,
         unparsed_answer_share=(unparsed_answers / answers) if answers else None,
         top_labels_success=dict(Counter(x for x in (success_labels or []) if x)),
@@ -239,50 +236,6 @@ def card_from_dict(d: dict[str, Any]) -> ValidityCard:
     return ValidityCard(**fields)
 
 
-# --------------------------------------------------------------------------------------------
-# Which card applies to which critic
-# --------------------------------------------------------------------------------------------
-
-
-def critic_window(params: Any, stage: str) -> int:
-    """The turns a stage's critic reads: the simulation's sees ``data.max_history_turns``; the
-    evaluation's whole conversations, never longer than the opening + 2 turns per exchange."""
-    return params.data.max_history_turns if stage == "simulation" else 1 + 2 * params.evaluation.max_turns
-
-
-def critic_identity(params: Any, stage: str) -> dict[str, Any]:
-    """What makes a stage's critic the judge it is (model, mode, sampling, window): two stages
-    with the same identity share one card."""
-    from .runs import EXECUTION_FIELDS, json_ready
-
-    s = params.simulation if stage == "simulation" else params.evaluation
-    if s.critic_mode in ("learned", "rule"):
-        return {"mode": s.critic_mode}
-    role = params.models.critic if stage == "simulation" else params.models.eval_critic
-    out = {"model": {k: v for k, v in role.model_dump().items() if k not in EXECUTION_FIELDS},
-           "mode": s.critic_mode, "window": critic_window(params, stage)}
-    if s.critic_mode == "votes":
-        out |= {"samples": s.critic_samples, "temperature": s.critic_temperature}
-    return json_ready(out)
-
-
+# The fields of a card a run's headline quotes beside the SR/AT it decides.
 SUMMARY_FIELDS = ("judge", "n_success", "n_failed", "auc", "auc_ci95", "mann_whitney_p", "spearman_drop",
                   "unparsed_answer_share", "no_verdict_share", "baseline", "baseline_auc")
-
-
-def evaluation_card(params: Any) -> dict[str, Any]:
-    """The card of the evaluation's critic, for every SR/AT it decides (its key in the run's
-    ``validity.json`` and the card's headline numbers), or ``{"card": None, "note": why}``."""
-    from .runs import layout, read_json
-
-    saved = read_json(layout(params).validity, default=None)
-    if not saved:
-        return {"card": None, "note": "no validity card in this run (notebook 03)"}
-    applies = saved.get("evaluation_critic") or {}
-    if applies.get("identity") != critic_identity(params, "evaluation"):
-        return {"card": None, "note": "the run's cards were computed for another evaluation critic: rerun notebook 03"}
-    key = applies.get("card")
-    card = (saved.get("cards") or {}).get(key) if key else None
-    if not card:
-        return {"card": None, "note": applies.get("note") or "no card for the evaluation critic"}
-    return {"card": key, **{k: card.get(k) for k in SUMMARY_FIELDS}}

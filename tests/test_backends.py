@@ -203,7 +203,6 @@ def test_trim_at_stop():
 
 
 def test_vllm_missing_is_a_clear_error():
-    pytest.importorskip  # noqa: B018 - documentation: this test is about the machine without vllm
     try:
         import vllm  # noqa: F401
     except ImportError:
@@ -511,7 +510,7 @@ def test_clear_backends_drops_engines(tiny):
 def test_paper_files_reach_their_simulator_endpoint(endpoint, monkeypatch, paper):
     """`${SIM_BASE_URL:-...}` in the real paper files is expanded at load: the simulator and the
     critic built from them talk to the server it names (here a loopback one)."""
-    from rlff_utils.agents import Critic
+    from rlff_utils.critic import LLMCritic
     from rlff_utils.params import load_params
 
     url, state = endpoint
@@ -521,7 +520,7 @@ def test_paper_files_reach_their_simulator_endpoint(endpoint, monkeypatch, paper
     assert p.models.user_sim.base_url == p.models.critic.base_url == url
     out = get_backend(p.models.user_sim).generate([_user("hello")], n=1)
     assert out == [["re:hello#0"]]
-    critic = Critic(get_backend(p.models.critic), "probs", threshold=0.5)
+    critic = LLMCritic(get_backend(p.models.critic), "probs", threshold=0.5)
     [verdict] = critic.judge([{"history": [{"speaker": "seeker", "text": "better now", "strategy": None}]}])
     assert verdict.score > 0  # "better" was the most likely label the endpoint reported
     assert state["requests"] == 2 and all(b["model"] == "Qwen/Qwen2.5-72B-Instruct" for b in state["bodies"])

@@ -10,15 +10,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_chat_session_builds_history(ci_params, tiny_model_path):
+    """The reply comes from the policy's prompt as training and evaluation build it (role prompt with
+    the situation, the dialogue so far, the seeker last), its reasoning is kept from the history."""
+    from rlff_utils.agents import policy_messages
     from rlff_utils.chat import ChatSession
 
     s = ChatSession(ci_params, adapter=None, style="reasoning", situation="lost my job")
+    real_visible, real_raw = s.reply("I lost my job today.")  # the real tiny policy answers
+    assert real_visible == (real_raw.rsplit("</think>", 1)[-1].strip() or real_raw.strip())
+    s.reset()
+
+    sent = []
+
+    class Recording:  # the loaded backend, with its prompts and a scripted answer on record
+        def generate(self, conversations, **kw):
+            sent.append(conversations[0])
+            return [[f"<think>plan {len(sent)}</think> Answer {len(sent)}."]]
+
+    s.backend = Recording()
     visible, raw = s.reply("I lost my job today.")
-    assert isinstance(visible, str) and visible
-    assert [t["speaker"] for t in s.history] == ["seeker", "supporter"]
-    assert "</think>" not in s.history[-1]["text"]
+    assert (visible, raw) == ("Answer 1.", "<think>plan 1</think> Answer 1.")
+    context = {"situation": "lost my job", "emotion_type": "", "problem_type": "",
+               "history": [{"speaker": "seeker", "text": "I lost my job today.", "strategy": None}]}
+    assert sent[0] == policy_messages(context, "reasoning", max_history_turns=ci_params.data.max_history_turns)
+    assert "lost my job" in sent[0][0]["content"] and "<think>" in sent[0][0]["content"]
+    assert [t["speaker"] for t in s.history] == ["seeker", "supporter"] and s.history[1]["text"] == "Answer 1."
     s.reply("What should I do?")
-    assert len(s.history) == 4
+    assert [m["content"] for m in sent[1][1:]] == ["I lost my job today.", "Answer 1.", "What should I do?"]
+    assert len(s.history) == 4 and "plan 1" not in str(sent[1])  # the reasoning never goes back in
     s.reset()
     assert s.history == []
 

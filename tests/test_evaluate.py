@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rlff_utils import conversation_metrics as cm
 from rlff_utils import evaluate as ev
 from rlff_utils import runs
-from rlff_utils.agents import CRITERIA
+from rlff_utils.agents import CRITERIA, JUDGE_CRITERIA
 from rlff_utils.stats import bootstrap_ci
 
 
@@ -25,7 +26,7 @@ RECORDS = [rec("a", True, 2), rec("b", True, 4), rec("c", False, 8, "anger"), re
 
 
 def test_sr_at_and_sr_at_k_known_values():
-    m = ev.metrics(RECORDS, cap=8, samples=200)
+    m = cm.metrics(RECORDS, cap=8, samples=200)
     assert m["SR"] == 0.75
     assert m["AT"] == (2 + 4 + 8 + 1) / 4
     assert m["SR_at_k"][:5] == [0.25, 0.5, 0.5, 0.75, 0.75] and m["SR_at_k"][-1] == 0.75
@@ -34,7 +35,7 @@ def test_sr_at_and_sr_at_k_known_values():
 
 def test_failures_count_as_the_cap():
     # a failure that stopped at turn 3 (e.g. a crash of the simulator) still costs the full cap
-    assert ev.average_turns(ev.outcomes([rec("x", False, 3)]), cap=8) == 8
+    assert cm.average_turns(cm.outcomes([rec("x", False, 3)]), cap=8) == 8
 
 
 def test_bootstrap_interval_contains_the_point_estimate():
@@ -44,7 +45,7 @@ def test_bootstrap_interval_contains_the_point_estimate():
     assert bootstrap_ci(values, samples=500, seed=1) == (lo, hi)
     assert bootstrap_ci([1, 1, 1], samples=100) == (1.0, 1.0)
     assert all(math.isnan(x) for x in bootstrap_ci([]))
-    assert ev.metrics(RECORDS, cap=8, samples=500, seed=1)["SR_ci95"] == bootstrap_ci(
+    assert cm.metrics(RECORDS, cap=8, samples=500, seed=1)["SR_ci95"] == bootstrap_ci(
         [1, 1, 0, 1], samples=500, seed=1)
 
 
@@ -162,12 +163,12 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
     assert len(pair) == 1 + max(r["turns_used"] for r in records)
     m = json.loads(lay.system_metrics("rlff-esc").read_text())
     assert m["adapter"].endswith("adapter") and m["system"]["name"] == "rlff-esc"
-    assert m["SR"] == ev.success_rate(ev.outcomes(records)) and len(m["SR_at_k"]) == cap
+    assert m["SR"] == cm.success_rate(cm.outcomes(records)) and len(m["SR_at_k"]) == cap
     record = runs.read_record(ci_params.run_dir, runs.EVALUATION)
     assert record["complete"] and record["settings"]["evaluation"]["max_turns"] == cap
     # the critic's validity card goes beside every SR/AT (none here: notebook 03 did not run)
     assert m["critic_card"] == record["critic_card"] == {"card": None, "note": "no validity card in this run (notebook 03)"}
-    assert lay.prompts(runs.EVALUATION).is_file() and not (lay.stage(runs.EVALUATION) / "protocol_card.json").exists()
+    assert json.loads(lay.prompts(runs.EVALUATION).read_text())["judge_criteria"] == JUDGE_CRITERIA
     # a rerun resumes: nothing new is generated, the numbers are identical
     transcripts = lay.transcripts("rlff-esc").read_bytes()
     again = ev.run_evaluation(ci_params)
@@ -207,12 +208,12 @@ def test_paired_difference_keeps_cases_together():
 
     ours = [rec(f"c{i}", i % 2 == 0, 1) for i in range(20)]            # 10 of 20 succeed
     theirs = [rec(f"c{i}", i % 4 == 0, 1) for i in range(20)] + [rec("only-theirs", True, 1)]
-    d = ev.paired_difference(ours, theirs, cap=3, samples=500)
+    d = cm.paired_difference(ours, theirs, cap=3, samples=500)
     assert d["cases"] == 20 and d["SR_diff"] == pytest.approx(0.5 - 0.25)
     lo, hi = d["SR_diff_ci95"]
     assert lo <= 0.25 <= hi and lo > 0  # the 5 extra wins are never offset by a loss
     assert d["AT_diff"] < 0  # successes end at turn 1, failures count the cap
-    same = ev.paired_difference(ours, ours, cap=3, samples=200)
+    same = cm.paired_difference(ours, ours, cap=3, samples=200)
     assert same["SR_diff"] == 0 and same["SR_diff_ci95"] == (0.0, 0.0)
 
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from rlff_utils import grpo, runs
+from rlff_utils import grpo, rewards, runs
 from rlff_utils.params import ParamsError, load_params
 
 
@@ -39,8 +39,8 @@ CASES = {
 def test_format_reward_cases(name):
     text, expected = CASES[name]
     conversational = [[{"role": "assistant", "content": text}]]
-    assert grpo.format_reward(conversational) == [expected]
-    assert grpo.format_reward([text]) == [expected]  # plain-text completions too
+    assert rewards.format_reward(conversational) == [expected]
+    assert rewards.format_reward([text]) == [expected]  # plain-text completions too
 
 
 def test_trl_think_format_reward_is_looser_which_is_why_we_use_our_own():
@@ -49,7 +49,7 @@ def test_trl_think_format_reward_is_looser_which_is_why_we_use_our_own():
     as_msgs = lambda t: [[{"content": t}]]  # noqa: E731
     assert think_format_reward(as_msgs(CASES["empty reply"][0])) == [1.0]
     assert think_format_reward(as_msgs(CASES["stray second closing tag"][0])) == [1.0]
-    assert grpo.format_reward(as_msgs(CASES["empty reply"][0])) == [0.0]
+    assert rewards.format_reward(as_msgs(CASES["empty reply"][0])) == [0.0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from rlff_utils import pipeline, runs
@@ -96,12 +98,22 @@ def test_all_notebooks_run_on_ci_params(ci_params, tmp_path):
     run = root / "ci"
     assert [p.name for p in executed] == [f"{s.name}.ipynb" for s in pipeline.discover_stages(ROOT / "notebooks")]
     assert len(executed) == 6 and all(p.with_suffix(".html").exists() for p in executed)
-    assert (run / "simulation" / "trajectories.jsonl").exists()
-    assert (run / "reward_model" / "comparison.csv").exists()
-    assert (run / "policy" / "adapter" / "adapter_config.json").exists()
+    lay = runs.RunLayout(run)
+    rows = [json.loads(line) for line in lay.reward_dataset.read_text().splitlines() if line.strip()]
+    assert rows and all(math.isfinite(r["r_fut"]) and r["label"] in (0, 1) for r in rows)  # every judged candidate
+    for variant in ci_params.reward_model.variants:
+        m = json.loads(lay.rm_metrics(variant).read_text())
+        assert m["variant"] == variant and m["n_test"] > 0, variant
+    assert (lay.adapter / "adapter_config.json").exists()
+    curves = pd.read_csv(lay.grpo_curves)
+    assert list(curves["step"]) == list(range(1, ci_params.grpo.config.max_steps + 1))
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["evaluation"]) == {"vanilla", "chain-of-strategy", "base-reasoning", "rlff-esc"}
-    assert all(v["cases"] == ci_params.evaluation.num_cases for v in summary["evaluation"].values())
+    cap = ci_params.evaluation.max_turns
+    for system, v in summary["evaluation"].items():
+        assert v["cases"] == ci_params.evaluation.num_cases, system
+        (sr_lo, sr_hi), (at_lo, at_hi) = v["SR_ci95"], v["AT_ci95"]
+        assert 0 <= sr_lo <= v["SR"] <= sr_hi <= 1 and 1 <= at_lo <= v["AT"] <= at_hi <= cap, (system, v)
     assert (run / "report" / "main_results.md").read_text().count("| ci ") == 4
     _check_report(run)
 

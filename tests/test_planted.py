@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlff_utils.planted import acknowledges_feelings, gives_advice, rule_label
+from rlff_utils.critic.rule import acknowledges_feelings, gives_advice, rule_label
 
 
 @pytest.mark.parametrize("reply, acknowledges", [
@@ -38,9 +38,9 @@ def test_advice_needs_no_question():
 
 
 def test_rule_critic_judges_the_rollout_only():
-    from rlff_utils.agents import Critic
+    from rlff_utils.critic import RuleCritic
 
-    critic = Critic(None, "rule", threshold=0.5)
+    critic = RuleCritic(threshold=0.5)
     history = [{"speaker": "seeker", "text": "I lost my job."},
                {"speaker": "supporter", "text": "How do you feel about it?"},  # real history: not judged
                {"speaker": "seeker", "text": "Bad."}]
@@ -59,8 +59,7 @@ def test_rule_reward_is_the_oracle_arm_and_only_for_planted_runs(tmp_path):
 
     from rlff_utils import grpo
     from rlff_utils.params import ParamsError, load_params
-    from rlff_utils.planted import RuleReward
-    from rlff_utils.reward.scorer import load_reward_function
+    from rlff_utils.rewards import RuleReward, load_reward_function
 
     ci = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
     p = load_params(ci, {"output_root": str(tmp_path), "purpose": "planted", "grpo.reward_model": "rule"})

@@ -17,12 +17,12 @@ import random
 
 import pytest
 
-from rlff_utils import runs
-from rlff_utils.agents import Critic
+from rlff_utils import rewards, runs
+from rlff_utils.critic import RuleCritic
 from rlff_utils.backends import get_backend
 from rlff_utils.params import load_params
-from rlff_utils.planted import acknowledges_feelings
-from rlff_utils.reward import scorer, train
+from rlff_utils.critic.rule import acknowledges_feelings
+from rlff_utils.reward import train
 from rlff_utils.reward.target import reward_frame
 from rlff_utils.rollout import Trajectory, backend_seeker, backend_supporter, run_rollouts
 from rlff_utils.validity import auc_with_ci
@@ -62,7 +62,7 @@ def planted_run(tmp_path_factory, data_dir):
     tiny = get_backend(p.models.system, seed=0)
     records = []
     run_rollouts(trajs, lambda ts, seeds: [firsts[t.key] for t in ts], backend_supporter(tiny, "vanilla", 4),
-                 backend_seeker(tiny, 4), Critic(None, "rule", threshold=0.5), seed=0,
+                 backend_seeker(tiny, 4), RuleCritic(threshold=0.5), seed=0,
                  on_finished=lambda done: records.extend(t.record() for t in done))
     return p, reward_frame(records, p.simulation)
 
@@ -101,7 +101,7 @@ def _signal_problems(p, frame, sabotage: str | None = None) -> list[str]:
     if not auc >= 0.8:
         problems.append(f"reward model: held-out AUC against the planted rule {auc:.2f} < 0.8")
     # 3. the reward function GRPO calls scores the completion
-    fn = scorer.load_reward_function(p, "classification")
+    fn = rewards.load_reward_function(p, "classification")
     if sabotage == "reward":
         real = fn.__call__
         fn = lambda prompts, completions, **kw: real(prompts, [[{"role": "assistant", "content": "Okay."}]] * len(completions), **kw)  # noqa: E731

@@ -16,7 +16,8 @@ import pytest
 
 from rlff_utils import plots, runs
 from rlff_utils.params import ParamsError, load_params
-from rlff_utils.reward import inputs, metrics, scorer, train, validation, variants
+from rlff_utils import rewards, validation
+from rlff_utils.reward import inputs, metrics, scorer, train, variants
 from rlff_utils.reward.backbone import load_backbone, load_rm_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +216,7 @@ def test_reward_function_batches_ignores_reasoning_and_matches_the_model(trained
     from peft import PeftModel
 
     params, report = trained
-    f = scorer.load_reward_function(params)  # ci params: grpo.reward_model = classification
+    f = rewards.load_reward_function(params)  # ci params: grpo.reward_model = classification
     assert f.__name__ == "future_reward"
     history = synthetic_frame(n_dialogues=1)["history"][0]
     replies = [f"Okay. {GOOD}", f"Okay. {BAD}", "Let us talk.", f"That sounds painful. {GOOD}"]
@@ -245,11 +246,11 @@ def test_reward_function_for_regression_ranking_and_random(trained):
     replies = [f"Okay. {GOOD}", f"Okay. {BAD}"]
     prompts = [[{"role": "system", "content": "be kind"}, {"role": "user", "content": history[0]["text"]}]] * 2
     for variant in ("regression", "ranking"):
-        scores = scorer.load_reward_function(params, variant)(prompts=prompts, completions=replies, history=[history] * 2)
+        scores = rewards.load_reward_function(params, variant)(prompts=prompts, completions=replies, history=[history] * 2)
         assert all(math.isfinite(s) for s in scores) and scores[0] > scores[1], variant
     # without the history column, conversational prompts still give a score
-    assert len(scorer.load_reward_function(params, "ranking")(prompts=prompts, completions=replies)) == 2
-    rand = scorer.load_reward_function(params, "random")
+    assert len(rewards.load_reward_function(params, "ranking")(prompts=prompts, completions=replies)) == 2
+    rand = rewards.load_reward_function(params, "random")
     scores = rand(prompts=prompts, completions=replies, history=[history] * 2)
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert not (variants.variant_dir(params, "random") / "adapter").exists()
@@ -261,14 +262,14 @@ def test_untrained_variant_and_skipped_ranking_fail_clearly(tmp_path, tiny_model
     params = _params(tmp_path, **{"reward_model.variants": ["ranking"]})
     _upstream_done(params)
     with pytest.raises(FileNotFoundError, match="run notebook 03"):
-        scorer.load_reward_function(params, "ranking")
+        rewards.load_reward_function(params, "ranking")
     tied = synthetic_frame(n_dialogues=6).assign(r_fut=0.5)
     with pytest.warns(UserWarning, match="no ranking pairs"):
         report = train.train_reward_models(params, frame=tied)
     row = report.comparison.set_index("variant").loc["ranking"]
     assert row["status"] == "skipped" and "no ranking pairs" in row["notes"]
     with pytest.raises(FileNotFoundError, match="no ranking pairs"):
-        scorer.load_reward_function(params, "ranking")
+        rewards.load_reward_function(params, "ranking")
 
 
 def test_figures(trained, tmp_path):
@@ -419,7 +420,7 @@ def test_stage_refuses_stale_results_and_reuses_them_across_execution_changes(tr
     with pytest.raises(runs.StaleStageError, match=r"reward_model\.learning_rate: 0\.003 -> 0\.001"):
         train.train_reward_models(changed, frame=synthetic_frame())
     with pytest.raises(runs.StaleStageError, match="learning_rate"):
-        scorer.load_reward_function(changed, "classification")
+        rewards.load_reward_function(changed, "classification")
     with pytest.raises(runs.StaleStageError):
         validation.validity_cards(changed)
 
@@ -444,7 +445,7 @@ def test_scorer_cache_reuses_a_model_until_its_adapter_changes(trained):
     cache = scorer.ScorerCache()
     first = cache.get(params, "classification")
     assert cache.get(params, "classification") is first and len(cache) == 1
-    f = scorer.load_reward_function(params, "classification", cache=cache)
+    f = rewards.load_reward_function(params, "classification", cache=cache)
     assert f.scorer is first
     config = runs.layout(params).rm_adapter("classification") / "adapter_config.json"
     stat = config.stat()
@@ -454,16 +455,18 @@ def test_scorer_cache_reuses_a_model_until_its_adapter_changes(trained):
     assert len(cache) == 0
 
 
-def test_grpo_imports_only_the_scorer():
+def test_grpo_loads_no_other_stage():
+    """GRPO (every rank under accelerate) reads its reward through rlff_utils.rewards; importing it
+    starts no other stage's module."""
     import subprocess
     import sys
 
-    code = ("import sys, rlff_utils.grpo as g, rlff_utils.reward.scorer; "
-            "print(sorted(m for m in sys.modules if m.startswith('rlff_utils.reward')))")
+    code = ("import sys, rlff_utils.grpo as g; "
+            "print(sorted(m for m in sys.modules if m.startswith('rlff_utils')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     loaded = eval(out)
-    assert "rlff_utils.reward.scorer" in loaded
-    assert not {"rlff_utils.reward.train", "rlff_utils.reward.validation", "rlff_utils.reward.metrics"} & set(loaded)
+    assert {"rlff_utils.reward.scorer", "rlff_utils.rewards"} <= set(loaded)
+    assert not {"rlff_utils.validation", "rlff_utils.simulate", "rlff_utils.evaluate", "rlff_utils.data"} & set(loaded)
 
 
 # ---- the trainer block ------------------------------------------------------------------------
@@ -555,7 +558,7 @@ def test_mean_pooled_variant_trains_saves_and_scores_with_its_pooling(tmp_path, 
 
     history = synthetic_frame(n_dialogues=1)["history"][0]
     reply = f"Okay. {GOOD}"
-    got = scorer.load_reward_function(params, "classification")(completions=[reply], history=[history])[0]
+    got = rewards.load_reward_function(params, "classification")(completions=[reply], history=[history])[0]
     tok = load_rm_tokenizer("tiny-random-smollm2")
     enc = tok(inputs.format_input(history, reply, inputs.history_turns(params)), return_tensors="pt")
     with torch.no_grad():

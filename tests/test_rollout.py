@@ -8,9 +8,10 @@ import math
 
 import pytest
 
-from rlff_utils.agents import Critic
+from rlff_utils.critic import LLMCritic
 from rlff_utils.backends import BackendStats
 from rlff_utils.rollout import (
+    SIM_KEY,
     RoutedStore,
     Trajectory,
     TrajectoryStore,
@@ -18,13 +19,13 @@ from rlff_utils.rollout import (
     backend_seeker,
     backend_supporter,
     candidate_sampler,
-    derive_seed,
     format_transcript,
     rollout_to_store,
     routed_supporter,
     run_rollouts,
 )
-from rlff_utils.simulate import SIM_KEY, simulation_trajectories
+from rlff_utils.sampling import derive_seed
+from rlff_utils.simulate import simulation_trajectories
 
 # ---- storage ------------------------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ def test_lockstep_rollouts_goal_max_turns_and_visible_replies_only():
     critic_backend = Scripted(
         lambda c, i: "solved" if "GOAL" in c[-1]["content"] else ("better" if i % 2 else "same")
     )
-    critic = Critic(critic_backend, "votes", samples=4, threshold=0.5)
+    critic = LLMCritic(critic_backend, "votes", samples=4, threshold=0.5)
     trajs = simulation_trajectories(CONTEXTS, num_candidates=2, max_turns=3)
     finished_batches = []
     run_rollouts(trajs, candidate_sampler(policy, "reasoning", 8), backend_supporter(system, "vanilla", 8),
@@ -146,7 +147,7 @@ def test_critic_window_keeps_the_rollout_and_the_end_of_the_context():
     same = Scripted(lambda c, i: "ok")
     trajs = simulation_trajectories(CONTEXTS[:1], num_candidates=1, max_turns=2)
     run_rollouts(trajs, backend_supporter(same, "vanilla", 8), backend_supporter(same, "vanilla", 8),
-                 backend_seeker(same, 8), Critic(critic_backend, "votes", samples=1), critic_context_turns=1)
+                 backend_seeker(same, 8), LLMCritic(critic_backend, "votes", samples=1), critic_context_turns=1)
     last = critic_backend.calls[-1]["convs"][0][-1]["content"]
     assert "I feel bad (0)" in last and "hello" not in last  # context: its last turn only
     assert last.count("Supporter: ok") == 2 and last.count("Seeker: ok") == 2  # the whole rollout
@@ -156,7 +157,7 @@ def test_critic_window_keeps_the_rollout_and_the_end_of_the_context():
 
 
 def test_unparsable_critic_gives_no_score_and_no_success():
-    critic = Critic(Scripted(lambda c, i: "no idea"), "votes", samples=3)
+    critic = LLMCritic(Scripted(lambda c, i: "no idea"), "votes", samples=3)
     trajs = simulation_trajectories(CONTEXTS[:1], num_candidates=1, max_turns=2)
     same = Scripted(lambda c, i: "ok")
     run_rollouts(trajs, backend_supporter(same, "vanilla", 8), backend_supporter(same, "vanilla", 8),
@@ -170,7 +171,7 @@ def test_evaluation_shape_policy_writes_every_turn():
     """Evaluation: one opening seeker turn, the policy supporter on every turn."""
     policy = Scripted(lambda c, i: f"[Question] policy turn {sum(m['role'] == 'assistant' for m in c) + 1}")
     user = Scripted(lambda c, i: "tell me more")
-    critic = Critic(Scripted(lambda c, i: "x", probs=lambda c: {"solved": 1.0} if "turn 2" in c[-1]["content"]
+    critic = LLMCritic(Scripted(lambda c, i: "x", probs=lambda c: {"solved": 1.0} if "turn 2" in c[-1]["content"]
                              else {"same": 1.0}), "probs")
     case = {"case_id": "ppdpp-test-0001", "emotion_type": "fear", "problem_type": "school", "situation": "exams"}
     trajs = [Trajectory(meta=dict(case), history=[{"speaker": "seeker", "text": "exams"}], max_turns=4,
@@ -191,7 +192,7 @@ def test_systems_share_lockstep_batches_but_keep_their_own_policy_and_file(tmp_p
     all, each system's policy sees only its own conversations, each system writes its own file."""
     policies = {name: Scripted(lambda c, i, name=name: f"reply from {name}") for name in ("a", "b")}
     user = Scripted(lambda c, i: "ok")
-    critic = Critic(Scripted(lambda c, i: "x", probs=lambda c: {"same": 1.0}), "probs")
+    critic = LLMCritic(Scripted(lambda c, i: "x", probs=lambda c: {"same": 1.0}), "probs")
     trajs = [Trajectory(meta={"case_id": f"c{i}", "system": name}, history=[{"speaker": "seeker", "text": "hi"}],
                         max_turns=2, key=(name, f"c{i}")) for name in ("a", "b") for i in range(2)]
     supporter = routed_supporter({k: backend_supporter(p, "vanilla", 8) for k, p in policies.items()}, "system")
@@ -214,7 +215,7 @@ def _seeded_agents():
     policy = Scripted(lambda c, i, s: f"candidate s{s} i{i}", seeded=True)
     system = Scripted(lambda c, i, s: f"system s{s}", seeded=True)
     user = Scripted(lambda c, i, s: f"seeker s{s}", seeded=True)
-    critic = Critic(Scripted(lambda c, i: "same"), "votes", samples=2)
+    critic = LLMCritic(Scripted(lambda c, i: "same"), "votes", samples=2)
     return policy, system, user, critic
 
 
@@ -275,7 +276,7 @@ def _store_run(tmp_path, kill_at_call=None, batch_size=4):
         last = conv[-1]["content"].rsplit("Seeker: seeker s", 1)[1]
         return {"solved": 1.0} if int(last.split()[0]) % 3 == 0 else {"same": 1.0}
 
-    critic = Critic(Scripted(lambda c, i: "x", probs=probs), "probs")
+    critic = LLMCritic(Scripted(lambda c, i: "x", probs=probs), "probs")
     store = TrajectoryStore(tmp_path / "t.jsonl", SIM_KEY)
     trajs = simulation_trajectories(CONTEXTS, num_candidates=2, max_turns=3)
     rollout_to_store(trajs, store, batch_size, candidate_sampler(policy, "vanilla", 8),

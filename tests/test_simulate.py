@@ -16,8 +16,10 @@ import pytest
 from rlff_utils import runs
 from rlff_utils.params import SimulationParams
 from rlff_utils.reward.target import future_reward, load_reward_dataset, reward_frame
-from rlff_utils.rollout import TrajectoryStore
-from rlff_utils.simulate import SIM_KEY, load_trajectories, run_simulation, success_by_turn
+from rlff_utils.agents import PROMPTS
+from rlff_utils.critic import CRITIC_LABELS
+from rlff_utils.rollout import SIM_KEY, TrajectoryStore, load_trajectories
+from rlff_utils.simulate import run_simulation, success_by_turn
 
 # ---- the reward ----------------------------------------------------------------------------------
 
@@ -105,7 +107,8 @@ def test_run_simulation_writes_everything_and_resumes(prepared):
     assert {r["label"] for r in rows} == {0, 1}  # median threshold: both classes
     for path in (lay.prompts(runs.SIMULATION), lay.simulation_summary, lay.reward_dataset, lay.reward_dataset_meta):
         assert path.is_file()
-    assert not (lay.stage(runs.SIMULATION) / "protocol_card.json").exists()
+    prompts = json.loads(lay.prompts(runs.SIMULATION).read_text())
+    assert prompts["critic_labels"] == CRITIC_LABELS and prompts["templates"] == PROMPTS  # what the agents were told
     assert not lay.rollout_state(runs.SIMULATION).exists() and not lay.lock(runs.SIMULATION).exists()
     record = runs.read_record(prepared.run_dir, runs.SIMULATION)
     assert record["complete"] and record["settings"]["simulation"]["num_candidates"] == sim.num_candidates

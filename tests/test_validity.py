@@ -15,7 +15,8 @@ from rlff_utils import runs
 from rlff_utils.dialogues import Dialogue, Turn
 from rlff_utils.outcomes import FAILED, HELPED, NOT_HELPED, SUCCESS, OutcomeSets, labelled_states, outcome_sets
 from rlff_utils.params import load_params
-from rlff_utils.validity import auc_with_ci, card_from_dict, cards_frame, evaluation_card, spearman_with_ci, validity_card
+from rlff_utils.validation import evaluation_card
+from rlff_utils.validity import auc_with_ci, card_from_dict, cards_frame, spearman_with_ci, validity_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,8 +157,8 @@ def _one_torch_thread():
 
 def test_learned_critic_learns_trains_once_and_judges_as_a_critic(tmp_path, data_dir, tiny_model_path,
                                                                    _one_torch_thread):
-    from rlff_utils.agents import Critic
-    from rlff_utils.reward.learned_critic import load_learned_critic, train_learned_critic
+    from rlff_utils import critic
+    from rlff_utils.critic import load_learned_critic, train_learned_critic
 
     params = _ci_params(tmp_path, **{"evaluation.critic_mode": "learned", "validation.learned_critic.epochs": 4,
                                      "validation.learned_critic.learning_rate": 3e-3,
@@ -176,9 +177,9 @@ def test_learned_critic_learns_trains_once_and_judges_as_a_critic(tmp_path, data
     mtime = lay.learned_critic_metrics.stat().st_mtime_ns
     assert train_learned_critic(params, sets)["reused"] and lay.learned_critic_metrics.stat().st_mtime_ns == mtime
 
-    critic = Critic.for_stage(params, "evaluation")  # evaluation.critic_mode: learned
+    judge = critic.for_stage(params, "evaluation")  # evaluation.critic_mode: learned
     contexts = [{"history": [t.model_dump() for t in d.turns]} for d in helped[:6] + failed[:6]]
-    results = critic.judge(contexts)
+    results = judge.judge(contexts)
     scores = np.array([r.score for r in results])
     assert np.all((scores >= -1) & (scores <= 1)) and all(r.unparsed == 0 for r in results)
     auc, _, _ = auc_with_ci(scores[:6], scores[6:], samples=20)
@@ -192,7 +193,7 @@ def test_learned_critic_learns_trains_once_and_judges_as_a_critic(tmp_path, data
 
 def test_no_failed_conversation_left_to_train_on_is_a_clear_error(tmp_path, data_dir):
     from rlff_utils.outcomes import OutcomeError
-    from rlff_utils.reward.learned_critic import train_learned_critic
+    from rlff_utils.critic import train_learned_critic
 
     params = _ci_params(tmp_path, **{"validation.failed_conversations": None})
     sets = outcome_sets(params, [_dialogue(i, True) for i in range(20)], [_dialogue(i, False) for i in range(5)], set())
@@ -206,12 +207,16 @@ def test_no_failed_conversation_left_to_train_on_is_a_clear_error(tmp_path, data
 def test_cards_of_every_judge_on_real_conversations(tmp_path, data_dir, tiny_model_path, _one_torch_thread):
     """The tiny model's critic (probs), the evaluation critic (another window: its own card), the
     untrained reward model and the learned critic on 6 + 6 real conversations."""
-    from rlff_utils import plots
+    from rlff_utils import plots, validation
+    from rlff_utils.critic import train_learned_critic
     from rlff_utils.data import prepare_data
-    from rlff_utils.reward import validation
 
     params = _ci_params(tmp_path)
     prepare_data(params)
+    untrained = validation.validity_cards(params)  # the cards never train the learned critic
+    assert "learned_critic" not in untrained.cards and any("not trained" in n for n in untrained.notes)
+    assert not runs.layout(params).learned_critic_metrics.exists()
+    train_learned_critic(params)  # notebook 03's step before the cards
     report = validation.validity_cards(params)
     assert set(report.cards) == {"critic", "eval_critic", "reward_model", "learned_critic"}, report.notes
     for key, card in report.cards.items():

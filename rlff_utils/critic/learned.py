@@ -13,8 +13,10 @@ the card's held-out conversations never seen.
 Its score keeps PPDPP's meaning: ``2·P(helped) − 1`` in [−1, 1] (−1: surely not helped, 1: surely
 helped), so ``score > success_threshold`` is success as for the LLM critic (0.5 ⇔ P(helped) > 0.75).
 
-It is trained once per run into ``reward_model/learned_critic/`` (notebook 03, or notebook 02 first
-when the simulation's critic is the learned one), checkpointed every epoch, and reused while its
+Training is a step of its own (:func:`train_learned_critic`), which notebook 03 calls, and notebook
+02 first when the simulation's critic is the learned one; building a critic only loads it
+(:func:`load_learned_critic`, an error naming that step when it was never trained). It is trained
+once per run into ``reward_model/learned_critic/``, checkpointed every epoch, and reused while its
 fingerprint (every setting it depends on, and the conversations it trains on) is unchanged.
 """
 
@@ -29,9 +31,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .. import runs
-from ..agents import transcript
-from .backbone import load_backbone, load_rm_tokenizer, precision
-from .scorer import RewardScorer
+from ..outcomes import OutcomeError, label_balance, labelled_states, outcome_sets
+from ..reward.backbone import load_backbone, load_rm_tokenizer, precision
+from ..reward.inputs import tokenize_labelled
+from ..reward.scorer import RewardScorer
+from ..reward.train import fit_head
+from ..text import last_turns, transcript
+from .labels import CriticResult, learned_result
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..outcomes import OutcomeSets
@@ -44,8 +50,7 @@ KNOBS = ("epochs", "learning_rate", "batch_size", "max_length", "lora_r", "lora_
 
 def critic_input(history: Sequence[dict[str, Any]], window: int | None) -> str:
     """What the learned critic reads: the last ``window`` turns as a transcript."""
-    turns = list(history)[-window:] if window else list(history)
-    return f"Conversation:\n{transcript(turns)}"
+    return f"Conversation:\n{transcript(last_turns(history, window))}"
 
 
 def knobs(params: "RunParams") -> "RewardModelParams":
@@ -68,6 +73,12 @@ def critic_settings(params: "RunParams") -> dict[str, Any]:
     })
 
 
+def learned_critic_wanted(params: "RunParams") -> bool:
+    """Whether the run uses a learned critic: a stage's critic is learned, or it has a card."""
+    return ("learned" in (params.simulation.critic_mode, params.evaluation.critic_mode)
+            or "learned_critic" in params.validation.judges)
+
+
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -75,9 +86,6 @@ def critic_settings(params: "RunParams") -> dict[str, Any]:
 
 def _datasets(params: "RunParams", sets: "OutcomeSets", tok):
     import datasets
-
-    from ..outcomes import labelled_states
-    from .inputs import tokenize_labelled
 
     lc, window, max_length = params.validation.learned_critic, params.data.max_history_turns, knobs(params).max_length
     high, low = (lc.feedback_high, lc.feedback_low) if lc.feedback_prefixes else (None, None)
@@ -91,8 +99,6 @@ def _datasets(params: "RunParams", sets: "OutcomeSets", tok):
 
 
 def _check(sets: "OutcomeSets") -> None:
-    from ..outcomes import OutcomeError
-
     labels = {y for _, y in sets.train}
     if labels != {0, 1}:
         missing = "not-helped (failed)" if 0 not in labels else "helped (successful)"
@@ -105,9 +111,6 @@ def train_learned_critic(params: "RunParams", sets: "OutcomeSets | None" = None,
     """Train the run's learned critic (or reuse it: same fingerprint, unless ``force``); returns
     its record (``learned_critic/metrics.json``). Holds the reward-model stage's writer lock; an
     interrupted training resumes from its last epoch checkpoint."""
-    from ..outcomes import label_balance, outcome_sets
-    from .train import fit_head
-
     lay = runs.layout(params)
     with runs.stage_lock(lay.stage(runs.REWARD_MODEL)):
         sets = sets or outcome_sets(params)
@@ -150,36 +153,49 @@ def train_learned_critic(params: "RunParams", sets: "OutcomeSets | None" = None,
 
 class LearnedCritic:
     """A trained learned critic: ``score_states(histories)`` gives ``2·P(helped) − 1`` per
-    conversation state, reading its last ``window`` turns (the window it was trained on)."""
+    conversation state, reading its last ``window`` turns (the window it was trained on);
+    ``judge(states)`` is the critics' common interface (score above ``threshold``: success), on
+    each state's last ``view`` turns (the stage's window, None: all) before its own window."""
 
-    def __init__(self, scorer: RewardScorer, window: int | None):
-        self.scorer, self.window = scorer, window
+    mode = "learned"
+
+    def __init__(self, scorer: RewardScorer, window: int | None, threshold: float = 0.5, view: int | None = None):
+        self.scorer, self.window, self.threshold, self.view = scorer, window, threshold, view
 
     def score_states(self, histories: Sequence[Sequence[dict[str, Any]]]) -> np.ndarray:
         p = self.scorer.score_texts([critic_input(h, self.window) for h in histories])
         return 2.0 * p - 1.0
 
+    def judge(self, states: list[dict[str, Any]], seeds: list[int] | None = None,
+              seed: int | None = None) -> list[CriticResult]:
+        """One result per state; the seeds are accepted for the common interface (no sampling)."""
+        if not states:
+            return []
+        scores = self.score_states([last_turns(s.get("history"), self.view) for s in states])
+        return [learned_result(float(x), self.threshold) for x in scores]
 
-def load_learned_critic(params: "RunParams", device: str | None = None) -> LearnedCritic:
+
+def load_learned_critic(params: "RunParams", device: str | None = None, threshold: float = 0.5,
+                        view: int | None = None) -> LearnedCritic:
     """The run's learned critic (LoRA merged), in the precision of ``models.reward_backbone``.
     FileNotFoundError when it was never trained, :class:`rlff_utils.runs.StaleStageError` when it
-    was trained with other settings."""
+    was trained with other settings. Loading never trains it."""
     from peft import PeftModel
 
     lay = runs.layout(params)
     if not (lay.learned_critic_adapter / "adapter_config.json").is_file() or not lay.learned_critic_config.is_file():
         raise FileNotFoundError(
             f"no learned critic at {lay.learned_critic_dir}: run notebook 03 (its learned-critic step) or "
-            "rlff_utils.reward.learned_critic.train_learned_critic(params) first")
-    card = runs.read_json(lay.learned_critic_config)
-    if card.get("settings") != critic_settings(params):
+            "rlff_utils.critic.train_learned_critic(params) first")
+    config = runs.read_json(lay.learned_critic_config)
+    if config.get("settings") != critic_settings(params):
         raise runs.StaleStageError(
             f"the learned critic at {lay.learned_critic_dir} was trained with other settings: rerun notebook 03 "
             "(python -m rlff_utils.pipeline <params> --from 03 --force)")
     prec = precision(params, device)
-    tok = load_rm_tokenizer(card["backbone"])
-    base = load_backbone(card["backbone"], 2, params.seed, tok.pad_token_id, prec.score_dtype, knobs(params).pooling)
+    tok = load_rm_tokenizer(config["backbone"])
+    base = load_backbone(config["backbone"], 2, params.seed, tok.pad_token_id, prec.score_dtype, knobs(params).pooling)
     model = PeftModel.from_pretrained(base, str(lay.learned_critic_adapter)).merge_and_unload().to(prec.device)
-    scorer = RewardScorer(model, tok, "learned_critic", card["max_length"], card["window"],
+    scorer = RewardScorer(model, tok, "learned_critic", config["max_length"], config["window"],
                           params.models.reward_backbone.batch_size)
-    return LearnedCritic(scorer, card["window"])
+    return LearnedCritic(scorer, config["window"], threshold, view)

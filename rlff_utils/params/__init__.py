@@ -20,6 +20,7 @@ from .schema import (
                     TRAINER_DEFAULTS,
                     TRAINER_SET_BY_PROJECT,
                     AnalysisParams,
+                    CriticSettings,
                     DataParams,
                     EvalSystem,
                     EvaluationParams,
@@ -37,7 +38,7 @@ from .schema import (
 )
 
 __all__ = [
-    "AnalysisParams", "DATA_DIR_DEFAULTS", "DataParams", "EvalSystem", "EvaluationParams", "GRPOParams",
+    "AnalysisParams", "CriticSettings", "DATA_DIR_DEFAULTS", "DataParams", "EvalSystem", "EvaluationParams", "GRPOParams",
     "LearnedCriticParams", "ModelRole", "ModelRoles", "PATH_FIELDS", "ParamsError", "RewardModelParams", "RunParams",
     "SimulationParams", "TRAINER_DEFAULTS", "TRAINER_SET_BY_PROJECT", "ValidationParams", "build_trainer_config",
     "check_data_files", "check_environment", "check_model_access", "load_notebook_params", "load_params",

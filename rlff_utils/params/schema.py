@@ -13,6 +13,7 @@ import json
 import os
 import re
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,13 +158,33 @@ class DataParams(_Strict):
         return self
 
 
-class SimulationParams(_Strict):
-    num_candidates: int = Field(4, ge=1, description="m: candidate responses per context")
-    max_turns: int = Field(8, ge=1, description="T: rollout turns (seeker+supporter exchanges)")
-    critic_mode: Literal["votes", "probs", "rule", "learned"] = "votes"
+CriticMode = Literal["votes", "probs", "rule", "learned"]
+
+
+class _CriticFields(_Strict):
+    """How a stage's critic judges (the simulation's and the evaluation's; see rlff_utils.critic)."""
+    critic_mode: CriticMode = "votes"
     critic_samples: int = Field(10, ge=1, description="votes mode: sampled answers per judgement")
     critic_temperature: float = Field(1.1, ge=0.0, le=2.0)
     success_threshold: float = Field(0.5, ge=-1.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class CriticSettings:
+    """One stage's critic, as :meth:`RunParams.critic_settings` reads it from the params: the
+    model role, the mode and its sampling, the success threshold and the turns it reads."""
+    stage: str
+    role: ModelRole
+    mode: str
+    samples: int
+    temperature: float
+    threshold: float
+    window: int
+
+
+class SimulationParams(_CriticFields):
+    num_candidates: int = Field(4, ge=1, description="m: candidate responses per context")
+    max_turns: int = Field(8, ge=1, description="T: rollout turns (seeker+supporter exchanges)")
     efficiency_weight: float = Field(1.0, ge=0.0, description="lambda in R_fut")
     label_threshold: float | Literal["median"] = Field(0.5, description="delta: label = R_fut >= delta")
     reasoning_format: bool = Field(False, description="candidates carry <think>...</think> first")
@@ -380,7 +401,7 @@ class EvalSystem(_Strict):
     adapter: str | None = None
 
 
-class EvaluationParams(_Strict):
+class EvaluationParams(_CriticFields):
     systems: list[EvalSystem] = Field(
         default_factory=lambda: [
             EvalSystem(name="vanilla", prompt="vanilla"),
@@ -392,10 +413,6 @@ class EvaluationParams(_Strict):
     )
     max_turns: int = Field(8, ge=1)
     num_cases: int | None = Field(None, ge=1)
-    critic_mode: Literal["votes", "probs", "rule", "learned"] = "votes"
-    critic_samples: int = Field(10, ge=1)
-    critic_temperature: float = Field(1.1, ge=0.0, le=2.0)
-    success_threshold: float = Field(0.5, ge=-1.0, le=1.0)
     contrast_critic: Literal["votes", "probs"] | None = Field(
         None, description="models.eval_critic in this mode re-judges every evaluated conversation after the fact "
         "(e.g. the LLM critic beside a rule critic): SR/AT and agreement under it go to metrics.json")
@@ -440,24 +457,22 @@ class RunParams(_Strict):
     source: str | None = Field(None, exclude=True)
     project_root: str | None = Field(None, exclude=True)
 
+    @field_validator("run_name")
+    @classmethod
+    def _not_only_dots(cls, v: str) -> str:
+        if set(v) == {"."}:
+            raise ValueError(f"{v!r} is not a folder name of its own: it names output_root or a folder above it")
+        return v
+
     @model_validator(mode="after")
     def _capabilities(self) -> "RunParams":
         roles = self.models
-        if self.simulation.critic_mode == "probs" and not roles.critic.can_score_choices:
-            raise ValueError(
-                "simulation.critic_mode 'probs' needs choice scoring, which models.critic "
-                f"(backend {roles.critic.backend}) cannot do without `logprobs: true`"
-            )
-        if self.evaluation.critic_mode == "probs" and not roles.eval_critic.can_score_choices:
-            raise ValueError(
-                "evaluation.critic_mode 'probs' needs choice scoring, which models.eval_critic "
-                f"(backend {roles.eval_critic.backend}) cannot do without `logprobs: true`"
-            )
-        if self.evaluation.contrast_critic == "probs" and not roles.eval_critic.can_score_choices:
-            raise ValueError(
-                "evaluation.contrast_critic 'probs' needs choice scoring, which models.eval_critic "
-                f"(backend {roles.eval_critic.backend}) cannot do without `logprobs: true`"
-            )
+        for key, mode, role in (("simulation.critic_mode", self.simulation.critic_mode, "critic"),
+                                ("evaluation.critic_mode", self.evaluation.critic_mode, "eval_critic"),
+                                ("evaluation.contrast_critic", self.evaluation.contrast_critic, "eval_critic")):
+            if mode == "probs" and not getattr(roles, role).can_score_choices:
+                raise ValueError(f"{key} 'probs' needs choice scoring, which models.{role} "
+                                 f"(backend {getattr(roles, role).backend}) cannot do without `logprobs: true`")
         if self.grpo.reward_model == "rule" and self.purpose != "planted":
             raise ValueError("grpo.reward_model 'rule' rewards the planted rule: it needs purpose: planted "
                              "(and simulation.critic_mode: rule)")
@@ -467,13 +482,6 @@ class RunParams(_Strict):
             raise ValueError("models.reward_backbone must use backend 'hf': it is trained in-process")
         return self
 
-    @field_validator("run_name")
-    @classmethod
-    def _not_only_dots(cls, v: str) -> str:
-        if set(v) == {"."}:
-            raise ValueError(f"{v!r} is not a folder name of its own: it names output_root or a folder above it")
-        return v
-
     @model_validator(mode="after")
     def _grpo_config(self) -> "RunParams":
         """Build TRL's GRPOConfig from ``grpo.trainer`` now: a bad knob fails before any model loads."""
@@ -481,6 +489,22 @@ class RunParams(_Strict):
             self.grpo._config = build_trainer_config(self, output_dir="<run>/policy/checkpoints", validate_only=True)
             self.grpo._config_key = _config_key(self)
         return self
+
+    # ---- the critics -----------------------------------------------------------------------
+
+    def critic_settings(self, stage: Literal["simulation", "evaluation"], mode: str | None = None) -> CriticSettings:
+        """The critic of ``stage``: ``models.critic`` with ``simulation.critic_*`` reading the last
+        ``data.max_history_turns`` turns, or ``models.eval_critic`` with ``evaluation.critic_*``
+        reading whole conversations (never longer than the opening + 2 turns per exchange).
+        ``mode``: another mode than the stage's (the evaluation's contrast critic)."""
+        if stage == "simulation":
+            s, role, window = self.simulation, self.models.critic, self.data.max_history_turns
+        elif stage == "evaluation":
+            s, role, window = self.evaluation, self.models.eval_critic, 1 + 2 * self.evaluation.max_turns
+        else:
+            raise ValueError(f"a critic belongs to the 'simulation' or the 'evaluation' stage, not {stage!r}")
+        return CriticSettings(stage, role, mode or s.critic_mode, s.critic_samples, s.critic_temperature,
+                              s.success_threshold, window)
 
     # ---- paths -----------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .. import runs
-from ..agents import transcript, visible_reply
+from ..text import last_turns, transcript, visible_reply
+from .target import load_reward_frame
 from .variants import RewardModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,9 +40,7 @@ def format_input(history: list[dict], reply: str, max_history_turns: int = DEFAU
     kept; tokenisation truncates from the left, so an over-long input loses its oldest turns and
     never the reply.
     """
-    turns = list(history or [])
-    if max_history_turns and len(turns) > max_history_turns:
-        turns = turns[-max_history_turns:]
+    turns = last_turns(history, max_history_turns)
     return f"Conversation:\n{transcript(turns)}\n\nReply to rate:\nSupporter: {visible_reply(reply or '')}"
 
 
@@ -54,23 +52,6 @@ def history_turns(params: "RunParams") -> int:
 # --------------------------------------------------------------------------------------------
 # The reward frame and its split
 # --------------------------------------------------------------------------------------------
-
-
-def load_reward_frame(params: "RunParams") -> pd.DataFrame:
-    """The simulation's records with ``r_fut`` and ``label``: the reward dataset notebook 02
-    wrote (its label threshold is the one it reported), else computed from the trajectories by
-    the same function."""
-    from ..simulate import load_trajectories
-    from .target import load_reward_dataset, reward_frame
-
-    lay = runs.layout(params)
-    if lay.reward_dataset.is_file():
-        frame = pd.DataFrame(load_reward_dataset(params.run_dir))
-    else:
-        frame = reward_frame(load_trajectories(params.run_dir), params.simulation)
-    if frame.empty:
-        raise FileNotFoundError(f"no simulation records under {lay.stage(runs.SIMULATION)}: run notebook 02 first")
-    return frame
 
 
 def check_frame(frame: pd.DataFrame) -> pd.DataFrame:

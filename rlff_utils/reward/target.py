@@ -21,12 +21,14 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .. import runs
+from ..rollout import load_trajectories
 from ..runs import RunLayout, json_ready, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from ..params import SimulationParams
+    from ..params import RunParams, SimulationParams
 
 REWARD_COLUMNS = ("context_id", "candidate_index", "dialogue_id", "dataset", "emotion_type", "problem_type",
                   "situation", "history", "candidate", "candidate_reply", "final_score", "goal_reached",
@@ -98,3 +100,19 @@ def load_reward_dataset(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run notebook 02 (simulation) for this run first")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_reward_frame(params: "RunParams") -> pd.DataFrame:
+    """The simulation's records with ``r_fut`` and ``label``: the reward dataset notebook 02
+    wrote (its label threshold is the one it reported), else computed from the trajectories by
+    the same function."""
+    import pandas as pd
+
+    lay = runs.layout(params)
+    if lay.reward_dataset.is_file():
+        frame = pd.DataFrame(load_reward_dataset(params.run_dir))
+    else:
+        frame = reward_frame(load_trajectories(params.run_dir), params.simulation)
+    if frame.empty:
+        raise FileNotFoundError(f"no simulation records under {lay.stage(runs.SIMULATION)}: run notebook 02 first")
+    return frame
