@@ -453,8 +453,8 @@ def pick_device(device: str = "auto") -> str:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them PyTorch
-    emulates bf16 and a forward pass is several times slower than in fp32 (measured on a 2-core
-    AMD EPYC without them: 5.5x for SmolLM2's prompt pass), with them about twice as fast."""
+    emulates bf16 and a forward pass is several times slower than in fp32, with them about twice
+    as fast (figure: bench/README_generation.md, "bf16 on a CPU without bf16 instructions")."""
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:  # not Linux: no way to tell cheaply, so the safe choice

