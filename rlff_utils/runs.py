@@ -14,7 +14,9 @@ who is writing it.
       NN_name.ipynb / .html    executed notebooks; timing.json, resources.json, summary.json
 
 Every stage folder holds ``stage.json``: the settings the stage ran with (the params sections it
-depends on, see :data:`SETTINGS`) and a hash of each upstream stage's settings. Before a stage
+depends on, see :data:`SETTINGS`), a hash of each upstream stage's settings and a fingerprint of
+each upstream file it reads (:data:`INPUTS`: data rebuilt from an edited dataset is a change too;
+a record from before fingerprints were kept has none and is taken as unchanged). Before a stage
 reuses or resumes anything, :func:`begin_stage` compares that record with the current params:
 same → reuse/resume; different → :class:`StaleStageError` naming the changed fields; an upstream
 stage that changed invalidates everything downstream. ``.lock`` (pid and host of the holder)
@@ -74,6 +76,16 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 # (a simulation grows from 8 to 12 candidates per context, or to more contexts, without redoing
 # what it has). Compared like any setting when a finished stage is read or copied.
 SELECTION: dict[str, tuple[str, ...]] = {SIMULATION: ("simulation.max_contexts", "simulation.num_candidates")}
+
+# The upstream files each stage reads (relative to the run folder): a fingerprint of each goes
+# into the stage's record, so data rebuilt or edited under a stage makes it stale like a changed
+# setting (the prepared contexts and cases are fingerprinted, not the raw dataset folder).
+INPUTS: dict[str, tuple[str, ...]] = {
+    SIMULATION: ("data/contexts.jsonl",),
+    REWARD_MODEL: ("data/dialogues.jsonl", "data/contexts.jsonl", "simulation/reward_dataset.jsonl"),
+    POLICY: ("data/contexts.jsonl", "data/eval_cases.jsonl"),
+    EVALUATION: ("data/eval_cases.jsonl",),
+}
 
 # Leaf names that change speed, resources or bookkeeping, not results: never compared.
 EXECUTION_FIELDS = frozenset({
@@ -372,9 +384,41 @@ def _upstream_hashes(params: "RunParams", stage: str, require: bool | tuple[str,
     return out
 
 
+def input_fingerprints(run_dir: str | os.PathLike, stage: str) -> dict[str, str | None]:
+    """A short SHA-256 of each upstream file the stage reads (:data:`INPUTS`; None: absent)."""
+    out: dict[str, str | None] = {}
+    for rel in INPUTS.get(stage, ()):
+        path = Path(run_dir) / rel
+        if not path.is_file():
+            out[rel] = None
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out[rel] = digest.hexdigest()[:16]
+    return out
+
+
+def _input_changes(params: "RunParams", stage: str, record: dict[str, Any]) -> list[str]:
+    """The upstream files that changed since the stage ran. A record written before fingerprints
+    were kept has none: its inputs are taken as unchanged (a note says so), so existing run
+    folders stay valid."""
+    stored = record.get("inputs")
+    if not INPUTS.get(stage):
+        return []
+    if not isinstance(stored, dict):
+        print(f"note: {layout(params).record(stage)} has no fingerprint of the data it read (written before they "
+              "were recorded): its inputs are taken as unchanged", flush=True)
+        return []
+    current = input_fingerprints(layout(params).root, stage)
+    return [f"{rel} changed since this stage read it (data rebuilt or edited)" for rel, h in stored.items()
+            if rel in current and current[rel] != h]
+
+
 def stage_differences(params: "RunParams", stage: str, record: dict[str, Any], reopen: bool = False) -> list[str]:
-    """Human-readable differences between a stored record and the current params. ``reopen``:
-    the stage is about to run again, so its :data:`SELECTION` settings may differ."""
+    """Human-readable differences between a stored record and the current params and upstream
+    files. ``reopen``: the stage is about to run again, so its :data:`SELECTION` settings may differ."""
     skip = SELECTION.get(stage, ()) if reopen else ()
     diffs = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in _setting_changes(params, stage, record).items()
              if key not in skip]
@@ -382,7 +426,7 @@ def stage_differences(params: "RunParams", stage: str, record: dict[str, Any], r
     for up, h in (record.get("upstream") or {}).items():
         if current_up.get(up) != h:
             diffs.append(f"upstream stage {up!r} was rerun with other settings")
-    return diffs
+    return diffs + _input_changes(params, stage, record)
 
 
 def check_stage(params: "RunParams", stage: str, reopen: bool = False) -> dict[str, Any] | None:
@@ -422,7 +466,7 @@ def _setting_changes(params: "RunParams", stage: str, record: dict[str, Any]) ->
 
 
 def _write_record(params: "RunParams", stage: str, complete: bool, upstream: dict[str, Any],
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     settings = stage_settings(params, stage)
     record = {
         "stage": stage,
@@ -430,6 +474,7 @@ def _write_record(params: "RunParams", stage: str, complete: bool, upstream: dic
         "params_file": params.source,
         "settings": settings,
         "upstream": upstream,
+        "inputs": inputs if inputs is not None else input_fingerprints(layout(params).root, stage),
         "hash": settings_hash({"settings": settings, "upstream": upstream}),
         "complete": complete,
         "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -494,9 +539,10 @@ def begin_stage(params: "RunParams", stage: str, force: bool = False, require_up
                 _clear(folder)
         else:
             check_stage(params, stage, reopen=True)
-        _write_record(params, stage, complete=False, upstream=upstream, extra=extra)
+        inputs = input_fingerprints(layout(params).root, stage)  # what the stage reads, as it starts
+        _write_record(params, stage, complete=False, upstream=upstream, extra=extra, inputs=inputs)
         yield folder
-        _write_record(params, stage, complete=True, upstream=upstream, extra=extra)
+        _write_record(params, stage, complete=True, upstream=upstream, extra=extra, inputs=inputs)
 
 
 def stage_is_complete(params: "RunParams", stage: str) -> bool:

@@ -277,3 +277,45 @@ def test_reward_head_resume_skips_a_torn_checkpoint(tmp_path, capsys):
     assert not (ckpts / "checkpoint-2").exists() and "checkpoint-2 is incomplete" in capsys.readouterr().out
     (ckpts / "checkpoint-1" / runs.TRAINER_STATE).unlink()
     assert resume_point(ckpts, stamp) is None and (ckpts / FINGERPRINT).is_file()
+
+
+# ---- 4. data edited in place makes the stages that read it stale -------------------------------
+
+
+def _upper_case_turns(train: Path) -> None:
+    """The dataset edited in place: every turn of train.json upper-cased."""
+    rows = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        for turn in row["dialog"]:
+            turn["text"] = turn["text"].upper()
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_edited_data_makes_a_finished_simulation_stale(tmp_path, data_dir, capsys):
+    from rlff_utils import data
+    from rlff_utils.params import load_params
+
+    copy = _data_copy(tmp_path, data_dir)
+    params = load_params(CI, {"output_root": str(tmp_path / "out"), "data.esconv_dir": str(copy / "esconv")})
+    data.prepare_data(params)
+    with runs.begin_stage(params, runs.SIMULATION):
+        pass  # a finished simulation of these contexts
+    record = json.loads(runs.layout(params).record(runs.SIMULATION).read_text())
+    assert record["inputs"]["data/contexts.jsonl"]
+    assert runs.stage_is_complete(params, runs.SIMULATION)
+    data.prepare_data(params)  # rebuilt from the same data: same bytes, still valid
+    assert runs.stage_is_complete(params, runs.SIMULATION)
+
+    _upper_case_turns(copy / "esconv" / "train.json")
+    data.prepare_data(params)  # notebook 01 rebuilds its contexts from the edited text
+    with pytest.raises(runs.StaleStageError, match="data/contexts.jsonl changed"):
+        runs.check_stage(params, runs.SIMULATION)
+    code = pipeline.main([str(CI), "--set", f"output_root={tmp_path / 'out'}", "--set",
+                          f"data.esconv_dir={copy / 'esconv'}", "--only", "02"])
+    assert code == 1 and "data/contexts.jsonl changed" in capsys.readouterr().err
+
+    # a record written before fingerprints were kept stays valid, with a note
+    del record["inputs"]
+    runs.write_json(record, runs.layout(params).record(runs.SIMULATION))
+    assert runs.stage_is_complete(params, runs.SIMULATION)
+    assert "no fingerprint of the data it read" in capsys.readouterr().out
