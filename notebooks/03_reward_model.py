@@ -66,7 +66,7 @@ print(f"run {params.run_name!r}: backbone {params.models.reward_backbone.name}, 
 
 # %%
 splits = inputs.run_splits(params)
-analysis.display_table(splits.summary(), caption="– : not defined for this split")
+analysis.display_table(splits.summary(), missing="not defined for this split")
 
 # %% [markdown]
 # Every input goes through one function, `format_input`, in training and when GRPO scores: the last
@@ -93,7 +93,7 @@ print(f"\nR_fut = {row['r_fut']:.3f}, label = {row['label']}")
 
 # %%
 report = train.train_reward_models(params)
-analysis.display_table(report.comparison, caption="– : not defined for this variant (see the text above)")
+analysis.display_table(report.comparison, missing="not defined for this variant (see the text above)")
 
 # %%
 plots.reward_learning_curves(report, params);

@@ -125,7 +125,7 @@ analysis.display_table(pd.DataFrame([
      f"[{100 * d['SR_diff_ci95'][0]:+.1f}, {100 * d['SR_diff_ci95'][1]:+.1f}]",
      "AT difference": None if d["AT_diff"] is None else f"{d['AT_diff']:+.2f} "
      f"[{d['AT_diff_ci95'][0]:+.2f}, {d['AT_diff_ci95'][1]:+.2f}]"}
-    for b, d in paired.items()]), caption="– : undefined (no case with an outcome on both sides)")
+    for b, d in paired.items()]), missing="undefined (no case with an outcome on both sides)")
 
 # %% [markdown]
 # ## The same conversations under a second critic (when `evaluation.contrast_critic` is set)
@@ -153,7 +153,7 @@ baseline = "vanilla" if "vanilla" in set(table.system) and main != "vanilla" els
 pair = evaluate.side_by_side(params, baseline)
 print(f"case {pair.attrs.get('case_id')}: " + "; ".join(f"{k}: {v}" for k, v in pair.attrs.get("outcomes", {}).items()))
 print("Every evaluated conversation, with filters and per-turn scores: report/transcripts.html.")
-analysis.display_table(pair.reset_index(), digits=2, caption="– : the conversation had ended")
+analysis.display_table(pair.reset_index(), digits=2, missing="the conversation had ended")
 
 # %% [markdown]
 # ## Response quality: pairwise judge and a blind sheet for human annotators

@@ -157,7 +157,7 @@ def _fmt_fixed(v: Any, digits: int) -> str:
 
 # Words for the parts of a code name in a header (``roc_auc`` -> ``ROC-AUC``, ``n_train`` -> ``train (n)``)
 HEADER_WORDS = {"auc": "AUC", "roc": "ROC", "sr": "SR", "at": "AT", "f1": "F1", "id": "id", "rm": "reward model",
-                "ci95": "95% interval", "mw": "Mann-Whitney", "spearman": "Spearman", "kl": "KL", "lr": "learning rate",
+                "ci95": "95% interval", "mw": "Mann-Whitney", "spearman": "Spearman", "kl": "KL", "lr": "learning rate", "mann": "Mann", "whitney": "Whitney",
                 "pct": "%", "std": "std", "r": "R", "fut": "fut"}
 
 
@@ -165,8 +165,10 @@ def header_words(col: Any) -> str:
     """A column name for readers: a snake_case code name in words (``pairwise_accuracy`` ->
     ``pairwise accuracy``, ``roc_auc`` -> ``ROC-AUC``, ``r_fut`` -> ``R_fut``); others unchanged."""
     name = str(col)
-    if "_" not in name or " " in name:
+    if " " in name:
         return name
+    if "_" not in name:
+        return HEADER_WORDS.get(name, name) if name.islower() else name
     if name.lower() in ("roc_auc", "r_fut", "v_end", "t_end"):
         return {"roc_auc": "ROC-AUC"}.get(name.lower(), name[0].upper() + name[1:])
     parts = [w for w in name.split("_") if w]
@@ -231,15 +233,18 @@ LONG_TEXT = 60  # a column whose cells run longer wraps inside a bounded width
 
 
 def display_table(frame: pd.DataFrame, digits: int | Mapping[str, int] | None = None, caption: str | None = None,
-                  transpose: bool | None = None):
+                  transpose: bool | None = None, missing: str | None = None):
     """What a notebook shows for a table: :func:`display_frame` as a pandas Styler, without the
     index, headers in words (:func:`header_words`), numbers right-aligned and kept on one line,
     long text wrapped. A wide table with few rows is turned (``transpose``; by default when it has
     more than :data:`WIDE_COLUMNS` columns and fewer rows than columns) so it fits a page: its first
-    column heads the new columns."""
+    column heads the new columns. ``missing``: why a cell reads :data:`MISSING`, said under the
+    table when one does."""
     if frame.empty:
         frame = pd.DataFrame({"": ["(no rows)"]})
     shown = display_frame(frame, digits)
+    if missing and (shown == MISSING).any().any():
+        caption = f"{caption + '; ' if caption else ''}{MISSING} : {missing}"
     if transpose is None:
         transpose = shown.shape[1] > WIDE_COLUMNS and len(shown) < shown.shape[1] - 1
     if transpose:
