@@ -32,7 +32,7 @@ TEXT_RULES: tuple[tuple[str, re.Pattern], ...] = (
     ("absolute machine path", re.compile(
         r"(?<![^\s'\"(=\[])/(?:home|root|tmp|work|Users|usr|var|opt|mnt|srv|private|scratch|data|nfs)/\S*"
         r"|\b[A-Z]:\\\S+")),
-    ("formula markup", re.compile(r"(?:^|\s)\\(?:\s|$)|\$\$|\\[A-Za-z]{2,}|\\[ ,;!]|\w\">|\$[^$\s][^$\n]{0,80}\$")),
+    ("formula markup", re.compile(r"(?:^|\s)\\(?:\s|$)|\$\$|\\[A-Za-z]{2,}|\\[ ,;!]|\w\">|\$[^$\s][^$\n]{0,80}?[\\_^{][^$\n]{0,80}?\$")),
     ("library log or progress output", re.compile(
         r"\d+%\|| it/s\]|s/it\]|\b\w*Warning: |Traceback \(most recent call last\)|\bWARNING\b|\bINFO\b[: ]"
         r"|Training Loss|Converting and de-quantizing")),

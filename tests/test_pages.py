@@ -31,6 +31,8 @@ def _with(body: str) -> str:
 
 def test_a_clean_page_passes():
     assert pagecheck.lint_html(CLEAN) == []
+    # a seeker's words are not formulas: prices in dollars pass
+    assert pagecheck.lint_html(_with("<pre>I pay $750 monthly, but only $163 through my work</pre>")) == []
 
 
 @pytest.mark.parametrize("defect, kind", [
@@ -47,6 +49,7 @@ def test_a_clean_page_passes():
     ("<p>min(r Â, \\ clip(…))</p>", "formula markup"),
     ("<p>$$R_\\text{fut}$$</p>", "formula markup"),
     ("<math><mi>A</mi><mi>\\</mi><mo>clip</mo></math>", "formula markup"),
+    ("<p>the reward $R_fut$ of a candidate</p>", "formula markup"),
     ("<pre>UserWarning: 2 context(s) do not fit</pre>", "library log or progress output"),
     ("<pre>Loading: 100%|####| 30/30</pre>", "library log or progress output"),
     ("<table><tr><th>Training Loss</th></tr></table>", "library log or progress output"),
