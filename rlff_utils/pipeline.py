@@ -37,6 +37,7 @@ from typing import Any
 
 from . import runs
 from .params import ParamsError, RunParams, load_params, parse_set, project_root, write_resolved
+from .params import check_endpoints as _check_endpoints
 
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 
@@ -288,6 +289,7 @@ def run_pipeline(
     notebooks_dir: Path | None = None,
     force: bool = False,
     reuse_from: str | Path | None = None,
+    check_endpoints: bool = True,
 ) -> list[Path]:
     """Validate the params (before any model loads), then execute the selected notebooks in order;
     ``force`` first clears the selected stages' folders (their results are redone); ``reuse_from``
@@ -323,6 +325,8 @@ def run_pipeline(
     timing = runs.read_json(lay.timing, default={})
     peaks = runs.read_json(lay.resources, default={}).get("peak_rss_mib_per_notebook", {})
     for i, stage in enumerate(stages, 1):
+        if check_endpoints and runs.NOTEBOOK_STAGE.get(stage.number):  # one cheap request per endpoint
+            _check_endpoints(params, runs.stage_roles(runs.NOTEBOOK_STAGE[stage.number]))
         print(f"[{i}/{len(stages)}] {stage.name} ...", flush=True)
         t0 = time.perf_counter()
         try:
@@ -388,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-from", metavar="RUN",
                     help="copy the finished stages of run RUN (a name under output_root, or a folder) that this "
                          "run would compute identically, e.g. a negative control's data, simulation and reward model")
+    ap.add_argument("--no-endpoint-check", action="store_true",
+                    help="do not ask each OpenAI-compatible endpoint a stage uses whether it answers before the stage")
     ap.add_argument("--no-html", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="re-render the executed notebooks and the report index")
     args = ap.parse_args(argv)
@@ -404,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {render_run(load_params(args.params_file, parse_set(args.sets), check_files=False))}")
             return 0
         run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force,
-                     reuse_from=args.reuse_from)
+                     reuse_from=args.reuse_from, check_endpoints=not args.no_endpoint_check)
     except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, runs.UnsafeClearError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

