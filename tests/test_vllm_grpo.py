@@ -1,7 +1,7 @@
 """GRPO with TRL's colocated vLLM generation (``grpo.trainer.use_vllm: true``, ``vllm_mode:
 colocate``) on vLLM's CPU build: two steps on the embedded SmolLM2 with LoRA, and the weights vLLM
 samples from after a step are the base weights plus that step's adapter (TRL merges the adapter and
-pushes the merged weights to vLLM before each generation)."""
+pushes the merged weights to vLLM before each generation), in the policy's precision."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_grpo_colocated_vllm_samples_from_the_adapted_weights(tmp_path, data_dir
     # vLLM's weights: the base + the adapter after step 1 (synced before step 2's generation)
     served = llm.llm_engine.model_executor.driver_worker.model_runner.model
     hidden = served.config.hidden_size
-    vllm_q = served.model.layers[0].self_attn.qkv_proj.weight[:hidden].detach().float()
+    vllm_q = served.model.layers[0].self_attn.qkv_proj.weight[:hidden].detach()
+    assert vllm_q.dtype == torch.float32  # the policy's precision (models.policy.dtype), not vLLM's CPU default
     base_q = AutoModelForCausalLM.from_pretrained(resolve_model(VLLM_MODEL), dtype=torch.float32) \
         .model.layers[0].self_attn.q_proj.weight.detach()
     step1 = runs.layout(p).grpo_checkpoints / "checkpoint-1"
