@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runs
+from .transcript_browser import write_transcript_browser
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "vllm", "papermill", "nbconvert")
@@ -530,9 +531,7 @@ def write_index(params, run_dir: Path | None = None) -> Path:
     report.mkdir(parents=True, exist_ok=True)
     card = run_card(params, run_dir)
     runs.write_json(card, report / "run_card.json")
-    from .transcript_browser import write_transcript_browser
-
-    write_transcript_browser(run_dir, f"Evaluated conversations · run {card['run']}", card["banner"])
+    write_transcript_browser(run_dir, f"Evaluated conversations · run {card['run']}", card["banner"], standalone_page)
     e = html.escape
     rows = []
     for key in ("run", "description", "params_file", "params_sha256", "git_commit", "date", "device", "seed"):

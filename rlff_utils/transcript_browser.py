@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import runs
 
@@ -121,10 +121,11 @@ def _options(values: list[str], everything: str | None) -> str:
     return first + "".join(f"<option value='{e(v)}'>{e(v)}</option>" for v in values)
 
 
-def write_transcript_browser(run_dir: Path, title: str, banner: str | None) -> Path | None:
-    """``report/transcripts.html`` for a run whose evaluation stored conversations (else None)."""
-    from .report import standalone_page
-
+def write_transcript_browser(run_dir: Path, title: str, banner: str | None,
+                             page: Callable[..., str]) -> Path | None:
+    """``report/transcripts.html`` for a run whose evaluation stored conversations (else None);
+    ``page(title, body, css=, script=)`` makes the self-contained page (the report's
+    :func:`rlff_utils.report.standalone_page`, passed in: the report imports this module)."""
     convs = load_conversations(Path(run_dir))
     if not convs:
         return None
@@ -155,5 +156,5 @@ situation; the evaluation critic scores how the seeker feels after every seeker 
 </main>"""
     path = runs.RunLayout(Path(run_dir)).report / "transcripts.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(standalone_page(title, body, css=CSS, script=SCRIPT), encoding="utf-8")
+    path.write_text(page(title, body, css=CSS, script=SCRIPT), encoding="utf-8")
     return path

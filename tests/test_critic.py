@@ -11,17 +11,14 @@ from rlff_utils.backends import BackendStats
 from rlff_utils.critic import CRITIC_LABELS, LLMCritic
 from rlff_utils.critic.labels import parse_critic_answer, probs_result, sampled_votes, votes_result
 
+# A state as the critic sees it: the case's fields and the dialogue so far.
 CONTEXT = {
-    "context_id": "d1@3",
-    "dataset": "esconv",
     "emotion_type": "anxiety",
     "problem_type": "job crisis",
     "situation": "I was laid off last week.",
     "history": [
-        {"speaker": "supporter", "text": "Hello, how are you today?", "strategy": "Question"},
-        {"speaker": "seeker", "text": "Not great.", "strategy": None},
-        {"speaker": "seeker", "text": "I lost my job.", "strategy": None},
-        {"speaker": "supporter", "text": "I'm sorry to hear that.", "strategy": "Affirmation and Reassurance"},
+        {"speaker": "seeker", "text": "Not great, I lost my job.", "strategy": None},
+        {"speaker": "supporter", "text": "That sounds really hard.", "strategy": "Reflection of feelings"},
         {"speaker": "seeker", "text": "I don't know what to do now.", "strategy": None},
     ],
 }
@@ -138,7 +135,7 @@ def test_votes_on_the_hf_backend_name_a_label_every_time_and_reproduce(tiny_mode
     from rlff_utils.params import ModelRole
 
     backend = get_backend(ModelRole(name="tiny-random-smollm2", batch_size=4))
-    other = {**CONTEXT, "situation": "My dog is ill.", "history": CONTEXT["history"][:3]}
+    other = {**CONTEXT, "situation": "My dog is ill.", "history": CONTEXT["history"][:1]}
     critic = LLMCritic(backend, "votes", samples=12, temperature=1.1, threshold=0.5)
     first = critic.judge([CONTEXT, other], seeds=[5, 6])
     assert all(r.unparsed == 0 and sum(r.counts.values()) == 12 and math.isfinite(r.score) for r in first)
@@ -183,7 +180,7 @@ def test_for_stage_builds_each_mode_and_identity_names_the_judge(tmp_path):
     assert isinstance(votes, LLMCritic) and (votes.samples, votes.temperature, votes.window) == (3, 0.7, 2)
     [r] = votes.judge([CONTEXT], seeds=[1])
     assert r.score == 1.0 and backend.calls[0]["n"] == 3
-    assert "Seeker: Not great." not in agents.critic_messages(CONTEXT, 2)[1]["content"]  # the window reached the prompt
+    assert "Not great" not in agents.critic_messages(CONTEXT, 2)[1]["content"]  # the window reached the prompt
     rule = critic.for_stage(p, "evaluation", mode="rule")
     assert isinstance(rule, RuleCritic) and rule.judge([{"rollout": [{"speaker": "supporter",
                                                                          "text": "That sounds so hard."}]}])[0].success

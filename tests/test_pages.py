@@ -249,10 +249,11 @@ def _evaluated_run(tmp_path):
 
 
 def test_the_transcript_browser_lists_every_conversation_offline(tmp_path):
+    from rlff_utils.report import standalone_page
     from rlff_utils.transcript_browser import write_transcript_browser
 
     lay = _evaluated_run(tmp_path)
-    page = write_transcript_browser(lay.root, "Evaluated conversations · run x", "This is a smoke run.")
+    page = write_transcript_browser(lay.root, "Evaluated conversations · run x", "This is a smoke run.", standalone_page)
     text = page.read_text()
     assert text.count("<details class='conv'") == 6  # 2 cases x 3 systems
     assert "data-system='chain-of-strategy' data-case='case-1' data-outcome='max_turns'" in text
@@ -260,7 +261,7 @@ def test_the_transcript_browser_lists_every_conversation_offline(tmp_path):
     for control in ("f-system", "f-case", "f-outcome", "c-case", "c-a", "c-b"):
         assert f"id=\"{control}\"" in text
     assert pagecheck.lint_html(text) == []
-    assert write_transcript_browser(tmp_path / "empty", "t", None) is None
+    assert write_transcript_browser(tmp_path / "empty", "t", None, standalone_page) is None
 
 
 def test_the_index_names_tied_baselines_and_links_what_the_run_wrote(tmp_path, project_root, data_dir):
