@@ -93,7 +93,7 @@ analysis.display_table(analysis.fields_table(runs.read_record(params.run_dir, ru
 # %%
 card = runs.read_record(params.run_dir, runs.EVALUATION).get("critic_card") or {}
 if card:
-    display(analysis.display_table(analysis.fields_table(card, digits=2, value="evaluation critic's validity card")))
+    display(analysis.display_table(analysis.fields_table(card, digits=2, value="evaluation critic's validity card", words=True)))
 else:
     print("no validity card for the evaluation critic in this run")
 

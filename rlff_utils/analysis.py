@@ -275,17 +275,23 @@ def _flat(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def fields_table(mapping: Mapping[str, Any], digits: int | Mapping[str, int] | None = None,
-                 value: str = "value", missing: Mapping[str, str] | None = None) -> pd.DataFrame:
+                 value: str = "value", missing: Mapping[str, str] | None = None, words: bool = False) -> pd.DataFrame:
     """A record (settings, a summary) as a two-column table for readers: nested dicts as dotted
-    fields, lists joined with ``"; "``, each value by the table rules; a missing value reads
-    :data:`MISSING` followed by its reason from ``missing`` (field -> reason) when there is one."""
-    flat = _flat(mapping)
+    fields, lists joined with ``"; "``, ``x_ci95`` pairs as ``x``'s ``[lo, hi]``, each value by the
+    table rules; a missing value reads :data:`MISSING` followed by its reason from ``missing``
+    (field -> reason) when there is one. ``words``: field names in words (:func:`header_words`)."""
+    pairs = {k[: -len("_ci95")]: v for k, v in mapping.items()
+             if k.endswith("_ci95") and isinstance(v, (list, tuple)) and len(v) == 2}
+    flat = _flat({k: v for k, v in mapping.items() if k[: -len("_ci95")] not in pairs or not k.endswith("_ci95")})
     rows = []
     for k, v in flat.items():
-        shown = _fmt(v, _digits_for(k, digits))
+        d = _digits_for(k, digits)
+        shown = _fmt(v, d)
+        if k in pairs and shown != MISSING and not any(_missing(b) for b in pairs[k]):
+            shown += f" [{_fmt_fixed(pairs[k][0], d)}, {_fmt_fixed(pairs[k][1], d)}]"
         if shown == MISSING and missing and k in missing:
             shown = f"{MISSING} ({missing[k]})"
-        rows.append({"field": k, value: shown})
+        rows.append({"field": header_words(k) if words else k, value: shown})
     return pd.DataFrame(rows, columns=["field", value])
 
 
