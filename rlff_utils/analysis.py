@@ -297,8 +297,9 @@ def fields_table(mapping: Mapping[str, Any], digits: int | Mapping[str, int] | N
 
 def turned(shown: pd.DataFrame) -> pd.DataFrame:
     """A displayed table turned: one row per former column (its name in words), one column per
-    former row, headed by the row's first cell."""
-    first = shown.columns[0]
+    former row, headed by the row's first cell that names it alone among the first three columns
+    (a table of one run is headed by its variants, not by the run's name repeated)."""
+    first = next((c for c in shown.columns[:3] if shown[c].nunique() == len(shown)), shown.columns[0])
     heads = [str(v) for v in shown[first]]
     heads = [h if heads.count(h) == 1 else f"{h} ({i + 1})" for i, h in enumerate(heads)]
     body = shown.drop(columns=[first]).T
