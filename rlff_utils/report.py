@@ -1,9 +1,14 @@
-"""Shareable renderings of a run: each executed notebook as a full page (code included, for the
-lab) and as a report page (no code, no stderr or progress output, the parameters shown once as a
-table), plus ``outputs/<run>/report/index.html`` headed by the run card.
+"""Shareable renderings of a run: each executed notebook as a full page (code and logs included,
+for the lab) and as a reader page (narrative, tables, figures and the project's own status lines:
+no code, stderr, library log line, progress table or widget; the parameters shown once as a
+table), plus ``outputs/<run>/report/index.html`` headed by the run card, and the transcript
+browser (:mod:`rlff_utils.transcript_browser`).
 
-Pages are self-contained and work offline: images are embedded and formulas are converted to
-MathML at render time (browsers draw MathML natively), so no MathJax is fetched from a CDN.
+Every page carries one header (its real title; links to the index, the previous and next page and
+the other rendering of the same notebook) and, for a smoke, planted or test run, the purpose
+banner. Pages are self-contained and work offline: images are embedded, formulas are converted to
+MathML at render time (browsers draw MathML natively), so no MathJax is fetched from a CDN, and a
+widget shows its text. :mod:`rlff_utils.pagecheck` checks the reader pages.
 
     python -m rlff_utils.pipeline params/smoke.yaml --render-only   # re-render, execute nothing
 """
