@@ -58,7 +58,7 @@ display(analysis.display_table(pd.DataFrame([{"role": k, "model": v} for k, v in
 if len(set(models.values())) == 1:
     print(f"note: one model ({next(iter(models.values()))}) plays every role here, the judging ones included")
 display(analysis.display_table(analysis.fields_table(
-    params.evaluation.model_dump(exclude={"systems"}), value="setting",
+    params.evaluation.model_dump(exclude={"systems", "simulators"}), value="setting",
     missing={"contrast_critic": "none: one critic decides", "num_cases": "every case"})))
 analysis.display_table(pd.DataFrame(
     [{"system": s.name, "prompt": s.prompt, "adapter": s.adapter or "none (the base model)"}
@@ -126,6 +126,28 @@ analysis.display_table(pd.DataFrame([
      "AT difference": None if d["AT_diff"] is None else f"{d['AT_diff']:+.2f} "
      f"[{d['AT_diff_ci95'][0]:+.2f}, {d['AT_diff_ci95'][1]:+.2f}]"}
     for b, d in paired.items()]), missing="undefined (no case with an outcome on both sides)")
+
+# %% [markdown]
+# ## Does the result survive another simulator or a harder seeker?
+#
+# LLM seeker simulators are overly cooperative, and policies trained against one simulator may not
+# generalise to another. Every system is therefore also evaluated, on the same cases, under each further
+# evaluation simulator (`evaluation.simulators`, with the first seeker profile) and against each further
+# seeker profile (`evaluation.seeker_profiles`, with the default simulator): a *resistant* seeker doubts
+# the help, a *minimal-disclosure* one shares little, a *ruminating* one circles back, a *yes-but* one
+# rejects each suggestion, an *escalating* one grows more distressed when misunderstood (the profiles'
+# instructions are in `rlff_utils.agents.SEEKER_PROFILES` and in the stage's `prompts.json`). Per condition:
+# SR and AT with 95% intervals, the main system's paired SR difference to each system, and each system's
+# rank by SR. A gain that holds under one condition only is a property of that simulator.
+
+# %%
+conditions = evaluate.condition_table(params)
+if len(conditions):
+    analysis.display_table(conditions.drop(columns=["condition"]), digits=2,
+                           missing="the main system itself (no difference to itself)")
+    plots.plot_conditions(conditions, lay.eval_figure("conditions"));
+else:
+    print("one evaluation condition in this run (evaluation.simulators and evaluation.seeker_profiles add more)")
 
 # %% [markdown]
 # ## The same conversations under a second critic (when `evaluation.contrast_critic` is set)

@@ -76,6 +76,40 @@ PROMPTS: dict[str, str] = {
     ),
 }
 
+# Who the simulated seeker is beyond the case's persona: one instruction per profile, added to the
+# seeker's role prompt. LLM seekers are overly cooperative (a more diverse simulator exposes drops a
+# cooperative one hides, arXiv 2601.07698), so the evaluation can run every system against seekers
+# who make support hard, each modelled on a pattern counselling practice and the ESC literature name:
+SEEKER_PROFILES: dict[str, str] = {
+    # the paper's seeker: today's prompt unchanged (open, answers what is asked)
+    "cooperative": "",
+    # resistance to help, sceptical of the supporter's motives and of talking as a remedy
+    "resistant": (
+        "You doubt that talking to a stranger can help. Be sceptical: question the supporter's advice and "
+        "motives, and do not accept reassurance easily."
+    ),
+    # minimal disclosure: shame or guardedness, short answers, the problem must be drawn out
+    "minimal_disclosure": (
+        "You find it hard to open up. Answer briefly and vaguely, and only share details when the supporter "
+        "earns your trust."
+    ),
+    # rumination: repetitive, circular focus on the distress and its causes
+    "ruminating": (
+        "You keep going back to what went wrong and why. Repeat your worries in new words and find it hard to "
+        "think about anything else."
+    ),
+    # the help-rejecting complainer ("yes, but"): asks for help, then finds fault with every suggestion
+    "yes_but": (
+        "You want help, but every suggestion seems wrong for you: answer suggestions with 'yes, but' and a "
+        "reason why it would not work."
+    ),
+    # emotional escalation: distress rises when the seeker does not feel understood
+    "escalating": (
+        "Your feelings are intense and grow stronger when you feel misunderstood or rushed. Say so when a reply "
+        "misses what you feel."
+    ),
+}
+
 # The paper's human-evaluation criteria, as the judge's questions.
 JUDGE_CRITERIA: dict[str, str] = {
     "fluency": "Which supporter's replies are more fluent and natural?",
@@ -91,7 +125,7 @@ def write_prompts(path: str | Path, critic_labels: dict[str, float]) -> Path:
     """Write every prompt template, the judge's criteria and the critic's answer values
     (:data:`rlff_utils.critic.CRITIC_LABELS`) to ``path`` (a stage's ``RunLayout.prompts``)."""
     payload = {"templates": PROMPTS, "judge_criteria": JUDGE_CRITERIA, "critic_labels": critic_labels,
-               "strategies": STRATEGIES}
+               "seeker_profiles": SEEKER_PROFILES, "strategies": STRATEGIES}
     return write_json(payload, path)
 
 
@@ -152,14 +186,22 @@ def policy_messages(
     return [{"role": "system", "content": system}, *_as_messages(_turns(context, max_history_turns), SUPPORTER)]
 
 
-def seeker_messages(context: dict[str, Any], max_history_turns: int = 12) -> list[dict[str, str]]:
-    """The user simulator's conversation: persona prompt and the dialogue with the supporter as
-    ``user``; the model's next message is the seeker's turn. Supporter turns must already be
-    visible replies."""
+def seeker_messages(context: dict[str, Any], max_history_turns: int = 12,
+                    profile: str | None = None) -> list[dict[str, str]]:
+    """The user simulator's conversation: persona prompt (plus the instruction of the seeker
+    ``profile``, default the context's ``seeker_profile``, else cooperative) and the dialogue with
+    the supporter as ``user``; the model's next message is the seeker's turn. Supporter turns must
+    already be visible replies."""
+    profile = profile or context.get("seeker_profile") or "cooperative"
+    if profile not in SEEKER_PROFILES:
+        raise ValueError(f"unknown seeker profile {profile!r}: one of {', '.join(SEEKER_PROFILES)}")
     messages = _as_messages(_turns(context, max_history_turns), SEEKER)
     if not messages or messages[0]["role"] == "assistant":
         messages.insert(0, {"role": "user", "content": PROMPTS["seeker_opening"]})
-    return [{"role": "system", "content": PROMPTS["seeker_role"].format(**_fields(context))}, *messages]
+    system = PROMPTS["seeker_role"].format(**_fields(context))
+    if SEEKER_PROFILES[profile]:
+        system += "\n" + SEEKER_PROFILES[profile]
+    return [{"role": "system", "content": system}, *messages]
 
 
 def critic_messages(context: dict[str, Any], max_history_turns: int | None = None) -> list[dict[str, str]]:

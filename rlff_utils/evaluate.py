@@ -11,8 +11,9 @@ SR, AT and SR@k with their 95% intervals, and paired differences between systems
 Response quality follows the paper's human-evaluation criteria. An LLM judge compares two
 systems' conversations on the same case in both orders, which cancels its position bias: a
 system wins only when it is preferred in both orders, loses only when the other is preferred in
-both, and anything else is a tie. For human annotators the same comparisons are written to a
-blind sheet whose sides are randomised, with the key kept in a separate file. The judge's prompts
+both, and anything else is a tie. For human annotators the same comparisons go into a blind
+annotation page whose sides are randomised, with the key kept beside it
+(:mod:`rlff_utils.human_eval`, which also ingests the returned answers). The judge's prompts
 live in :mod:`rlff_utils.agents`; the conversations run on :mod:`rlff_utils.rollout`.
 
 The stage goes through :func:`rlff_utils.runs.begin_stage`: stored transcripts are resumed only
@@ -21,15 +22,14 @@ when the stage's record matches the params (else :class:`~rlff_utils.runs.StaleS
 
 from __future__ import annotations
 
-import csv
 import math
-import random
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pandas as pd
 
-from . import critic, runs
+from . import critic, human_eval, runs
 from .agents import CRITERIA, judge_messages, parse_verdict, write_prompts
 from .backends import get_backend
 from .contrast import contrast_metrics
@@ -114,61 +114,6 @@ def win_rates(judgements: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------
-# Blind sheet for human annotators
-# --------------------------------------------------------------------------------------------
-
-
-def write_human_sheet(
-    pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
-    baseline_names: Sequence[str],
-    sheet_path: str | Path,
-    key_path: str | Path,
-    seed: int = 0,
-) -> None:
-    """A CSV for annotators (sides randomised, no system names) and a separate key.
-
-    Annotators write 1, 2 or tie in each criterion column."""
-    rng = random.Random(seed)
-    with open(sheet_path, "w", newline="") as fs, open(key_path, "w", newline="") as fk:
-        sheet = csv.writer(fs)
-        key = csv.writer(fk)
-        sheet.writerow(["row", "situation", "conversation_1", "conversation_2", *CRITERIA])
-        key.writerow(["row", "case_id", "baseline", "system_side"])
-        for row, ((ours, theirs), base) in enumerate(zip(pairs, baseline_names)):
-            side = rng.choice((1, 2))
-            a, b = _conversation(ours), _conversation(theirs)
-            convs = (a, b) if side == 1 else (b, a)
-            sheet.writerow([row, ours.get("situation") or "", *convs, *[""] * len(CRITERIA)])
-            key.writerow([row, ours.get("case_id"), base, side])
-
-
-def score_human_sheet(sheet_path: str | Path, key_path: str | Path) -> pd.DataFrame:
-    """Win / tie / lose of the system per baseline and criterion from a filled sheet.
-
-    Cells other than 1, 2 or tie (blank, typos) are counted as unparsable, never guessed."""
-    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False)
-    key = pd.read_csv(key_path, dtype={"row": str, "system_side": int, "baseline": str, "case_id": str})
-    merged = sheet.merge(key, on="row", how="inner")
-    if len(merged) != len(sheet):
-        raise ValueError(f"{sheet_path}: {len(sheet) - len(merged)} row(s) have no entry in the key {key_path}")
-    rows = []
-    for _, r in merged.iterrows():
-        for c in CRITERIA:
-            v = str(r[c]).strip().lower()
-            if v in ("1", "2"):
-                outcome = "win" if int(v) == r["system_side"] else "lose"
-            elif v == "tie":
-                outcome = "tie"
-            else:
-                outcome = None
-            rows.append({"baseline": r["baseline"], "case_id": r["case_id"], "criterion": c, "outcome": outcome})
-    long = pd.DataFrame(rows)
-    return pd.concat(
-        [win_rates(g).assign(baseline=b) for b, g in long.groupby("baseline")], ignore_index=True
-    )[["baseline", "criterion", "judged", "unparsable", "win", "tie", "lose"]]
-
-
-# --------------------------------------------------------------------------------------------
 # The stage (notebook 05)
 # --------------------------------------------------------------------------------------------
 
@@ -206,25 +151,60 @@ def plan_systems(params) -> tuple[list[tuple[Any, Path | None]], list[dict[str, 
     return plan, skipped
 
 
-def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: int) -> list[Trajectory]:
+@dataclass(frozen=True)
+class Condition:
+    """Who the evaluated systems talk to: an evaluation simulator (its user simulator and critic)
+    and a seeker profile. The first condition is the headline's (``evaluation/<system>/``); the
+    others are stored under ``evaluation/conditions/<name>/<system>/``."""
+
+    simulator: str
+    profile: str
+    user_sim: Any
+    critic: Any = None  # a ModelRole, or None: models.eval_critic
+
+    @property
+    def name(self) -> str:
+        return f"{self.simulator}.{self.profile}"
+
+
+def conditions(params) -> list[Condition]:
+    """The headline condition (the default simulator, the first profile), then every further
+    simulator under the first profile, then every further profile under the default simulator:
+    each change of simulator and of seeker is measured against the headline on the same cases."""
+    e, m = params.evaluation, params.models
+    first = e.seeker_profiles[0]
+    out = [Condition("default", first, m.eval_user_sim, None)]
+    out += [Condition(s.name, first, s.user_sim or m.eval_user_sim, s.critic) for s in e.simulators]
+    out += [Condition("default", p, m.eval_user_sim, None) for p in e.seeker_profiles[1:]]
+    return out
+
+
+def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: int,
+                      condition: Condition | None = None, headline: bool = True) -> list[Trajectory]:
     """One conversation per case, opened by the seeker with the case's situation; its identity
-    is (system, case_id)."""
+    is (system, case_id) under the headline condition, (system, case_id, simulator, profile)
+    under another one."""
     meta_fields = ("case_id", "dataset", "emotion_type", "problem_type", "situation")
+    simulator, profile = (condition.simulator, condition.profile) if condition else ("default", "cooperative")
     return [
-        Trajectory(meta={**{k: c.get(k, "") for k in meta_fields}, "system": system},
+        Trajectory(meta={**{k: c.get(k, "") for k in meta_fields}, "system": system, "simulator": simulator,
+                         "seeker_profile": profile},
                    history=[{"speaker": "seeker", "text": c["opening"], "strategy": None}], max_turns=max_turns,
-                   key=(system, c["case_id"]))
+                   key=(system, c["case_id"]) if headline else (system, c["case_id"], simulator, profile))
         for c in cases
     ]
 
 
-def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore]) -> None:
-    """Every planned system through the protocol, in shared lockstep batches: one user-simulator
-    and one critic call per turn serve all systems; each system's policy writes its own turns."""
+def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condition: Condition,
+                  headline: bool = True) -> None:
+    """Every planned system through the protocol under one condition, in shared lockstep batches:
+    one user-simulator and one critic call per turn serve all systems; each system's policy
+    writes its own turns."""
     e, m = params.evaluation, params.models
     turns = params.data.max_history_turns
+    lay = runs.layout(params)
     store = RoutedStore(stores, "system")
-    trajs = [t for s, _ in plan for t in eval_trajectories(cases, s.name, e.max_turns)]
+    trajs = [t for s, _ in plan for t in eval_trajectories(cases, s.name, e.max_turns, condition, headline)]
     done = store.done_keys()
     if all(store.key(t.meta) in done for t in trajs):
         return
@@ -233,12 +213,66 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore]) -> No
                                   s.prompt, turns)
         for s, adapter in plan
     }
-    seeker = backend_seeker(get_backend(m.eval_user_sim, seed=params.seed), turns)
-    judge = critic.for_stage(params, "evaluation")
+    seeker = backend_seeker(get_backend(condition.user_sim, seed=params.seed), turns)
+    backend = get_backend(condition.critic, seed=params.seed) if condition.critic is not None else None
+    judge = critic.for_stage(params, "evaluation", backend)
     supporter = routed_supporter(supporters, "system")
     rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, judge, seed=params.seed,
-                     desc=f"eval ({len(plan)} systems)", already=[r for st in stores.values() for r in st.load()],
-                     state_path=runs.layout(params).rollout_state(runs.EVALUATION))
+                     desc=f"eval ({len(plan)} systems, {condition.name})",
+                     already=[r for st in stores.values() for r in st.load()],
+                     state_path=lay.rollout_state(runs.EVALUATION) if headline else lay.condition_state(condition.name))
+
+
+def _condition_metrics(params, records_of: dict[str, list[dict[str, Any]]], main: str) -> dict[str, Any]:
+    """SR/AT per system under one condition, and the main system's paired differences."""
+    e = params.evaluation
+    out = {name: {k: v for k, v in system_metrics(records, params).items() if k in ("cases", "SR", "SR_ci95", "AT",
+                                                                                    "AT_ci95")}
+           for name, records in records_of.items()}
+    if main in records_of:
+        out[main]["paired_vs"] = {other: paired_difference(records_of[main], theirs, e.max_turns, e.bootstrap_samples,
+                                                           params.seed)
+                                  for other, theirs in records_of.items() if other != main}
+    return out
+
+
+def _other_conditions(params, plan, cases, main: str, headline_records: dict[str, list[dict[str, Any]]]) -> dict:
+    """Every condition beyond the headline: roll it (resumable, like the headline) and measure it;
+    the headline's own figures lead the table. Written to ``evaluation/conditions.json``."""
+    lay = runs.layout(params)
+    conds = conditions(params)
+    wanted = {c["case_id"] for c in cases}
+    out = {conds[0].name: {"simulator": conds[0].simulator, "profile": conds[0].profile, "headline": True,
+                           "systems": _condition_metrics(params, headline_records, main)}}
+    for cond in conds[1:]:
+        stores = {s.name: TrajectoryStore(lay.condition_transcripts(cond.name, s.name), CASE_KEY) for s, _ in plan}
+        if plan:
+            _roll_systems(params, plan, cases, stores, cond, headline=False)
+        records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
+        out[cond.name] = {"simulator": cond.simulator, "profile": cond.profile, "headline": False,
+                          "user_sim": cond.user_sim.name, "critic": (cond.critic or params.models.eval_critic).name,
+                          "systems": _condition_metrics(params, records_of, main)}
+    runs.write_json(out, lay.conditions)
+    return out
+
+
+def condition_table(params) -> pd.DataFrame:
+    """One row per system and condition (simulator, seeker profile): SR and AT with 95% intervals,
+    the main system's paired SR difference to the system, and the system's rank by SR under the
+    condition (1 = best), read from ``evaluation/conditions.json``."""
+    saved = runs.read_json(runs.layout(params).conditions, default=None) or {}
+    rows = []
+    main = main_system(params)
+    for name, c in saved.items():
+        systems = c["systems"]
+        for s, m in systems.items():
+            diff = (systems.get(main, {}).get("paired_vs") or {}).get(s) or {}
+            rows.append({"condition": name, "simulator": c["simulator"], "seeker profile": c["profile"], "system": s,
+                         "cases": m["cases"], "SR": m["SR"], "SR_ci95": m["SR_ci95"], "AT": m["AT"],
+                         "AT_ci95": m["AT_ci95"], "rank by SR": 1 + sum(o["SR"] > m["SR"] for o in systems.values()),
+                         f"SR {main} minus system": diff.get("SR_diff"), f"SR {main} minus system_ci95":
+                         diff.get("SR_diff_ci95")})
+    return pd.DataFrame(rows)
 
 
 def _needed_upstream(params) -> tuple[str, ...]:
@@ -265,7 +299,7 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
         write_prompts(lay.prompts(runs.EVALUATION), critic.CRITIC_LABELS)
         stores = {s.name: TrajectoryStore(lay.transcripts(s.name), CASE_KEY) for s, _ in plan}
         if plan:
-            _roll_systems(params, plan, cases, stores)
+            _roll_systems(params, plan, cases, stores, conditions(params)[0])
         rows = []
         wanted = {c["case_id"] for c in cases}
         records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
@@ -289,6 +323,8 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
                          **({"contrast_SR": contrast[s.name]["SR"], "contrast_SR_ci95": contrast[s.name]["SR_ci95"],
                              "contrast_agreement": contrast[s.name]["agreement"]["agreement"]} if contrast else {})})
         runs.write_json(skipped, lay.skipped_systems)
+        if len(conditions(params)) > 1:  # another simulator or seeker profile: the same systems under it
+            _other_conditions(params, plan, cases, main, records_of)
     table = pd.DataFrame(rows)
     table.attrs["skipped"] = skipped
     return table
@@ -340,8 +376,8 @@ def comparison_pairs(params, baseline: str, limit: int | None = None) -> list[tu
 
 def run_quality(params) -> pd.DataFrame:
     """Pairwise LLM judge of the main system against every evaluated baseline, and the blind
-    human sheet. Writes ``judgements.csv``, ``win_rates.csv``, ``human_sheet.csv`` and the key
-    (``human_sheet_key/key.csv``, to keep apart from annotators), inside the evaluation stage."""
+    human annotation page. Writes ``judgements.csv``, ``win_rates.csv`` and ``human/annotate.html``
+    with its key (``human/key.json``, kept apart from annotators), inside the evaluation stage."""
     e = params.evaluation
     lay = runs.layout(params)
     main = main_system(params)
@@ -367,7 +403,5 @@ def run_quality(params) -> pd.DataFrame:
         if len(judgements):
             judgements.to_csv(lay.judgements, index=False)
             rates.to_csv(lay.win_rates, index=False)
-        if sheet_pairs:
-            lay.human_sheet_key.parent.mkdir(parents=True, exist_ok=True)
-            write_human_sheet(sheet_pairs, sheet_names, lay.human_sheet, lay.human_sheet_key, params.seed)
+        human_eval.write_kit(params, main, sheet_names, sheet_pairs)
     return rates

@@ -639,3 +639,28 @@ def plot_grpo_curves(curves: pd.DataFrame, path: str | Path | None = None):
     fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8)
     fig.suptitle("GRPO training" + (f" ({by_run[0][0]})" if len(by_run) == 1 and by_run[0][0] else ""))
     return _save(fig, path)
+
+
+def plot_conditions(table: pd.DataFrame, path: str | Path | None = None):
+    """SR of every system under every evaluation condition (simulator · seeker profile), with
+    95% intervals: does a system's place survive another simulator or a harder seeker?
+    ``table``: :func:`rlff_utils.evaluate.condition_table`."""
+    fig, axes = _subplots(1, 1, (max(6.0, 1.6 * table["condition"].nunique() + 3), 4.2))
+    ax = axes[0, 0]
+    conds = list(dict.fromkeys(table["condition"]))
+    names = list(dict.fromkeys(table["system"]))
+    colors = system_colors(names)
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        rows = table[table["system"] == name].set_index("condition").reindex(conds)
+        x = np.arange(len(conds)) + (i - (len(names) - 1) / 2) * width
+        sr = 100 * rows["SR"].astype(float)
+        lo = 100 * rows["SR_ci95"].map(lambda c: c[0] if isinstance(c, (list, tuple)) else np.nan)
+        hi = 100 * rows["SR_ci95"].map(lambda c: c[1] if isinstance(c, (list, tuple)) else np.nan)
+        ax.errorbar(x, sr, yerr=[(sr - lo).clip(lower=0).fillna(0), (hi - sr).clip(lower=0).fillna(0)], fmt="o",
+                    capsize=3, color=colors[name], label=name)
+    ax.set_xticks(np.arange(len(conds)), [c.replace(".", "\n", 1) for c in conds])
+    ax.set(xlabel="condition (simulator, seeker profile)", ylabel="success rate (% of cases)",
+           title="success rate per evaluation condition (95% CI)", ylim=(-5, 105))
+    legend_outside(ax, "system")
+    return _save(fig, path)

@@ -87,6 +87,15 @@ INPUTS: dict[str, tuple[str, ...]] = {
     EVALUATION: ("data/eval_cases.jsonl",),
 }
 
+# Settings added to the schema after runs were recorded, with the value that computes what those
+# runs computed: a record without the key is not stale while the params hold that value (older run
+# folders stay valid); any other value is a change like any other.
+LATER_SETTINGS: dict[str, Any] = {
+    "simulation.seeker_profile": "cooperative",
+    "evaluation.seeker_profiles": ["cooperative"],
+    "evaluation.simulators": [],
+}
+
 # Leaf names that change speed, resources or bookkeeping, not results: never compared.
 EXECUTION_FIELDS = frozenset({
     "batch_size", "device", "concurrency", "timeout_s", "max_retries", "gpu_memory_utilization",
@@ -225,6 +234,13 @@ class RunLayout:
     def transcripts(self, system: str) -> Path: return self.system_dir(system) / "transcripts.jsonl"
     def system_metrics(self, system: str) -> Path: return self.system_dir(system) / "metrics.json"
     def all_system_metrics(self) -> list[Path]: return sorted(self.stage(EVALUATION).glob("*/metrics.json"))
+    # other evaluation conditions (a simulator, a seeker profile) beside the headline one
+    def condition_transcripts(self, condition: str, system: str) -> Path:
+        return self.stage(EVALUATION) / "conditions" / condition / system / "transcripts.jsonl"
+    def condition_state(self, condition: str) -> Path:
+        return self.stage(EVALUATION) / "conditions" / condition / ".rollout_state.json"
+    @property
+    def conditions(self) -> Path: return self.stage(EVALUATION) / "conditions.json"
     @property
     def skipped_systems(self) -> Path: return self.stage(EVALUATION) / "skipped_systems.json"
     @property
@@ -475,6 +491,9 @@ def _setting_changes(params: "RunParams", stage: str, record: dict[str, Any]) ->
     """``{dotted path: (stored, now)}`` for every setting the record and the params disagree on."""
     old = _flatten(record.get("settings", {}), "")
     new = _flatten(json_ready(stage_settings(params, stage)), "")
+    for key, value in LATER_SETTINGS.items():  # recorded before the setting existed, and unchanged since
+        if key not in old and new.get(key) == value:
+            old[key] = value
     return {key: (old.get(key, "<absent>"), new.get(key, "<absent>")) for key in sorted(set(old) | set(new))
             if old.get(key, "<absent>") != new.get(key, "<absent>")}
 

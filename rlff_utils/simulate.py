@@ -42,6 +42,7 @@ from .rollout import (
     candidate_sampler,
     rollout_to_store,
 )
+from .sampling import derive_seed
 from .stats import finite_mean
 from .text import SEEKER
 
@@ -54,11 +55,29 @@ _META_FIELDS = ("context_id", "dialogue_id", "dataset", "emotion_type", "problem
                 "reference_reply", "reference_strategy")
 
 
-def simulation_trajectories(contexts: Sequence[dict[str, Any]], num_candidates: int, max_turns: int) -> list[Trajectory]:
+def seeker_profile_of(choice: str | dict[str, float], run_seed: int, key: tuple) -> str:
+    """The seeker profile of one trajectory: ``choice`` itself, or from a mix {profile: share} the
+    one a uniform draw seeded by the trajectory's identity falls on (so a resumed or grown
+    simulation gives every trajectory the profile a straight run gives it)."""
+    if isinstance(choice, str):
+        return choice
+    names, total = sorted(choice), sum(choice.values())
+    u, acc = derive_seed(run_seed, "seeker-profile", *key) / 2**31, 0.0
+    for name in names:
+        acc += choice[name] / total
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def simulation_trajectories(contexts: Sequence[dict[str, Any]], num_candidates: int, max_turns: int,
+                            seeker_profile: str | dict[str, float] = "cooperative",
+                            run_seed: int = 0) -> list[Trajectory]:
     """m fresh trajectories per context, ordered by context then candidate index; a
-    trajectory's identity is (context_id, candidate_index)."""
+    trajectory's identity is (context_id, candidate_index), its seeker profile is recorded."""
     return [
-        Trajectory(meta={**{k: c.get(k, "") for k in _META_FIELDS}, "candidate_index": j},
+        Trajectory(meta={**{k: c.get(k, "") for k in _META_FIELDS}, "candidate_index": j,
+                         "seeker_profile": seeker_profile_of(seeker_profile, run_seed, (c["context_id"], j))},
                    history=list(c["history"]), max_turns=max_turns, key=(c["context_id"], j))
         for c in contexts
         for j in range(num_candidates)
@@ -156,7 +175,7 @@ def run_simulation(params: "RunParams", contexts: Sequence[dict[str, Any]] | Non
     with runs.begin_stage(params, runs.SIMULATION, force, extra={"grown_from": grown_from} if grown_from else None):
         write_prompts(lay.prompts(runs.SIMULATION), critic.CRITIC_LABELS)
         store = TrajectoryStore(lay.trajectories, SIM_KEY)
-        wanted = simulation_trajectories(contexts, sim.num_candidates, sim.max_turns)
+        wanted = simulation_trajectories(contexts, sim.num_candidates, sim.max_turns, sim.seeker_profile, params.seed)
         wanted_keys = {t.key for t in wanted}
         previous = [r for r in store.load() if store.key(r) in wanted_keys]
         # A plain run or resume rolls the fixed batches of the whole list (a resume matches a straight

@@ -182,9 +182,23 @@ class CriticSettings:
     window: int
 
 
+# The simulated seeker's profiles (their instructions: rlff_utils.agents.SEEKER_PROFILES).
+SeekerProfile = Literal["cooperative", "resistant", "minimal_disclosure", "ruminating", "yes_but", "escalating"]
+
+
 class SimulationParams(_CriticFields):
     num_candidates: int = Field(4, ge=1, description="m: candidate responses per context")
     max_turns: int = Field(8, ge=1, description="T: rollout turns (seeker+supporter exchanges)")
+    seeker_profile: SeekerProfile | dict[SeekerProfile, float] = Field(
+        "cooperative", description="the user simulator's profile, or a mix {profile: share}: each trajectory "
+        "draws one by its identity")
+
+    @field_validator("seeker_profile")
+    @classmethod
+    def _shares(cls, v: Any) -> Any:
+        if isinstance(v, dict) and (not v or any(not (share > 0) for share in v.values())):
+            raise ValueError("a mix of seeker profiles needs at least one profile, every share > 0")
+        return v
     efficiency_weight: float = Field(1.0, ge=0.0, description="lambda in R_fut")
     label_threshold: float | Literal["median"] = Field(0.5, description="delta: label = R_fut >= delta")
     reasoning_format: bool = Field(False, description="candidates carry <think>...</think> first")
@@ -401,6 +415,14 @@ class EvalSystem(_Strict):
     adapter: str | None = None
 
 
+class EvalSimulator(_Strict):
+    """Another evaluation simulator beside ``models.eval_user_sim`` / ``models.eval_critic``: every
+    system is evaluated under it on the same cases (a role left out is the default one)."""
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$")
+    user_sim: ModelRole | None = None
+    critic: ModelRole | None = None
+
+
 class EvaluationParams(_CriticFields):
     systems: list[EvalSystem] = Field(
         default_factory=lambda: [
@@ -413,6 +435,11 @@ class EvaluationParams(_CriticFields):
     )
     max_turns: int = Field(8, ge=1)
     num_cases: int | None = Field(None, ge=1)
+    seeker_profiles: list[SeekerProfile] = Field(
+        default_factory=lambda: ["cooperative"], min_length=1,
+        description="the seeker profiles every system is evaluated against; the first is the headline's")
+    simulators: list[EvalSimulator] = Field(
+        default_factory=list, description="more evaluation simulators (and critics), beside the default one")
     contrast_critic: Literal["votes", "probs"] | None = Field(
         None, description="models.eval_critic in this mode re-judges every evaluated conversation after the fact "
         "(e.g. the LLM critic beside a rule critic): SR/AT and agreement under it go to metrics.json")
@@ -420,6 +447,21 @@ class EvaluationParams(_CriticFields):
     batch_size: int = Field(32, ge=1)
     judge_pairs: int = Field(20, ge=0, description="transcripts per baseline for the pairwise judge")
     human_sheet_rows: int = Field(20, ge=0)
+
+    @field_validator("seeker_profiles")
+    @classmethod
+    def _unique_profiles(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"a profile is listed twice: {v}")
+        return v
+
+    @field_validator("simulators")
+    @classmethod
+    def _simulator_names(cls, v: list[EvalSimulator]) -> list[EvalSimulator]:
+        names = [s.name for s in v]
+        if "default" in names or len(set(names)) != len(names):
+            raise ValueError(f"simulator names must be unique and not 'default' (the models.eval_* roles): {names}")
+        return v
 
     @field_validator("systems")
     @classmethod
