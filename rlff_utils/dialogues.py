@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .text import SEEKER, SUPPORTER  # noqa: F401 - the speakers of the schema
+from .text import SEEKER, SUPPORTER, strip_chat_controls  # noqa: F401 - the speakers of the schema
 
 ESCONV_STRATEGIES = [
     "Question",
@@ -214,35 +214,39 @@ def _json_list_items(text: str) -> Iterator[Any]:
 
 
 REPLACED_SURROGATES = "lone surrogates replaced"
+REMOVED_CONTROLS = "chat control strings removed"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _replace_surrogates(node: Any) -> tuple[Any, bool]:
-    """``node`` with every lone UTF-16 surrogate (valid JSON such as ``"\\ud83d"``, not Unicode
-    text) replaced by U+FFFD, and whether there was one; a pair already joined by ``json`` is a
-    character and stays."""
+def _repair_strings(node: Any) -> tuple[Any, bool, int]:
+    """``node`` with every string value repaired: a lone UTF-16 surrogate (valid JSON such as
+    ``"\\ud83d"``, not Unicode text) becomes U+FFFD, a chat template's control string
+    (``<|im_start|>``...) is removed so data cannot open or close a message. Returns the node,
+    whether a surrogate was replaced, and how many control strings were removed."""
     if isinstance(node, str):
         fixed = _SURROGATE.sub("\ufffd", node)
-        return fixed, fixed != node
-    if isinstance(node, list):
-        items = [_replace_surrogates(v) for v in node]
-        return [v for v, _ in items], any(c for _, c in items)
-    if isinstance(node, dict):
-        pairs = {k: _replace_surrogates(v) for k, v in node.items()}
-        keys = {k: _replace_surrogates(k)[0] for k in node}
-        return {keys[k]: v for k, (v, _) in pairs.items()}, any(c for _, c in pairs.values()) or any(
-            keys[k] != k for k in node)
-    return node, False
+        fixed, controls = strip_chat_controls(fixed)
+        return fixed, _SURROGATE.search(node) is not None, controls
+    if isinstance(node, (list, dict)):
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        done = [(k, *_repair_strings(v)) for k, v in items]
+        values = {_SURROGATE.sub("\ufffd", k) if isinstance(k, str) else k: v for k, v, _, _ in done}
+        out = values if isinstance(node, dict) else list(values.values())
+        return out, any(c for _, _, c, _ in done), sum(n for _, _, _, n in done)
+    return node, False, 0
 
 
 def without_surrogates(records: list[Any], report: LoadReport) -> list[Any]:
+    """Every record with its strings repaired (:func:`_repair_strings`), counted in ``report``:
+    records holding a lone surrogate, and control strings removed."""
     out = []
     for rec in records:
-        rec, changed = _replace_surrogates(rec)
-        report.repaired[REPLACED_SURROGATES] += changed
+        rec, surrogate, controls = _repair_strings(rec)
+        if surrogate:
+            report.repaired[REPLACED_SURROGATES] += 1
+        if controls:
+            report.repaired[REMOVED_CONTROLS] += controls
         out.append(rec)
-    if not report.repaired[REPLACED_SURROGATES]:
-        del report.repaired[REPLACED_SURROGATES]
     return out
 
 

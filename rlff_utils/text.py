@@ -102,3 +102,47 @@ def transcript(turns: Sequence[dict[str, Any]]) -> str:
         TRANSCRIPT_LINE.format(speaker=SPEAKER_NAMES[t["speaker"]], text=t["text"].strip() or EMPTY_TURN)
         for t in turns
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Untrusted text: chat control strings, bidirectional controls, credentials
+# --------------------------------------------------------------------------------------------
+
+# The control strings of the chat templates in use (ChatML's <|im_start|>/<|im_end|>, Llama 3's
+# <|start_header_id|>/<|eot_id|>, <|endoftext|>, Gemma's turn markers): inside a turn's text a
+# tokenizer would read them as real control tokens, letting data open or close a message.
+CHAT_CONTROL = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|<(?:start|end)_of_turn>")
+
+
+def strip_chat_controls(text: str) -> tuple[str, int]:
+    """``text`` without chat-template control strings, and how many were removed. Applied to
+    every untrusted text (dataset turns, simulated turns, chat input) before a template sees it."""
+    cleaned, count = CHAT_CONTROL.subn("", text)
+    return cleaned, count
+
+
+# Unicode's bidirectional embedding, override and isolate controls (and the marks): data holding
+# them would reorder the text around them on a page (a right-to-left override flips what follows).
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+
+
+def neutralise_bidi(text: str) -> str:
+    """Every bidirectional control in ``text`` shown as its code point (``[U+202E]``), so rendered
+    data reads in the order it was written."""
+    return BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group(0)):04X}]", text)
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@'\"<>]+)@")
+
+
+def url_credentials(url: str) -> tuple[str, str | None]:
+    """``(url without its user:password@, that user:password)``; ``(url, None)`` without one."""
+    m = _URL_CREDENTIALS.search(url)
+    if not m:
+        return url, None
+    return url[: m.start("userinfo")] + url[m.end():], m.group("userinfo")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL (``http://user:pw@host``) replaced by ``***``."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
+
+from ..text import strip_chat_controls
 
 Conversation = list[dict[str, str]]
 
@@ -23,9 +25,19 @@ class BackendStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
+    # what was done to prompts before the model saw them (:func:`fit_conversations`)
+    control_strings_removed: int = 0
+    trimmed_prompts: int = 0
+    dropped_turns: int = 0
+    cut_characters: int = 0
 
     def reset(self) -> None:
         self.__init__()
+
+    def fitting(self) -> dict[str, int]:
+        """What was removed from prompts: control strings, whole oldest turns, characters."""
+        return {"control_strings_removed": self.control_strings_removed, "trimmed_prompts": self.trimmed_prompts,
+                "dropped_turns": self.dropped_turns, "cut_characters": self.cut_characters}
 
 
 @runtime_checkable
@@ -87,3 +99,74 @@ def _softmax(logps: list[float]) -> list[float]:
     return [e / total for e in exps]
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts: untrusted control strings out, the whole prompt inside the model's window
+# --------------------------------------------------------------------------------------------
+
+CUT_MARK = " [...] "
+
+
+def fit_conversations(conversations: list[Conversation], stats: BackendStats,
+                      count_tokens: Callable[[Conversation], int] | None = None,
+                      limit: int | None = None) -> list[Conversation]:
+    """Every conversation as the model may read it: chat-template control strings removed from
+    each message (data and simulated turns cannot open or close a message), then, with a token
+    counter and a ``limit`` (the model's window minus the tokens it will generate), trimmed to fit
+    (:func:`fit_window`). What was removed is counted in ``stats``."""
+    out = []
+    for conv in conversations:
+        cleaned = []
+        for message in conv:
+            content, removed = strip_chat_controls(message.get("content") or "")
+            stats.control_strings_removed += removed
+            cleaned.append({**message, "content": content})
+        out.append(fit_window(cleaned, count_tokens, limit, stats) if count_tokens and limit else cleaned)
+    return out
+
+
+def fit_window(conv: Conversation, count_tokens: Callable[[Conversation], int], limit: int,
+               stats: BackendStats) -> Conversation:
+    """``conv`` within ``limit`` tokens: first the oldest turns go (never the system message or
+    the last message), then the longest message is cut in its middle (its start, often the
+    instructions, and its end, the latest turns, stay) until the prompt fits."""
+    n = count_tokens(conv)
+    if n <= limit:
+        return conv
+    stats.trimmed_prompts += 1
+    conv = [dict(m) for m in conv]
+    while n > limit:
+        turns = [i for i, m in enumerate(conv) if m.get("role") != "system"]
+        if len(turns) <= 1:
+            break
+        del conv[turns[0]]
+        stats.dropped_turns += 1
+        n = count_tokens(conv)
+    for _ in range(32):
+        if n <= limit:
+            return conv
+        i = max(range(len(conv)), key=lambda j: len(conv[j]["content"]))
+        text = conv[i]["content"]
+        if len(text) <= len(CUT_MARK):
+            break  # nothing left to cut
+        rest = count_tokens([*conv[:i], {**conv[i], "content": CUT_MARK}, *conv[i + 1:]])
+        share = max(0.0, (limit - rest) / max(1, n - rest))  # of this message's tokens that fit
+        keep = int(len(text) * share * 0.95)
+        head = keep // 3
+        conv[i]["content"] = text[:head] + CUT_MARK + text[len(text) - (keep - head):] if keep else CUT_MARK.strip()
+        stats.cut_characters += len(text) - keep
+        n = count_tokens(conv)
+    if n > limit:
+        raise BackendError(f"a prompt of {n} tokens cannot be cut to the model's window of {limit} tokens "
+                           "(the fixed part of the prompt alone is longer): raise max_model_len or lower max_new_tokens")
+    return conv
+
+
+def window_limit(window: int | None, reserve: int) -> int | None:
+    """Tokens a prompt may take: the model's ``window`` minus what it generates (None: unknown)."""
+    if not window:
+        return None
+    if window - reserve < 16:
+        raise BackendError(f"max_new_tokens {reserve} leaves no room for a prompt in a window of {window} tokens")
+    return window - reserve

@@ -12,7 +12,9 @@ from .base import (
     Conversation,
     _row_seeds,
     _softmax,
+    fit_conversations,
     trim_at_stop,
+    window_limit,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +46,16 @@ class HFEngine:
 
     def prompt_text(self, conversation: Conversation) -> str:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return len(self.tokenizer(self.prompt_text(conversation), add_special_tokens=False)["input_ids"])
+
+    @property
+    def window(self) -> int | None:
+        """The model's context window: its position embeddings, or the tokenizer's limit if smaller."""
+        sizes = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        sizes = [int(x) for x in sizes if isinstance(x, (int, float)) and 0 < x < 10**8]
+        return min(sizes) if sizes else None
 
     def encode(self, token_ids: list[list[int]]):
         """Left-padded batch tensors on the model's device from already tokenised rows."""
@@ -129,6 +141,8 @@ class HFBackend:
         if sample and row_seeds is None:
             row_seeds = torch.randint(0, 2**31 - 1, (len(conversations),)).tolist()
         per_chunk = max(1, role.batch_size // k)
+        conversations = fit_conversations(conversations, self.stats, eng.count_tokens,
+                                          window_limit(role.max_model_len or eng.window, max_new_tokens))
         prompts = tok([eng.prompt_text(c) for c in conversations], add_special_tokens=False)["input_ids"]
         order = _by_length([len(ids) for ids in prompts])
         out: list[list[str] | None] = [None] * len(prompts)
@@ -179,10 +193,12 @@ class HFBackend:
             return []
         eng, tok, bs = self.engine, self.engine.tokenizer, self.role.batch_size
         t0 = time.perf_counter()
-        prompts = [tok(eng.prompt_text(c), add_special_tokens=False)["input_ids"] for c in conversations]
         cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
         if any(not c for c in cids):
             raise BackendError(f"a choice tokenises to nothing: {choices!r}")
+        conversations = fit_conversations(conversations, self.stats, eng.count_tokens, window_limit(
+            self.role.max_model_len or eng.window, max(len(c) for c in cids)))
+        prompts = [tok(eng.prompt_text(c), add_special_tokens=False)["input_ids"] for c in conversations]
         rows: list[list[float]] = [[] for _ in prompts]
         order = _by_length([len(p) for p in prompts])
         for s in range(0, len(prompts), bs):

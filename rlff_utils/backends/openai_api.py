@@ -16,6 +16,7 @@ from .base import (
     BackendStats,
     Conversation,
     _row_seeds,
+    fit_conversations,
     trim_at_stop,
 )
 
@@ -141,6 +142,13 @@ class OpenAIBackend:
             ) from first
         return results
 
+    def _fit(self, conversations: list[Conversation], reserve: int) -> list[Conversation]:
+        """Control strings out; with ``max_model_len`` set, the prompt within it, counted at a
+        conservative 3 characters per token (the endpoint's tokenizer is not at hand)."""
+        window = self.role.max_model_len
+        return fit_conversations(conversations, self.stats, _estimate_tokens if window else None,
+                                 max(16, window - reserve) if window else None)
+
     def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
                  guided_choice=None, seeds=None) -> list[list[str]]:
         if not conversations:
@@ -150,6 +158,7 @@ class OpenAIBackend:
         temperature = self.role.temperature if temperature is None else temperature
         max_tokens = max_new_tokens or self.role.max_new_tokens
         extra = {"structured_outputs": {"choice": list(guided_choice)}} if guided_choice and self.role.structured_choice else None
+        conversations = self._fit(conversations, max_tokens)
 
         def one(i: int, conv: Conversation) -> tuple[list[str], Any]:
             kwargs: dict[str, Any] = dict(
@@ -186,6 +195,7 @@ class OpenAIBackend:
         if not conversations:
             return []
         t0 = time.perf_counter()
+        conversations = self._fit(conversations, 1)
 
         def one(i: int, conv: Conversation) -> list[float]:
             resp = self._create(
@@ -208,6 +218,10 @@ class OpenAIBackend:
         self.stats.conversations += len(conversations)
         self.stats.seconds += time.perf_counter() - t0
         return rows
+
+
+def _estimate_tokens(conversation: Conversation) -> int:
+    return sum(len(m.get("content") or "") for m in conversation) // 3 + 8 * len(conversation)
 
 
 def _reply_problem(resp: Any) -> str:

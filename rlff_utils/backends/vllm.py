@@ -11,7 +11,9 @@ from .base import (
     BackendStats,
     _row_seeds,
     _softmax,
+    fit_conversations,
     trim_at_stop,
+    window_limit,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,12 +117,24 @@ class VLLMBackend:
             **extra,
         )
 
+    def _fit(self, conversations, reserve: int):
+        """Control strings out, each prompt within the engine's window minus ``reserve`` tokens."""
+        tok = self.engine.get_tokenizer()
+        window = self.role.max_model_len or self.engine.llm_engine.model_config.max_model_len
+
+        def count(c) -> int:
+            return len(tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                           add_special_tokens=False)["input_ids"])
+
+        return fit_conversations(conversations, self.stats, count, window_limit(window, reserve))
+
     def generate(self, conversations, n=1, temperature=None, max_new_tokens=None, stop=None, seed=None,
                  guided_choice=None, seeds=None) -> list[list[str]]:
         if not conversations:
             return []
         row_seeds = _row_seeds(len(conversations), seed, seeds)
         t0 = time.perf_counter()
+        conversations = self._fit(conversations, max_new_tokens or self.role.max_new_tokens)
         params = [
             self._sampling(n, temperature, max_new_tokens, stop, s, guided_choice)
             for s in row_seeds or [None] * len(conversations)
@@ -151,6 +165,7 @@ class VLLMBackend:
                 "or backend, or drop `enable_lora` from the roles naming this model")
         t0 = time.perf_counter()
         tok = self.engine.get_tokenizer()
+        conversations = self._fit(conversations, max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in choices))
         prompts = [
             tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True), add_special_tokens=False)[
                 "input_ids"
