@@ -1,4 +1,4 @@
-"""Evaluation metrics on hand-made transcripts with known answers; judge and human sheet."""
+"""Evaluation metrics on hand-made transcripts with known answers; judge and the human annotation kit."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rlff_utils import conversation_metrics as cm
 from rlff_utils import evaluate as ev
 from rlff_utils import runs
 from rlff_utils.agents import CRITERIA, JUDGE_CRITERIA
+from rlff_utils.human_eval import HumanFolder
 from rlff_utils.stats import bootstrap_ci
 
 
@@ -100,26 +101,6 @@ def test_pairwise_judge_both_orders_and_unparsable():
     assert rates.loc["empathy", "win"] == 1.0
 
 
-def test_human_sheet_round_trip(tmp_path):
-    pairs = [(rec(c, True, 2), rec(c, False, 8)) for c in "abcd"]
-    sheet, key = tmp_path / "sheet.csv", tmp_path / "key.csv"
-    ev.write_human_sheet(pairs, ["vanilla", "vanilla", "cos", "cos"], sheet, key, seed=3)
-    blank = pd.read_csv(sheet, dtype=str, keep_default_na=False)
-    assert "vanilla" not in sheet.read_text() and list(blank.columns[-5:]) == list(CRITERIA)
-    keyf = pd.read_csv(key)
-    assert set(keyf.system_side) == {1, 2}, "sides are randomised"
-    # an annotator who always prefers our system, except 'fluency' tie and one blank cell
-    for i, side in enumerate(keyf.system_side):
-        for c in CRITERIA:
-            blank.loc[i, c] = "tie" if c == "fluency" else str(side)
-    blank.loc[0, "overall"] = ""
-    blank.to_csv(sheet, index=False)
-    scores = ev.score_human_sheet(sheet, key).set_index(["baseline", "criterion"])
-    assert scores.loc[("cos", "empathy"), "win"] == 1.0
-    assert scores.loc[("vanilla", "fluency"), "tie"] == 1.0
-    assert scores.loc[("vanilla", "overall"), "unparsable"] == 1 and scores.loc[("vanilla", "overall"), "judged"] == 1
-
-
 # ---- the stage, on the tiny model --------------------------------------------------------
 
 
@@ -185,8 +166,9 @@ def test_run_evaluation_stage_resumes_and_skips_missing_ablations(ci_params, tin
     assert lay.transcripts("rlff-esc").read_bytes() == transcripts
     rates = ev.run_quality(ci_params)
     assert set(rates.criterion) == set(CRITERIA) and set(rates.baseline) == {"vanilla"}
-    assert lay.human_sheet.exists() and lay.human_sheet_key.exists() and lay.judgements.exists()
-    assert "rlff-esc" not in lay.human_sheet.read_text()
+    human = HumanFolder.of(ci_params)
+    assert human.page.exists() and human.key.exists() and lay.judgements.exists()
+    assert "rlff-esc" not in human.page.read_text() and "vanilla" not in human.page.read_text()
     # other settings never resume these transcripts
     ci_params.evaluation.max_turns = cap + 1
     with pytest.raises(runs.StaleStageError, match=f"evaluation.max_turns: {cap} -> {cap + 1}"):
