@@ -67,7 +67,7 @@ class HumanFolder:
 
     @classmethod
     def of(cls, params) -> "HumanFolder":
-        return cls(runs.layout(params).stage(runs.EVALUATION) / "human")
+        return cls(runs.layout(params).human)
 
     @property
     def page(self) -> Path: return self.root / "annotate.html"
@@ -463,3 +463,74 @@ def results_tables(params) -> dict[str, pd.DataFrame] | None:
         return None
     r = runs.read_json(folder.results_json)
     return {"rates": pd.DataFrame(r["rates"]), "agreement": pd.DataFrame(r["agreement"]), "judge": pd.DataFrame(r["judge"])}
+
+
+# --------------------------------------------------------------------------------------------
+# Showing the results (report index, command line)
+# --------------------------------------------------------------------------------------------
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.{digits}f}"
+
+
+def _share(row: dict[str, Any], o: str) -> str:
+    return f"{_num(row.get(o))} [{_num(row.get(f'{o}_lo'))}, {_num(row.get(f'{o}_hi'))}]"
+
+
+def results_html(folder: HumanFolder) -> str:
+    """A short HTML account of the ingested answers (rates, α, the judge's κ) for the report
+    index; empty before any answer file was ingested."""
+    if not folder.results_json.is_file():
+        return ""
+    r = runs.read_json(folder.results_json)
+    e = html.escape
+    rates = "".join(
+        f"<tr><td>{e(str(x['system']))} vs {e(str(x['baseline']))}</td><td>{e(str(x['criterion']))}</td>"
+        f"<td class='num'>{x['pairs']}</td>" + "".join(f"<td class='num'>{_share(x, o)}</td>" for o in OUTCOMES) + "</tr>"
+        for x in r["rates"])
+    judge = {j["criterion"]: j for j in r["judge"]}
+    agree = "".join(
+        f"<tr><td>{e(a['criterion'])}</td><td class='num'>{_num(a['alpha'])}</td>"
+        f"<td class='num'>{_num(judge.get(a['criterion'], {}).get('kappa'))} [{_num(judge.get(a['criterion'], {}).get('kappa_lo'))}, "
+        f"{_num(judge.get(a['criterion'], {}).get('kappa_hi'))}]</td>"
+        f"<td class='num'>{judge.get(a['criterion'], {}).get('pairs', 0)}</td>"
+        f"<td>{e(a.get('why_undefined') or '')}</td></tr>" for a in r["agreement"])
+    notes = "".join(f"<li>{e(n)}</li>" for n in r.get("notes") or [])
+    return (f"<p>{len(r['annotators'])} annotator(s), {r['answers']} answers from {len(r['files'])} file(s). Shares of the "
+            "pairs won, tied and lost by the first system (each pair weighs the same; 95% bootstrap intervals over pairs):</p>"
+            "<table><tr><th>systems</th><th>criterion</th><th>pairs</th><th>win</th><th>tie</th><th>lose</th></tr>"
+            f"{rates}</table><p>Agreement: Krippendorff's α between annotators (nominal; 1 perfect, 0 chance) and the "
+            "LLM judge's Cohen's κ against the human majority, with its 95% interval over pairs:</p>"
+            "<table><tr><th>criterion</th><th>α annotators</th><th>κ judge vs humans</th><th>pairs</th><th></th></tr>"
+            f"{agree}</table>" + (f"<ul>{notes}</ul>" if notes else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rlff_utils.human_eval params/<run>.yaml``: ingest the returned answer files."""
+    import argparse
+
+    from .params import load_params
+
+    ap = argparse.ArgumentParser(prog="python -m rlff_utils.human_eval",
+                                 description="Ingest the returned answer files of a run's human evaluation.")
+    ap.add_argument("params", help="the run's params file")
+    args = ap.parse_args(argv)
+    params = load_params(args.params, check_files=False)
+    folder = HumanFolder.of(params)
+    result = ingest(params)
+    if result is None:
+        print(f"no answer file in {folder.answers} yet")
+        return
+    print(f"{len(result['annotators'])} annotator(s): {', '.join(result['annotators'])}; written {folder.results_csv.name}, "
+          f"{folder.results_json.name}")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(pd.DataFrame(result["rates"]).round(2).to_string(index=False))
+        print(pd.DataFrame(result["agreement"]).merge(pd.DataFrame(result["judge"]), on="criterion", how="left")
+              .round(2).to_string(index=False))
+    for n in result["notes"]:
+        print("note:", n)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import runs
+from . import human_eval, runs
 from .transcript_browser import write_transcript_browser
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -566,8 +566,9 @@ def write_index(params, run_dir: Path | None = None) -> Path:
     material = [(href, label, note) for href, label, note, path in (
         ("transcripts.html", "transcript browser", "every evaluated conversation, filters by system, case and outcome, "
          "per-turn critic scores, two systems side by side", report / "transcripts.html"),
-        ("../evaluation/human_sheet.csv", "human-evaluation sheet", "blind pairs for annotators; the key is kept apart "
-         "in evaluation/human_sheet_key/", lay.human_sheet),
+        ("../evaluation/human/annotate.html", "human-evaluation page", "blind pairs for annotators, one page to send "
+         "(the key stays in evaluation/human/key.json; returned files go in evaluation/human/answers/)", lay.human / "annotate.html"),
+        ("../evaluation/human/human_results.csv", "human-evaluation results", "", lay.human / "human_results.csv"),
         ("../evaluation/judgements.csv", "pairwise judge's verdicts", "", lay.stage(runs.EVALUATION) / "judgements.csv"),
         ("../params.yaml", "the resolved parameters", "", lay.resolved_params),
         ("run_card.json", "the run card as JSON", "", report / "run_card.json"),
@@ -589,6 +590,7 @@ def write_index(params, run_dir: Path | None = None) -> Path:
 {_headline_html(card["headline"])}
 <h2>Pages</h2><ol class="pages">{page_items or '<li>none yet</li>'}</ol>
 <h2>Conversations and material for people</h2>{_link_list(material)}
+{f"<h2>Human evaluation</h2>{human}" if (human := human_eval.results_html(human_eval.HumanFolder(lay.human))) else ""}
 <h2>Figures</h2>{figure_html}
 <h2>Tables</h2>{f"<ul>{table_items}</ul>" if table_items else "<p>none yet</p>"}
 <h2>Each stage's figures</h2>{_link_list(stage_figs)}

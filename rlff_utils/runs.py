@@ -8,7 +8,8 @@ who is writing it.
       reward_model/   03  <variant>/{adapter,metrics.json,...} comparison.csv splits.csv validity.{json,csv}
                           learned_critic/{adapter,critic_config.json,metrics.json}
       policy/         04  adapter/ checkpoints/ curves.csv log_history.json train_summary.json grpo_config.json
-      evaluation/     05  <system>/{transcripts.jsonl,metrics.json} judgements.csv win_rates.csv human_sheet.csv
+      evaluation/     05  <system>/{transcripts.jsonl,metrics.json} judgements.csv win_rates.csv
+                          human/{annotate.html,key.json,answers/,human_results.{csv,json}}
                           prompts.json skipped_systems.json <figure>.png (rollout_state.json in flight)
       report/         06  tables, figures, index
       NN_name.ipynb / .html    executed notebooks; timing.json, resources.json, summary.json
@@ -248,9 +249,7 @@ class RunLayout:
     @property
     def win_rates(self) -> Path: return self.stage(EVALUATION) / "win_rates.csv"
     @property
-    def human_sheet(self) -> Path: return self.stage(EVALUATION) / "human_sheet.csv"
-    @property
-    def human_sheet_key(self) -> Path: return self.stage(EVALUATION) / "human_sheet_key" / "key.csv"
+    def human(self) -> Path: return self.stage(EVALUATION) / "human"  # rlff_utils.human_eval.HumanFolder
     def eval_figure(self, name: str) -> Path: return self.stage(EVALUATION) / f"{name}.png"
 
     # 06 report

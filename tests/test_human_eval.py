@@ -129,6 +129,9 @@ def test_alpha_kappa_and_win_shares_on_constructed_answers(ci_params):
     assert (rates.loc["identification", ["win", "win_lo", "win_hi"]] == 1.0).all()
     assert (rates["pairs"] == 6).all() and rates.loc["empathy", "annotations"] == 12
     assert he.results_tables(ci_params)["judge"].set_index("criterion").loc["overall", "kappa"] == pytest.approx(5 / 11)
+    shown = he.results_html(folder)
+    assert "rlff-esc vs vanilla" in shown and "0.76" in shown and "0.45 [" in shown and "nan" not in shown.lower()
+    assert "every answer is the same" in shown
 
 
 def test_a_later_export_of_the_same_annotator_replaces_the_earlier(ci_params):

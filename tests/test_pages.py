@@ -270,11 +270,12 @@ def test_the_index_names_tied_baselines_and_links_what_the_run_wrote(tmp_path, p
 
     p = load_params(project_root / "params" / "ci.yaml", {"output_root": str(tmp_path)})
     lay = _evaluated_run(tmp_path)
-    lay.human_sheet.write_text("a,b\n")
+    lay.human.mkdir(parents=True, exist_ok=True)
+    (lay.human / "annotate.html").write_text("<!DOCTYPE html><title>annotation</title>")
     text = report.write_index(p, lay.root).read_text()
     assert "the baselines (chain-of-strategy, vanilla, all at the same SR)" in text
     assert "best baseline" not in text
-    for href in ("transcripts.html", "../evaluation/human_sheet.csv", "run_card.json"):
+    for href in ("transcripts.html", "../evaluation/human/annotate.html", "run_card.json"):
         assert f"href='{href}'" in text, href
     assert pagecheck.lint_html(text, is_index=True) == []
 
