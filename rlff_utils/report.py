@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import human_eval, runs
+from .text import shareable
 from .transcript_browser import write_transcript_browser
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -337,7 +338,8 @@ def frame_page(html_text: str, title: str, banner: str | None, links: list[tuple
     html_text = re.sub(r"<title>.*?</title>", f"<title>{e(title)}</title>", html_text, count=1, flags=re.S)
     html_text = html_text.replace("</head>", f"<style>{PAGE_CSS}</style></head>", 1)
     cls = "rlff-full" if full_page else "rlff-reader"
-    return re.sub(r"<body([^>]*)>", lambda m: f'<body{_add_class(m.group(1), cls)}>{header}', html_text, count=1)
+    page = re.sub(r"<body([^>]*)>", lambda m: f'<body{_add_class(m.group(1), cls)}>{header}', html_text, count=1)
+    return shareable(page)
 
 
 def _add_class(attrs: str, cls: str) -> str:
@@ -617,9 +619,9 @@ figcaption { color: #444; font-size: 0.95em; }
 def standalone_page(title: str, body: str, css: str = "", script: str = "") -> str:
     """A self-contained page of the report folder (no file or script from elsewhere)."""
     e = html.escape
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>\n"
-            f"<style>{INDEX_CSS}{PAGE_CSS}{css}</style></head>\n<body>\n{body}\n"
-            + (f"<script>{script}</script>\n" if script else "") + "</body></html>\n")
+    return shareable(f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>\n"
+                     f"<style>{INDEX_CSS}{PAGE_CSS}{css}</style></head>\n<body>\n{body}\n"
+                     + (f"<script>{script}</script>\n" if script else "") + "</body></html>\n")
 
 
 def _page_title(page: Path) -> str:

@@ -41,6 +41,8 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .text import redact_credentials
+
 if TYPE_CHECKING:  # pragma: no cover
     from .params import RunParams
 
@@ -331,8 +333,11 @@ def _get(obj: dict[str, Any], dotted: str) -> Any:
 
 
 def _strip_execution(value: Any) -> Any:
+    """Settings without execution-only fields, and without the credentials of any URL."""
     if isinstance(value, dict):
         return {k: _strip_execution(v) for k, v in value.items() if k not in EXECUTION_FIELDS}
+    if isinstance(value, str):
+        return redact_credentials(value)
     return value
 
 

@@ -146,3 +146,8 @@ def url_credentials(url: str) -> tuple[str, str | None]:
 def redact_credentials(text: str) -> str:
     """``text`` with the user and password of every URL (``http://user:pw@host``) replaced by ``***``."""
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def shareable(text: str) -> str:
+    """Text for a page or file others read: bidirectional controls shown, URL credentials hidden."""
+    return redact_credentials(neutralise_bidi(text))

@@ -477,3 +477,47 @@ def test_an_overlong_turn_is_cut_to_the_model_window(tiny_model_path, window):
     [fitted] = fit_conversations([conv], BackendStats(), backend.engine.count_tokens, limit)
     assert fitted[0]["content"] == "Be kind." and fitted[-1]["content"].endswith("THE END")
     assert backend.engine.count_tokens(fitted) <= limit
+
+
+# ---- 9. no password in an artefact; no raw bidirectional control on a page ----------------------
+
+
+def test_a_password_in_base_url_reaches_the_kernels_but_no_file(tmp_path, data_dir, monkeypatch):
+    from rlff_utils.params import load_params, write_resolved
+
+    monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")
+    url = "http://user:s3cret@127.0.0.1:9/v1"
+    r = _cli(str(CI), "--set", f"output_root={tmp_path}", "--set",
+             f"models.judge={{backend: openai, name: judge-x, base_url: '{url}'}}", "--only", "01")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "ci"
+    written = [p for p in run.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".html", ".ipynb", ".md")]
+    assert written and not [p for p in written if "s3cret" in p.read_text(encoding="utf-8", errors="replace")]
+    assert "${RLFF_URL_CREDENTIALS_JUDGE}@127.0.0.1:9/v1" in (run / "params.yaml").read_text()
+    # what a kernel does: read params.yaml in the environment the runner gave it
+    params = load_params(CI, {"output_root": str(tmp_path / "again"), "models.judge.backend": "openai",
+                              "models.judge.name": "judge-x", "models.judge.base_url": url})
+    resolved = write_resolved(params, tmp_path / "again.yaml")
+    assert "s3cret" not in resolved.read_text()
+    assert load_params(resolved).models.judge.base_url == url
+
+
+def test_pages_show_bidi_controls_and_hide_credentials(tmp_path):
+    """A real executed notebook whose output holds a right-to-left override and a URL password."""
+    import nbformat
+    import papermill as pm
+
+    from rlff_utils.report import render_notebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('safe \\u202edesrever' + ' http://me:s3cret@host/v1')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, run = tmp_path / "02_x.ipynb", tmp_path / "run"
+    run.mkdir()
+    nbformat.write(nb, src)
+    pm.execute_notebook(str(src), str(run / "02_x.ipynb"), kernel_name="python3", progress_bar=False)
+    full, page = render_notebook(run / "02_x.ipynb", run / "report")
+    for rendered in (full, page):
+        text = rendered.read_text(encoding="utf-8")
+        assert "\u202e" not in text and "[U+202E]desrever" in text
+        assert "s3cret" not in text and "http://***@host/v1" in text

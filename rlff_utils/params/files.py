@@ -33,6 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from .. import models as model_registry
+from ..text import url_credentials
 from .environment import check_environment
 from .schema import ParamsError, RunParams
 
@@ -302,11 +303,26 @@ def project_root_of(start: Path) -> Path:
 
 
 
+def _credentials_to_environment(data: dict[str, Any]) -> None:
+    """A role's ``base_url`` holding ``user:password@`` is written as ``${RLFF_URL_CREDENTIALS_<ROLE>}@``
+    and the credentials are put in this process's environment, which the notebook kernels and
+    subprocesses inherit: they read the same URL, and no file of the run holds the password."""
+    for role, values in (data.get("models") or {}).items():
+        url = values.get("base_url") if isinstance(values, dict) else None
+        stripped, credentials = url_credentials(url) if isinstance(url, str) else (url, None)
+        if credentials:
+            var = f"RLFF_URL_CREDENTIALS_{role.upper()}"
+            os.environ[var] = credentials
+            scheme, _, rest = stripped.partition("://")
+            values["base_url"] = f"{scheme}://${{{var}}}@{rest}"
+
+
 def write_resolved(params: RunParams, path: str | os.PathLike) -> Path:
     """The run as a params file with every value resolved (absolute paths, variables expanded),
     for notebook kernels and subprocesses; ``load_params`` reads it back to the same run."""
     data = params.model_dump(mode="json")
     data["source"] = params.source
+    _credentials_to_environment(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
