@@ -97,6 +97,7 @@ LATER_SETTINGS: dict[str, Any] = {
     "simulation.seeker_profile": "cooperative",
     "evaluation.seeker_profiles": ["cooperative"],
     "evaluation.simulators": [],
+    "grpo.seed": None,
 }
 
 # Leaf names that change speed, resources or bookkeeping, not results: never compared.
@@ -106,7 +107,7 @@ EXECUTION_FIELDS = frozenset({
     "api_key_env", "retrain", "save_steps", "save_total_limit", "logging_steps", "num_processes",
     "accelerate_config", "vllm_gpu_memory_utilization", "max_steps", "variants", "systems", "judge_pairs",
     "human_sheet_rows", "bootstrap_samples", "per_device_eval_batch_size", "dataloader_num_workers",
-    "dataloader_pin_memory", "disable_tqdm", "logging_strategy", "logging_first_step",
+    "dataloader_pin_memory", "disable_tqdm", "logging_strategy", "logging_first_step", "price_per_mtok",
 })
 
 STAGE_RECORD = "stage.json"

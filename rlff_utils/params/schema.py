@@ -63,6 +63,12 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
+class TokenPrice(_Strict):
+    """What an API charges, in dollars per million tokens."""
+    input: float = Field(..., ge=0)
+    output: float = Field(..., ge=0)
+
+
 class ModelRole(_Strict):
     """One LLM playing one role. The same ``name`` on several roles is loaded once per process."""
 
@@ -97,6 +103,9 @@ class ModelRole(_Strict):
     structured_choice: bool = Field(
         False, description="the endpoint accepts vLLM's `structured_outputs: {choice}` (critic votes)"
     )
+    price_per_mtok: TokenPrice | None = Field(
+        None, description="dollars per million tokens (input, output) of this role's endpoint: `pipeline --estimate` "
+        "and `sweep --dry-run` price its tokens; none is assumed")
 
     @model_validator(mode="after")
     def _known_model(self) -> "ModelRole":
@@ -365,6 +374,9 @@ class GRPOParams(_Strict):
     format_weight: float = Field(0.5, ge=0, description="alpha")
     max_prompt_length: int = Field(512, ge=16, description="tokens; the oldest turns are dropped to fit")
     num_train_prompts: int | None = Field(None, ge=1)
+    seed: int | None = Field(
+        None, description="GRPO's own seed (LoRA init, data order, sampling); None: the run's `seed`. A sweep "
+        "over GRPO seeds sets this one, so data, simulation and reward model stay shared")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -578,8 +590,13 @@ def policy_precision(params: RunParams) -> str:
     return model_registry.auto_dtype(model_registry.pick_device(role.device))
 
 
+def grpo_seed(params: RunParams) -> int:
+    """GRPO's seed: ``grpo.seed``, else the run's ``seed``."""
+    return params.seed if params.grpo.seed is None else params.grpo.seed
+
+
 def _config_key(params: RunParams) -> str:
-    return json.dumps([params.grpo.args, params.models.policy.dtype, params.seed], sort_keys=True, default=str)
+    return json.dumps([params.grpo.args, params.models.policy.dtype, grpo_seed(params)], sort_keys=True, default=str)
 
 
 def build_trainer_config(params: RunParams, output_dir: str, reward_weights: list[float] | None = None,
@@ -596,8 +613,8 @@ def build_trainer_config(params: RunParams, output_dir: str, reward_weights: lis
         args["vllm_max_model_length"] = g.max_prompt_length + int(args.get("max_completion_length", 256))
     derived = dict(
         output_dir=output_dir,
-        seed=params.seed,
-        data_seed=params.seed,
+        seed=grpo_seed(params),
+        data_seed=grpo_seed(params),
         model_init_kwargs={"dtype": precision},
         bf16=precision == "bfloat16",
         fp16=precision == "float16",
