@@ -55,7 +55,7 @@ from rlff_utils.params import load_notebook_params
 from rlff_utils.plots import plot_simulation
 from rlff_utils.report import shown_path
 from rlff_utils.reward.target import reward_frame
-from rlff_utils.rollout import format_transcript
+from rlff_utils.rollout import format_transcript, load_trajectories
 
 params = load_notebook_params(params_file, overrides)
 lay = runs.layout(params)
@@ -131,7 +131,7 @@ analysis.display_table(analysis.fields_table(runs.read_record(params.run_dir, ru
 # lowest-rewarded candidates of the run.
 
 # %%
-records = sim.load_trajectories(params.run_dir)
+records = load_trajectories(params.run_dir)
 frame = reward_frame(records, params.simulation)
 for rec in sim.pick_examples(frame, 2):
     print(format_transcript(rec))
