@@ -65,6 +65,22 @@ if len(main):
     plots.plot_sr_at_k(long, layout.report_figure("sr_at_k"), hue="system_run" if several else "system");
 
 # %% [markdown]
+# ## Under other simulators and harder seekers
+#
+# Every system under each evaluation condition (a further simulator, or a seeker profile other than the
+# headline's), on the same cases: SR and AT with 95% intervals, its rank by SR, and the main system's
+# paired SR difference to it. A ranking that changes between conditions is a property of the simulator.
+
+# %%
+conds = analysis.conditions_table(runs)
+if len(conds):
+    analysis.write_table(conds, out, "conditions", digits=2)
+    plots.plot_conditions(conds.assign(condition=conds["run"] + " · " + conds["condition"]) if conds["run"].nunique() > 1
+                          else conds, layout.report_figure("conditions"));
+else:
+    print("no run here was evaluated under more than one condition (evaluation.simulators, evaluation.seeker_profiles)")
+
+# %% [markdown]
 # ## The simulated reward signal
 #
 # $R_\text{fut}$ of every candidate the simulation judged (the reward model's training targets; dashed: the

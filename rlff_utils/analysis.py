@@ -366,6 +366,16 @@ def evaluation_table(runs: list[Path]) -> pd.DataFrame:
     return records_frame(rows, EVALUATION_COLUMNS)
 
 
+def conditions_table(runs: list[Path]) -> pd.DataFrame:
+    """Every run's evaluation conditions (simulator · seeker profile) with each system's SR, AT,
+    rank and the main system's paired difference (``evaluation/conditions.json``)."""
+    from .conversation_metrics import condition_rows
+
+    rows = [{"run": run.name, **row} for run in runs
+            for row in condition_rows(_read_json(RunLayout(run).conditions) or {})]
+    return records_frame(rows)
+
+
 def sr_at_k_table(runs: list[Path]) -> pd.DataFrame:
     """Long table (run, system, k, SR@k) for the SR@k curves."""
     rows = []

@@ -100,3 +100,20 @@ def system_metrics(records: Sequence[dict[str, Any]], params) -> dict[str, Any]:
             for d in datasets
         }
     return out
+
+
+def condition_rows(saved: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of an evaluation's ``conditions.json`` (``{condition: {simulator, profile, main,
+    systems: {name: metrics}}}``): per system and condition SR and AT with intervals, the main
+    system's paired SR difference to the system, and the system's rank by SR (1 = best)."""
+    rows = []
+    for name, c in saved.items():
+        systems, main = c["systems"], c.get("main")
+        for s, m in systems.items():
+            diff = (systems.get(main, {}).get("paired_vs") or {}).get(s) or {}
+            rows.append({"condition": name, "simulator": c["simulator"], "seeker profile": c["profile"], "system": s,
+                         "cases": m["cases"], "SR": m["SR"], "SR_ci95": m["SR_ci95"], "AT": m["AT"],
+                         "AT_ci95": m["AT_ci95"], "rank by SR": 1 + sum(o["SR"] > m["SR"] for o in systems.values()),
+                         "SR diff, main minus system": diff.get("SR_diff"),
+                         "SR diff, main minus system_ci95": diff.get("SR_diff_ci95")})
+    return rows

@@ -33,7 +33,7 @@ from . import critic, human_eval, runs
 from .agents import CRITERIA, judge_messages, parse_verdict, write_prompts
 from .backends import get_backend
 from .contrast import contrast_metrics
-from .conversation_metrics import paired_difference, system_metrics
+from .conversation_metrics import condition_rows, paired_difference, system_metrics
 from .data import load_eval_cases
 from .rollout import (
     RoutedStore,
@@ -242,14 +242,14 @@ def _other_conditions(params, plan, cases, main: str, headline_records: dict[str
     lay = runs.layout(params)
     conds = conditions(params)
     wanted = {c["case_id"] for c in cases}
-    out = {conds[0].name: {"simulator": conds[0].simulator, "profile": conds[0].profile, "headline": True,
+    out = {conds[0].name: {"simulator": conds[0].simulator, "profile": conds[0].profile, "headline": True, "main": main,
                            "systems": _condition_metrics(params, headline_records, main)}}
     for cond in conds[1:]:
         stores = {s.name: TrajectoryStore(lay.condition_transcripts(cond.name, s.name), CASE_KEY) for s, _ in plan}
         if plan:
             _roll_systems(params, plan, cases, stores, cond, headline=False)
         records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
-        out[cond.name] = {"simulator": cond.simulator, "profile": cond.profile, "headline": False,
+        out[cond.name] = {"simulator": cond.simulator, "profile": cond.profile, "headline": False, "main": main,
                           "user_sim": cond.user_sim.name, "critic": (cond.critic or params.models.eval_critic).name,
                           "systems": _condition_metrics(params, records_of, main)}
     runs.write_json(out, lay.conditions)
@@ -258,21 +258,10 @@ def _other_conditions(params, plan, cases, main: str, headline_records: dict[str
 
 def condition_table(params) -> pd.DataFrame:
     """One row per system and condition (simulator, seeker profile): SR and AT with 95% intervals,
-    the main system's paired SR difference to the system, and the system's rank by SR under the
-    condition (1 = best), read from ``evaluation/conditions.json``."""
+    the main system's paired SR difference to the system, and its rank by SR under the condition
+    (1 = best), from ``evaluation/conditions.json`` (:func:`conversation_metrics.condition_rows`)."""
     saved = runs.read_json(runs.layout(params).conditions, default=None) or {}
-    rows = []
-    main = main_system(params)
-    for name, c in saved.items():
-        systems = c["systems"]
-        for s, m in systems.items():
-            diff = (systems.get(main, {}).get("paired_vs") or {}).get(s) or {}
-            rows.append({"condition": name, "simulator": c["simulator"], "seeker profile": c["profile"], "system": s,
-                         "cases": m["cases"], "SR": m["SR"], "SR_ci95": m["SR_ci95"], "AT": m["AT"],
-                         "AT_ci95": m["AT_ci95"], "rank by SR": 1 + sum(o["SR"] > m["SR"] for o in systems.values()),
-                         f"SR {main} minus system": diff.get("SR_diff"), f"SR {main} minus system_ci95":
-                         diff.get("SR_diff_ci95")})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(condition_rows(saved))
 
 
 def _needed_upstream(params) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlff_utils import agents, runs
+from rlff_utils import agents, analysis, runs
 from rlff_utils import evaluate as ev
 from rlff_utils.critic import LLMCritic
 from rlff_utils.rollout import backend_seeker, backend_supporter, run_rollouts
@@ -122,6 +122,9 @@ def test_every_system_under_every_condition(ci_params, tiny_model_path):
     assert all(r["seeker_profile"] == "cooperative" and r["simulator"] == "default" for r in headline)
     table = ev.condition_table(ci_params)
     assert len(table) == 2 * 3 and set(table["rank by SR"]) <= {1, 2}
+    assert table[table["system"] == "rlff-esc"]["SR diff, main minus system"].isna().all()  # no difference to itself
+    across = analysis.conditions_table([lay.root])  # notebook 06: every run's conditions
+    assert len(across) == 6 and set(across["run"]) == {lay.root.name}
     again = json.loads(lay.conditions.read_text())
     ev.run_evaluation(ci_params)  # resumes: every condition's conversations are reused, the numbers kept
     assert json.loads(lay.conditions.read_text()) == again == saved
