@@ -213,10 +213,10 @@ def test_the_page_in_a_browser_keeps_answers_over_a_reload_and_exports_them(ci_p
         page.check(f"input[name='pair-1:{c}'][value='{'tie' if c == 'fluency' else 'A'}']")
     page.fill("#note", "B repeats itself")
     assert page.inner_text("#progress") == "1 of 3 pairs complete"
+    page.fill("#annotator", "kim")
     page.click("#next")
     assert page.inner_text("#pair h2") == "Pair 2 of 3"
-    page.check("input[name='pair-2:overall'][value='B']")
-    page.fill("#annotator", "kim")
+    page.check("input[name='pair-2:overall'][value='B']")  # the last event before the reload
     page.reload()
     # the reload keeps everything: the annotator, the pair shown, each answer and the note
     assert page.input_value("#annotator") == "kim" and page.inner_text("#pair h2") == "Pair 2 of 3"
