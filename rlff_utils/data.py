@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Iterable
 from . import runs
 from .dialogues import (  # noqa: F401 - the schema, re-exported as the data API
     ESCONV_STRATEGIES, EXTES_STRATEGIES, SEEKER, STRATEGIES, SUPPORTER, DataError, Dialogue, LoadReport, Turn,
+    long_turns,
 )
 from .esconv import (  # noqa: F401 - loaders, re-exported as the data API
     EsconvSource, decide_source, esconv_dialogues, load_esconv, load_esconv_failed, load_ppdpp,
@@ -241,7 +243,12 @@ def prepare_data(params, force: bool = False) -> PreparedData:
             "eval_cases": len(prepared.eval_cases),
             "sources": prepared.sources,
             "load_reports": [r.as_dict() for r in prepared.reports],
+            "long_turns": (outliers := long_turns(prepared.dialogues)),
         }, lay.data_stats)
+        if outliers["count"]:
+            warnings.warn(f"{outliers['count']} turns are longer than {outliers['limit_chars']} characters (the longest "
+                          f"{outliers['longest_chars']}; examples in stats.json, long_turns): prompts holding them are "
+                          "cut to each model's window")
     return prepared
 
 

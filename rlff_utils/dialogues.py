@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -139,6 +139,20 @@ class LoadReport:
         if self.unknown_strategies:
             text += "; unknown strategies kept " + ", ".join(f"{s!r}: {n}" for s, n in self.unknown_strategies.most_common())
         return text
+
+
+# A turn longer than this is an outlier (ESConv's turns are about a hundred characters): the
+# data stage reports them; prompts are cut to each model's window wherever they appear.
+LONG_TURN_CHARS = 2000
+
+
+def long_turns(dialogues: "Iterable[Dialogue]", limit: int = LONG_TURN_CHARS) -> dict[str, Any]:
+    """The turns longer than ``limit`` characters: how many, the longest, and a few examples
+    (dialogue id, turn index, characters)."""
+    found = [(d.id, i, len(t.text)) for d in dialogues for i, t in enumerate(d.turns) if len(t.text) > limit]
+    found.sort(key=lambda x: -x[2])
+    return {"limit_chars": limit, "count": len(found), "longest_chars": found[0][2] if found else 0,
+            "examples": [{"dialogue": d, "turn": i, "chars": n} for d, i, n in found[:5]]}
 
 
 # --------------------------------------------------------------------------------------------

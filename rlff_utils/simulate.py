@@ -105,6 +105,8 @@ class SimulationSummary:
     generated_tokens: dict[str, int] = field(default_factory=dict)
     prompt_tokens: dict[str, int] = field(default_factory=dict)
     backend_seconds: dict[str, float] = field(default_factory=dict)
+    # per role: control strings removed and what was cut to fit its model's window (BackendStats.fitting)
+    prompt_fitting: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,6 +236,7 @@ def _summary(contexts, records, previous, frame, seconds, lay: runs.RunLayout, b
         generated_tokens={role: b.stats.generated_tokens for role, b in backends.items()},
         prompt_tokens={role: b.stats.prompt_tokens for role, b in backends.items()},
         backend_seconds={role: round(b.stats.seconds, 2) for role, b in backends.items()},
+        prompt_fitting={role: b.stats.fitting() for role, b in backends.items() if hasattr(b.stats, "fitting")},
     )
 
 

@@ -521,3 +521,31 @@ def test_pages_show_bidi_controls_and_hide_credentials(tmp_path):
         text = rendered.read_text(encoding="utf-8")
         assert "\u202e" not in text and "[U+202E]desrever" in text
         assert "s3cret" not in text and "http://***@host/v1" in text
+
+
+@pytest.mark.slow
+def test_overlong_seeker_turns_are_cut_and_counted_by_the_pipeline(tmp_path, data_dir):
+    """Notebooks 01 and 02 on data whose seeker turns are far longer than the models' windows:
+    data prep reports the outliers, the simulation fits every prompt and counts what it cut."""
+    copy = _data_copy(tmp_path, data_dir)
+    train = copy / "esconv" / "train.json"
+    lines = train.read_text(encoding="utf-8").splitlines()
+    for k in range(20):
+        row = json.loads(lines[k])
+        for turn in row["dialog"]:
+            if turn["speaker"] == "usr":
+                turn["text"] = "I feel so alone and nobody listens. " * (2800 if k == 0 else 100)
+        lines[k] = json.dumps(row)
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    roles = ["policy", "system", "user_sim", "critic"]
+    r = _cli(str(CI), "--set", f"output_root={tmp_path / 'out'}", "--set", f"data.esconv_dir={copy / 'esconv'}",
+             "--set", "data.max_dialogues=20", "--set", "data.max_contexts=4",
+             *[a for role in roles for a in ("--set", f"models.{role}.max_model_len=512")], "--only", "01,02",
+             "--no-html")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "out" / "ci"
+    stats = json.loads((run / "data" / "stats.json").read_text())
+    assert stats["long_turns"]["count"] > 0 and stats["long_turns"]["longest_chars"] > 100_000
+    fitting = json.loads((run / "simulation" / "summary.json").read_text())["prompt_fitting"]
+    assert sum(f["trimmed_prompts"] for f in fitting.values()) > 0
+    assert sum(f["cut_characters"] for f in fitting.values()) > 0
