@@ -497,7 +497,7 @@ def _setting_changes(params: "RunParams", stage: str, record: dict[str, Any]) ->
     old = _flatten(record.get("settings", {}), "")
     new = _flatten(json_ready(stage_settings(params, stage)), "")
     for key, value in LATER_SETTINGS.items():  # recorded before the setting existed, and unchanged since
-        if key not in old and new.get(key) == value:
+        if key not in old and key in new and new[key] == value:
             old[key] = value
     return {key: (old.get(key, "<absent>"), new.get(key, "<absent>")) for key in sorted(set(old) | set(new))
             if old.get(key, "<absent>") != new.get(key, "<absent>")}

@@ -89,6 +89,8 @@ def test_a_profile_or_simulator_changes_only_the_evaluation(ci_params):
     old_sim = {k: v for k, v in runs.stage_settings(base, runs.SIMULATION)["simulation"].items() if k != "seeker_profile"}
     record = {"settings": {**old, "simulation": old_sim}}
     assert runs._setting_changes(base, runs.SIMULATION, record) == {}  # written before the setting existed
+    data_record = {"settings": runs.stage_settings(base, runs.DATA)}  # a stage that never had these settings
+    assert runs._setting_changes(base, runs.DATA, data_record) == {}
     assert "simulation.seeker_profile.resistant" in runs._setting_changes(trained_hard, runs.SIMULATION, record)
 
 
