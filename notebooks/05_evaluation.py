@@ -45,7 +45,7 @@ overrides = {}
 from IPython.display import display
 import pandas as pd
 
-from rlff_utils import analysis, evaluate, plots, runs
+from rlff_utils import analysis, evaluate, human_eval, plots, runs
 from rlff_utils.params import load_notebook_params
 
 params = load_notebook_params(params_file, overrides)
@@ -178,13 +178,14 @@ print("Every evaluated conversation, with filters and per-turn scores: report/tr
 analysis.display_table(pair.reset_index(), digits=2, missing="the conversation had ended")
 
 # %% [markdown]
-# ## Response quality: pairwise judge and a blind sheet for human annotators
+# ## Response quality: pairwise judge and a blind page for human annotators
 #
 # The paper's human-evaluation criteria (fluency, empathy, identification, suggestion, overall). An LLM
 # judge compares the main system with each baseline on the same case **in both orders**; a win needs
 # the preference in both orders, so position bias turns into ties instead of fake wins. Unparsable
-# answers are counted, not guessed. The same pairs go to `human_sheet.csv` with randomised sides; the
-# key is written apart (`human_sheet_key/key.csv`) and `evaluate.score_human_sheet` scores a filled sheet.
+# answers are counted, not guessed. The same pairs go into a self-contained annotation page,
+# `evaluation/human/annotate.html` (sides shuffled per pair, no system names; the key stays apart in
+# `human/key.json`), to send to colleagues; their exported answer files go in `human/answers/`.
 
 # %%
 rates = evaluate.run_quality(params)
@@ -193,3 +194,20 @@ if len(rates):
     fig = plots.plot_win_rates(rates, lay.eval_figure("win_rates"))
 else:
     print("no baseline to compare with")
+
+# %% [markdown]
+# ### Human evaluation: what the annotators returned
+#
+# Every answer file in `evaluation/human/answers/` (any number of annotators) is read through the key:
+# win / tie / lose of the main system per baseline and criterion (each pair weighs the same; 95%
+# bootstrap intervals over pairs), the annotators' agreement (Krippendorff's α, nominal: 1 perfect, 0
+# chance) and the LLM judge's validity on human labels: Cohen's κ between its verdict and the
+# annotators' majority. Until files come back this section says so.
+
+# %%
+if human_eval.ingest(params) is None:
+    print("no answer file yet: send evaluation/human/annotate.html, put the returned files in evaluation/human/answers/")
+else:
+    human = human_eval.results_tables(params)
+    display(analysis.display_table(human["rates"], digits=2))
+    display(analysis.display_table(human["agreement"], digits=2, missing="undefined (see why) or no judge verdict"))

@@ -34,7 +34,7 @@ overrides = {}
 # %%
 from IPython.display import Markdown, display
 
-from rlff_utils import analysis, plots, report as run_report, runs as run_folders
+from rlff_utils import analysis, human_eval, plots, report as run_report, runs as run_folders
 from rlff_utils.params import load_notebook_params
 
 # This notebook only reads a run's outputs: the dataset need not be present.
@@ -117,6 +117,22 @@ plots.plot_rm_score_vs_r_fut(analysis.reward_model_predictions(runs), layout.rep
 
 # %%
 analysis.write_table(analysis.validity_table(runs), out, "validity_cards", digits=2)
+
+# %% [markdown]
+# ## Human evaluation of this run
+#
+# When colleagues have returned answer files from the run's annotation page (`evaluation/human/answers/`):
+# the main system's win / tie / lose shares against each baseline per criterion (95% bootstrap intervals
+# over pairs), the annotators' agreement (Krippendorff's α per criterion) and the LLM judge's validity on
+# human labels (Cohen's κ against the annotators' majority, with its interval), beside the critic's cards above.
+
+# %%
+if human_eval.ingest(params) is None:
+    print("no answer file returned yet for this run's annotation page")
+else:
+    human = human_eval.results_tables(params)
+    display(analysis.write_table(human["rates"], out, "human_rates", digits=2))
+    analysis.write_table(human["agreement"], out, "human_agreement", digits=2)
 
 # %% [markdown]
 # ## Does the machinery learn? Planted-signal runs

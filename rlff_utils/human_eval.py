@@ -56,6 +56,7 @@ FORMAT = "pairwise annotation answers"
 CHOICES = ("A", "tie", "B")
 OUTCOMES = ("win", "tie", "lose")
 CODES = {"lose": 0, "tie": 1, "win": 2}  # nominal codes for α and κ
+JUDGE_COLUMNS = ["criterion", "pairs", "no_majority", "kappa", "kappa_lo", "kappa_hi", "agreement", "kappa_note"]
 ANSWER_COLUMNS = ["annotator", "file", "kit", "item", "system", "baseline", "case_id", "criterion", "outcome"]
 
 
@@ -415,7 +416,8 @@ def judge_agreement(answers: pd.DataFrame, judgements: pd.DataFrame, samples: in
         no_majority = int(human.isna().sum())
         pairs = [(h, judged[(b, c, criterion)]) for (b, c), h in human.dropna().items() if (b, c, criterion) in judged.index]
         row = {"criterion": criterion, "pairs": len(pairs), "no_majority": no_majority,
-               "kappa": math.nan, "kappa_lo": math.nan, "kappa_hi": math.nan, "agreement": math.nan}
+               "kappa": math.nan, "kappa_lo": math.nan, "kappa_hi": math.nan, "agreement": math.nan,
+               "kappa_note": None if pairs else "no pair with both a human majority and a judge verdict"}
         if pairs:
             h_codes = np.array([CODES[h] for h, _ in pairs], dtype=float)
             j_codes = np.array([CODES[j] for _, j in pairs], dtype=float)
@@ -424,8 +426,10 @@ def judge_agreement(answers: pd.DataFrame, judgements: pd.DataFrame, samples: in
                 row["kappa"] = float(cohen_kappa_score(h_codes, j_codes, labels=list(CODES.values())))
                 row["kappa_lo"], row["kappa_hi"] = bootstrap_ci(
                     h_codes, j_codes, stat=_kappa_rows, samples=samples, seed=derive_seed(seed, "human-kappa", criterion))
+            else:
+                row["kappa_note"] = "humans and judge gave one and the same outcome throughout: κ is undefined"
         rows.append(row)
-    return pd.DataFrame(rows, columns=["criterion", "pairs", "no_majority", "kappa", "kappa_lo", "kappa_hi", "agreement"])
+    return pd.DataFrame(rows, columns=JUDGE_COLUMNS)
 
 
 def ingest(params) -> dict[str, Any] | None:
@@ -440,7 +444,7 @@ def ingest(params) -> dict[str, Any] | None:
     alpha = []
     for criterion in JUDGE_CRITERIA:
         value, why = krippendorff_alpha(answers[answers["criterion"] == criterion])
-        alpha.append({"criterion": criterion, "alpha": value, "why_undefined": why or None,
+        alpha.append({"criterion": criterion, "alpha": value, "alpha_note": why or None,
                       "annotators": int(answers.loc[answers["criterion"] == criterion, "annotator"].nunique())})
     judge = pd.DataFrame()
     if folder.judgements.is_file() and len(answers):
@@ -455,14 +459,24 @@ def ingest(params) -> dict[str, Any] | None:
     return result
 
 
+def agreement_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Per criterion: the annotators' α beside the LLM judge's κ against their majority (the
+    judge's validity card on human labels)."""
+    alpha = pd.DataFrame(result["agreement"], columns=["criterion", "alpha", "alpha_note", "annotators"])
+    judge = pd.DataFrame(result["judge"], columns=JUDGE_COLUMNS)
+    table = alpha.merge(judge.rename(columns={"agreement": "judge_agreement", "pairs": "judged_pairs"}), on="criterion", how="left")
+    return table[["criterion", "annotators", "alpha", "kappa", "kappa_lo", "kappa_hi", "judge_agreement",
+                  "judged_pairs", "no_majority", "alpha_note", "kappa_note"]]
+
+
 def results_tables(params) -> dict[str, pd.DataFrame] | None:
-    """The written results as tables (rates, agreement, judge), for the notebooks; None before any
-    answer file was ingested."""
+    """The written results as tables (``rates``; ``agreement``: α and the judge's κ), for the
+    notebooks; None before any answer file was ingested."""
     folder = HumanFolder.of(params)
     if not folder.results_json.is_file():
         return None
     r = runs.read_json(folder.results_json)
-    return {"rates": pd.DataFrame(r["rates"]), "agreement": pd.DataFrame(r["agreement"]), "judge": pd.DataFrame(r["judge"])}
+    return {"rates": pd.DataFrame(r["rates"]), "agreement": agreement_table(r)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,7 +509,8 @@ def results_html(folder: HumanFolder) -> str:
         f"<td class='num'>{_num(judge.get(a['criterion'], {}).get('kappa'))} [{_num(judge.get(a['criterion'], {}).get('kappa_lo'))}, "
         f"{_num(judge.get(a['criterion'], {}).get('kappa_hi'))}]</td>"
         f"<td class='num'>{judge.get(a['criterion'], {}).get('pairs', 0)}</td>"
-        f"<td>{e(a.get('why_undefined') or '')}</td></tr>" for a in r["agreement"])
+        f"<td>{e('; '.join(n for n in (a.get('alpha_note'), judge.get(a['criterion'], {}).get('kappa_note')) if n))}</td></tr>"
+        for a in r["agreement"])
     notes = "".join(f"<li>{e(n)}</li>" for n in r.get("notes") or [])
     return (f"<p>{len(r['annotators'])} annotator(s), {r['answers']} answers from {len(r['files'])} file(s). Shares of the "
             "pairs won, tied and lost by the first system (each pair weighs the same; 95% bootstrap intervals over pairs):</p>"
@@ -526,8 +541,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{folder.results_json.name}")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(pd.DataFrame(result["rates"]).round(2).to_string(index=False))
-        print(pd.DataFrame(result["agreement"]).merge(pd.DataFrame(result["judge"]), on="criterion", how="left")
-              .round(2).to_string(index=False))
+        print(agreement_table(result).round(2).to_string(index=False))
     for n in result["notes"]:
         print("note:", n)
 

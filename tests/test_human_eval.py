@@ -5,6 +5,7 @@ so that α, κ and the win shares are known by hand, and the page itself in a re
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -115,12 +116,14 @@ def test_alpha_kappa_and_win_shares_on_constructed_answers(ci_params):
     alpha = {a["criterion"]: a for a in result["agreement"]}
     assert alpha["fluency"]["alpha"] == pytest.approx(1.0)
     assert alpha["empathy"]["alpha"] == pytest.approx(34 / 45) and alpha["empathy"]["annotators"] == 2
-    assert alpha["identification"]["alpha"] is None and "the same" in alpha["identification"]["why_undefined"]
+    assert alpha["identification"]["alpha"] is None and "the same" in alpha["identification"]["alpha_note"]
     judge = {j["criterion"]: j for j in result["judge"]}
     assert judge["fluency"]["kappa"] == pytest.approx(1.0)
     assert judge["overall"]["kappa"] == pytest.approx(5 / 11) and judge["overall"]["agreement"] == pytest.approx(4 / 6)
     assert judge["overall"]["pairs"] == 6 and judge["overall"]["kappa_lo"] <= 5 / 11 <= judge["overall"]["kappa_hi"]
     assert judge["suggestion"]["no_majority"] == 1 and judge["suggestion"]["pairs"] == 5
+    assert judge["empathy"]["kappa"] == 0.0, "a judge that always says win agrees only by chance"
+    assert math.isnan(judge["identification"]["kappa"]) and "undefined" in judge["identification"]["kappa_note"]
     rates = pd.read_csv(folder.results_csv).set_index("criterion")
     # overall: per pair the share of annotators choosing each outcome, averaged over the six pairs
     assert rates.loc["overall", "win"] == pytest.approx(1 / 3)
@@ -128,7 +131,7 @@ def test_alpha_kappa_and_win_shares_on_constructed_answers(ci_params):
     assert rates.loc["overall", "win_lo"] <= 1 / 3 <= rates.loc["overall", "win_hi"] < 1
     assert (rates.loc["identification", ["win", "win_lo", "win_hi"]] == 1.0).all()
     assert (rates["pairs"] == 6).all() and rates.loc["empathy", "annotations"] == 12
-    assert he.results_tables(ci_params)["judge"].set_index("criterion").loc["overall", "kappa"] == pytest.approx(5 / 11)
+    assert he.results_tables(ci_params)["agreement"].set_index("criterion").loc["overall", "kappa"] == pytest.approx(5 / 11)
     shown = he.results_html(folder)
     assert "rlff-esc vs vanilla" in shown and "0.76" in shown and "0.45 [" in shown and "nan" not in shown.lower()
     assert "every answer is the same" in shown
