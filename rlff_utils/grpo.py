@@ -420,7 +420,8 @@ def vllm_generation_on_cpu(config, dtype: str = "auto"):
     policy's ``dtype`` (TRL leaves it to vLLM, whose CPU build samples a float32 policy in bfloat16), with a
     fixed KV cache (``VLLM_CPU_KVCACHE_SPACE``, default :data:`~rlff_utils.backends.vllm.CPU_KV_CACHE_GIB`
     GiB), because the CPU build reads ``vllm_gpu_memory_utilization`` as the share of the machine's
-    RAM to reserve; and its linear layers keep their weights as plain parameters: the CPU build
+    RAM to reserve; whole prompts only (``backends.vllm.CPU_SCHEDULING``: a chunked prefill of a seeded
+    request kills the CPU build's engine); and its linear layers keep their weights as plain parameters: the CPU build
     packs them into oneDNN/sgl handles and drops the parameters, so TRL's weight sync after each
     step (``load_weights``) fails with "'Parameter' object has no attribute 'weight_loader'" and
     could not reach the packed copy anyway. The engine TRL builds runs in this process
@@ -429,7 +430,7 @@ def vllm_generation_on_cpu(config, dtype: str = "auto"):
     if not getattr(config, "use_vllm", False) or config.vllm_mode != "colocate":
         yield
         return
-    from .backends.vllm import CPU_KV_CACHE_GIB, _vllm_platform
+    from .backends.vllm import CPU_KV_CACHE_GIB, CPU_SCHEDULING, _vllm_platform
 
     if _vllm_platform() != "cpu":
         yield
@@ -441,7 +442,10 @@ def vllm_generation_on_cpu(config, dtype: str = "auto"):
     real_llm, real_dispatch = trl_vllm.LLM, vllm_layers.dispatch_cpu_unquantized_gemm
 
     def eager_llm(*args, **kwargs):
-        return real_llm(*args, **{**kwargs, "enforce_eager": True, **({"dtype": dtype} if dtype != "auto" else {})})
+        extra = {"enforce_eager": True, **CPU_SCHEDULING, **({"dtype": dtype} if dtype != "auto" else {})}
+        if kwargs.get("max_model_len"):  # whole prompts: a batch holds at least one of max_model_len tokens
+            extra["max_num_batched_tokens"] = max(kwargs.get("max_num_batched_tokens") or 0, kwargs["max_model_len"])
+        return real_llm(*args, **{**kwargs, **extra})
 
     def plain_linear(layer, remove_weight):  # keep the weights TRL's sync writes to
         layer.cpu_linear = torch.nn.functional.linear

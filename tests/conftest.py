@@ -164,10 +164,14 @@ def vllm_registered(vllm_engine, monkeypatch):
 def vllm_server(tmp_path_factory):
     """vLLM's OpenAI-compatible server on loopback serving the embedded SmolLM2 as ``smollm2``
     (tools/vllm_server.py: free port, ready by /health, process group ended at the end of the
-    session). Its log stays in the session's temporary folder (the path is in ``server.log``)."""
+    session). Its log is kept in a folder of its own under the system's temporary folder (not
+    pytest's, which later sessions prune): the path is ``server.log``, printed at the end."""
     require_vllm()
+    import tempfile
+
     from tools.vllm_server import serve
 
-    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    log = Path(tempfile.mkdtemp(prefix="rlff-vllm-server-")) / "server.log"
     with serve(VLLM_MODEL, "smollm2", log, env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as server:
         yield server
+    print(f"\nvLLM server log: {log}")

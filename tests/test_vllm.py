@@ -60,6 +60,18 @@ def test_seeded_samples_follow_the_conversation(vllm):
     assert first[0][0] != first[0][1]  # the n samples of one request differ
 
 
+def test_seeded_long_prompts_beyond_one_steps_token_budget(vllm, vllm_engine):
+    """More prompt tokens than one scheduler step takes: with chunked prefill a split seeded prompt
+    kills the CPU build's engine core ("CPU Generator does not use offset"); the backend turns it off."""
+    sched = vllm_engine.llm_engine.vllm_config.scheduler_config
+    assert not sched.enable_chunked_prefill
+    story = "I keep going over what happened at work and I cannot stop thinking about it. " * 60
+    long = [[{"role": "user", "content": f"{i}. {story}"}] for i in range(8)]
+    assert 8 * 900 > sched.max_num_batched_tokens  # the call needs several steps
+    first = vllm.generate(long, n=2, seeds=list(range(8)), max_new_tokens=4)
+    assert vllm.generate(long, n=2, seeds=list(range(8)), max_new_tokens=4) == first
+
+
 def test_votes_under_structured_choice(vllm):
     labels = ["helped", "not helped", "unclear"]
     votes = vllm.generate(CONVS, n=10, seeds=[1, 2, 3], guided_choice=labels, temperature=1.1)

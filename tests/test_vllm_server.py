@@ -66,14 +66,23 @@ def test_votes_n10_under_structured_choice(api):
     assert len({v for row in votes for v in row}) > 1
 
 
+YES_NO = [[{"role": "user", "content": q + " Answer yes or no."}]
+          for q in ("Is the sky blue?", "Do fish fly?", "Is fire cold?", "Do you like tea?")]
+
+
 def test_probs_through_logprobs_match_the_in_process_engines(api, device):
+    """Where both one-token choices are among the first answer token's top 20 log-probs (all an
+    OpenAI-style endpoint returns), the renormalised probabilities are the exact ones the hf backend
+    computes; a choice outside the top 20 gets 0 (the method's limit, not the server's)."""
     choices = ["yes", "no"]
-    rows = api.score_choices(CONVS, choices)
-    assert all(sum(r) == pytest.approx(1.0) for r in rows)
-    # one-token choices: the first answer token's top log-probs are the choices' whole probability
-    reference = get_backend(vllm_role(backend="hf", device=device)).score_choices(CONVS, choices)
-    for got, want in zip(rows, reference):
-        assert got == pytest.approx(want, abs=0.03)
+    rows = api.score_choices(YES_NO, choices)
+    assert all(sum(r) == pytest.approx(1.0) for r in rows), rows
+    reference = get_backend(vllm_role(backend="hf", device=device)).score_choices(YES_NO, choices)
+    both_seen = [(got, want) for got, want in zip(rows, reference) if min(got) > 0]
+    assert len(both_seen) >= 2, (rows, reference)
+    for got, want in both_seen:
+        assert got == pytest.approx(want, abs=1e-3), (rows, reference)
+    assert max(r[0] for r in rows) - min(r[0] for r in rows) > 0.05  # the rows are not one constant
 
 
 def test_simulation_with_the_server_as_simulator_and_critic(vllm_registered, vllm_server, data_dir, project_root,

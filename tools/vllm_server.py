@@ -57,7 +57,15 @@ def command(model: str, name: str, port: int, *, dtype: str = "float32", max_mod
            "--enable-prefix-caching", "--host", "127.0.0.1", "--port", str(port)]
     if enforce_eager:
         cmd.append("--enforce-eager")
+    if _cpu_build():  # seeded requests and chunked prefill kill the CPU build's engine (rlff_utils.backends.vllm.CPU_SCHEDULING)
+        cmd.append("--no-enable-chunked-prefill")
     return cmd + list(extra or [])
+
+
+def _cpu_build() -> bool:
+    from rlff_utils.backends.vllm import _vllm_platform
+
+    return _vllm_platform() == "cpu"
 
 
 def _healthy(url: str) -> bool:

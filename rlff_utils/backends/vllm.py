@@ -25,6 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
 # (0.85 of a shared machine: refused at start when that much is not free); the KV cache gets a
 # fixed size instead, VLLM_CPU_KVCACHE_SPACE (GiB) when set.
 CPU_KV_CACHE_GIB = 2
+# A prompt prefilled in chunks has its sampled token discarded and its request's generator rewound,
+# which the CPU build's generators refuse ("CPU Generator does not use offset"): every seeded request
+# whose prompt is split kills the engine core. Whole prompts only (the batch then holds at least one
+# prompt of max_model_len tokens).
+CPU_SCHEDULING: dict[str, Any] = {"enable_chunked_prefill": False}
 
 
 def _vllm_platform() -> str:
@@ -49,7 +54,7 @@ def engine_kwargs(role: "ModelRole", seed: int, platform: str) -> dict[str, Any]
         if role.dtype == "auto":
             kwargs["dtype"] = "float32"  # vLLM's CPU build would pick bfloat16, slow without AMX
         gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB)
-        kwargs.update(kv_cache_memory_bytes=int(gib * 2**30), enforce_eager=True)
+        kwargs.update(kv_cache_memory_bytes=int(gib * 2**30), enforce_eager=True, **CPU_SCHEDULING)
     else:
         kwargs.update(tensor_parallel_size=role.tensor_parallel_size, gpu_memory_utilization=role.gpu_memory_utilization)
     if role.max_model_len:
