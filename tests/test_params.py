@@ -29,8 +29,10 @@ def test_shipped_params_validate(path, data_dir):
 
 
 def test_paper_files_carry_the_paper_settings():
-    for path in (ROOT / "params").glob("paper_*.yaml"):
-        p = load_params(path, check_files=False)
+    papers = [load_params(path, check_files=False) for path in (ROOT / "params").glob("paper_*.yaml")]
+    papers = [p for p in papers if p.purpose == "research"]  # paper_check.yaml is the engines' test run
+    assert len(papers) == 4
+    for p in papers:
         assert (p.simulation.num_candidates, p.simulation.max_turns) == (4, 8)
         cfg = p.grpo.config
         assert (cfg.num_generations, cfg.temperature, cfg.beta, p.grpo.format_weight) == (4, 1.1, 0.04, 0.5)
@@ -139,7 +141,9 @@ def test_paper_files_hold_only_their_differences():
     base = (ROOT / "params" / "base" / "paper.yaml").read_text()
     for path in (ROOT / "params").glob("paper_*.yaml"):
         text = path.read_text()
-        assert "extends: base/paper.yaml" in text and len(text.splitlines()) <= 15, path.name
+        assert "extends: base/paper.yaml" in text, path.name
+        if path.stem != "paper_check":  # the engines' test run cuts every count to minutes
+            assert len(text.splitlines()) <= 15, path.name
     assert "num_generations: 4" in base
 
 

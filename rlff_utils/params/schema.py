@@ -427,6 +427,13 @@ class EvalSystem(_Strict):
     adapter: str | None = None
 
 
+def _no_duplicates(names: list[str], what: str) -> list[str]:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"duplicate {what}: {dup}")
+    return names
+
+
 class EvalSimulator(_Strict):
     """Another evaluation simulator beside ``models.eval_user_sim`` / ``models.eval_critic``: every
     system is evaluated under it on the same cases (a role left out is the default one)."""
@@ -463,25 +470,20 @@ class EvaluationParams(_CriticFields):
     @field_validator("seeker_profiles")
     @classmethod
     def _unique_profiles(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"a profile is listed twice: {v}")
-        return v
+        return _no_duplicates(v, "seeker profiles")
 
     @field_validator("simulators")
     @classmethod
     def _simulator_names(cls, v: list[EvalSimulator]) -> list[EvalSimulator]:
-        names = [s.name for s in v]
-        if "default" in names or len(set(names)) != len(names):
-            raise ValueError(f"simulator names must be unique and not 'default' (the models.eval_* roles): {names}")
+        if "default" in {s.name for s in v}:
+            raise ValueError("'default' names the models.eval_* roles: give the simulator another name")
+        _no_duplicates([s.name for s in v], "simulator names")
         return v
 
     @field_validator("systems")
     @classmethod
     def _unique_names(cls, v: list[EvalSystem]) -> list[EvalSystem]:
-        names = [s.name for s in v]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate system names: {sorted(dup)}")
+        _no_duplicates([s.name for s in v], "system names")
         return v
 
 
