@@ -572,15 +572,28 @@ def begin_stage(params: "RunParams", stage: str, force: bool = False, require_up
     folder.mkdir(parents=True, exist_ok=True)
     upstream = _upstream_hashes(params, stage, require=require_upstream)
     with stage_lock(folder):
+        record = None
         if force:
             if clearable(params, stage):
                 _clear(folder)
         else:
-            check_stage(params, stage, reopen=True)
+            record = check_stage(params, stage, reopen=True)
+        if record and record.get("complete") and _unchanged(params, stage, record, upstream):
+            # Finished with these very settings: its results are reused and its record kept as it is
+            # (rewritten, a record from an older version would change its hash and turn every later
+            # stage stale although nothing changed).
+            yield folder
+            return
         inputs = input_fingerprints(layout(params).root, stage)  # what the stage reads, as it starts
         _write_record(params, stage, complete=False, upstream=upstream, extra=extra, inputs=inputs)
         yield folder
         _write_record(params, stage, complete=True, upstream=upstream, extra=extra, inputs=inputs)
+
+
+def _unchanged(params: "RunParams", stage: str, record: dict[str, Any], upstream: dict[str, Any]) -> bool:
+    """The record says the stage finished with these settings (none differs, not even one that only
+    selects items) on these upstream records."""
+    return not _setting_changes(params, stage, record) and record.get("upstream", {}) == upstream
 
 
 def stage_is_complete(params: "RunParams", stage: str) -> bool:
