@@ -383,7 +383,7 @@ def run_quality(params) -> pd.DataFrame:
             if pairs and e.judge_pairs:
                 j = pairwise_judge(judge, pairs, max_new_tokens=params.models.judge.max_new_tokens, seed=params.seed)
                 tables.append(j.assign(baseline=b))
-            for p in comparison_pairs(params, b, e.human_sheet_rows):
+            for p in (comparison_pairs(params, b, e.human_sheet_rows) if e.human_sheet_rows else []):
                 sheet_pairs.append(p)
                 sheet_names.append(b)
         judgements = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
