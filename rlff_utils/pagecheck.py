@@ -51,6 +51,7 @@ class _Page(HTMLParser):
     links: list[str] = field(default_factory=list)
     external: list[str] = field(default_factory=list)
     banner: bool = False
+    tag_markup: list[str] = field(default_factory=list)
     _stack: list[str] = field(default_factory=list)
     _header: list[str] | None = None
 
@@ -59,6 +60,8 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
+        if tag not in ("script", "style") and any(re.search(r"<[a-zA-Z/]", v) for v in a.values()):
+            self.tag_markup.append(f"<{tag} {' '.join(f'{k}={v[:60]}' for k, v in a.items())}>")
         if BANNER_CLASS in a.get("class", "").split():
             self.banner = True
         if tag == "a" and a.get("href"):
@@ -104,6 +107,7 @@ def lint_html(html: str, is_index: bool = False, banner: bool = True) -> list[st
     if banner and not page.banner:
         problems.append(f"no purpose banner (an element of class {BANNER_CLASS!r})")
     problems += [f"external source: {x}" for x in page.external]
+    problems += [f"formula markup inside a tag's attribute (a broken anchor): {x}" for x in page.tag_markup]
     if "application/vnd.jupyter.widget" in html:
         problems.append("a widget output (it needs a script from the network to show anything)")
     for text in page.texts:

@@ -50,6 +50,8 @@ def test_a_clean_page_passes():
     ("<p>$$R_\\text{fut}$$</p>", "formula markup"),
     ("<math><mi>A</mi><mi>\\</mi><mo>clip</mo></math>", "formula markup"),
     ("<p>the reward $R_fut$ of a candidate</p>", "formula markup"),
+    ('<h2 id="scores-against-<math xmlns="http://www.w3.org/1998/Math/MathML" display="inline"><mrow><mi>R</mi>'
+     '</mrow></math>">Reward model: variant comparison</h2>', "formula markup inside a tag's attribute"),
     ("<pre>UserWarning: 2 context(s) do not fit</pre>", "library log or progress output"),
     ("<pre>Loading: 100%|####| 30/30</pre>", "library log or progress output"),
     ("<table><tr><th>Training Loss</th></tr></table>", "library log or progress output"),
