@@ -130,3 +130,29 @@ def test_every_system_under_every_condition(ci_params, tiny_model_path):
     again = json.loads(lay.conditions.read_text())
     ev.run_evaluation(ci_params)  # resumes: every condition's conversations are reused, the numbers kept
     assert json.loads(lay.conditions.read_text()) == again == saved
+
+
+def test_a_run_recorded_before_a_setting_existed_is_reused_whole(ci_params):
+    """A finished stage whose record predates a setting (and the data fingerprints) is reopened
+    without being rewritten, so the stages after it, which hold its record's hash, stay valid."""
+    from rlff_utils import data
+
+    data.prepare_data(ci_params)
+    with runs.begin_stage(ci_params, runs.SIMULATION):
+        pass
+    lay = runs.layout(ci_params)
+    old = json.loads(lay.record(runs.SIMULATION).read_text())
+    del old["settings"]["simulation"]["seeker_profile"], old["inputs"]  # as an older version wrote it
+    old["hash"] = runs.settings_hash({"settings": old["settings"], "upstream": old["upstream"]})
+    lay.record(runs.SIMULATION).write_text(json.dumps(old))
+    with runs.begin_stage(ci_params, runs.REWARD_MODEL):
+        pass
+    before = lay.record(runs.SIMULATION).read_bytes()
+    with runs.begin_stage(ci_params, runs.SIMULATION):  # notebook 02 again: everything is there
+        pass
+    assert lay.record(runs.SIMULATION).read_bytes() == before
+    assert runs.check_stage(ci_params, runs.REWARD_MODEL)["complete"]  # not stale
+    changed = ci_params.model_copy(update={"simulation": ci_params.simulation.model_copy(
+        update={"seeker_profile": "resistant"})})
+    with pytest.raises(runs.StaleStageError, match="seeker_profile"):
+        runs.check_stage(changed, runs.SIMULATION)
