@@ -147,7 +147,7 @@ header { position: sticky; top: 0; z-index: 2; background: #fff; border-bottom: 
 header h1 { font-size: 1.1em; margin: 0; }
 main { max-width: 90em; margin: 0 auto; padding: 0.5em 1em 3em; }
 #bar { width: 12em; height: 0.8em; background: #eee; border-radius: 4px; overflow: hidden; display: inline-block; vertical-align: middle; }
-#bar > div { height: 100%; background: #2a7a2a; width: 0; }
+#bar > span { display: block; height: 100%; background: #2a7a2a; width: 0; }
 .intro { color: #444; max-width: 60em; }
 .meta { color: #555; }
 .opening { margin: 0.5em 0; padding: 0.4em 0.7em; border-left: 3px solid #999; background: #fff; white-space: pre-wrap; }
@@ -181,7 +181,7 @@ function complete(item) { const a = state.answers[item.id] || {}; return KIT.cri
 function progress() {
   const done = KIT.items.filter(complete).length;
   $('#progress').textContent = done + ' of ' + KIT.items.length + ' pairs complete';
-  $('#bar > div').style.width = (100 * done / KIT.items.length) + '%';
+  $('#bar > span').style.width = (100 * done / KIT.items.length) + '%';
   const jump = $('#jump');
   KIT.items.forEach((it, i) => { jump.options[i].textContent = (complete(it) ? '\\u2713 ' : '\\u2002 ') + 'pair ' + (i + 1); });
 }
@@ -247,6 +247,7 @@ KIT.items.forEach((it, i) => { const o = el('option', '', 'pair ' + (i + 1)); o.
 jump.addEventListener('change', () => show(Number(jump.value)));
 $('#prev').addEventListener('click', () => show(state.current - 1));
 $('#next').addEventListener('click', () => show(state.current + 1));
+$('#next-bottom').addEventListener('click', () => { show(state.current + 1); window.scrollTo(0, 0); });
 $('#export').addEventListener('click', exportAnswers);
 const who = $('#annotator'); who.value = state.annotator;
 who.addEventListener('input', () => { state.annotator = who.value; save(); });
@@ -267,7 +268,7 @@ def annotation_page(kit: str, items: list[dict[str, Any]]) -> str:
 <body>
 <header><h1>Pairwise annotation</h1>
 <label>annotator id <input id="annotator" size="14" placeholder="e.g. your initials"></label>
-<span><span id="bar"><div></div></span> <span id="progress"></span></span>
+<span><span id="bar"><span></span></span> <span id="progress"></span></span>
 <button id="export">export answers</button><span id="status"></span></header>
 <main>
 <p class="intro">Each pair shows one seeker talking with two supporters, A and B, from the same opening. Read both
@@ -280,6 +281,7 @@ downloaded file back.</p>
 <nav class="pairs"><button id="prev">&larr; previous</button><select id="jump" aria-label="pair"></select>
 <button id="next">next &rarr;</button></nav>
 <section id="pair"></section>
+<nav class="pairs"><button id="next-bottom">next pair &rarr;</button></nav>
 </main>
 <script type="application/json" id="kit-data">{payload}</script>
 <script>{SCRIPT}</script>

@@ -217,7 +217,7 @@ def test_the_page_in_a_browser_keeps_answers_over_a_reload_and_exports_them(ci_p
     page.fill("#note", "B repeats itself")
     assert page.inner_text("#progress") == "1 of 3 pairs complete"
     page.fill("#annotator", "kim")
-    page.click("#next")
+    page.click("#next-bottom")
     assert page.inner_text("#pair h2") == "Pair 2 of 3"
     page.check("input[name='pair-2:overall'][value='B']")  # the last event before the reload
     page.reload()
