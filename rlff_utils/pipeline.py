@@ -345,6 +345,7 @@ def run_pipeline(
     resources = {"notebooks": [s.name for s in stages], "wall_seconds": round(wall, 1), "peak_kernel_rss_mib": peak,
                  "peak_rss_mib_per_notebook": peaks}
     runs.write_json(resources, lay.resources)
+    _write_cost(params)
     if html:
         from .report import write_index
 
@@ -353,6 +354,16 @@ def run_pipeline(
           f"{peak / 1024:.1f} GiB; outputs in {params.run_dir}")
     _print_summary(params)
     return executed
+
+
+def _write_cost(params: RunParams) -> None:
+    """The run's estimated and recorded model use (``cost.json``); a failure here never fails a run."""
+    from .cost import cost_record
+
+    try:
+        runs.write_json(cost_record(params), runs.layout(params).root / "cost.json")
+    except Exception as e:  # noqa: BLE001 - bookkeeping only
+        print(f"note: cost.json not written ({e})", flush=True)
 
 
 def _interrupted(signal_exc: BaseException, stage: Stage, executed: list[Path], params: RunParams) -> Interrupted:
@@ -396,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not ask each OpenAI-compatible endpoint a stage uses whether it answers before the stage")
     ap.add_argument("--no-html", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="re-render the executed notebooks and the report index")
+    ap.add_argument("--notebooks-dir", help=argparse.SUPPRESS)  # other numbered notebooks (tests of the runner)
+    ap.add_argument("--estimate", action="store_true",
+                    help="print the requests, tokens and dollars per stage and role from the params; run nothing")
     args = ap.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
@@ -404,13 +418,19 @@ def main(argv: list[str] | None = None) -> int:
         if only == []:  # an empty variable in a script must not mean "everything"
             raise PipelineError(f"--only {args.only!r} names no notebook: give numbers such as --only 01,03, "
                                 "or leave --only out to run every notebook")
+        if args.estimate:
+            from .cost import estimate_text
+
+            print(estimate_text(load_params(args.params_file, parse_set(args.sets), check_files=False)))
+            return 0
         if args.render_only:
             from .report import render_run
 
             print(f"report: {render_run(load_params(args.params_file, parse_set(args.sets), check_files=False))}")
             return 0
         run_pipeline(args.params_file, only, args.start, parse_set(args.sets), html=not args.no_html, force=args.force,
-                     reuse_from=args.reuse_from, check_endpoints=not args.no_endpoint_check)
+                     reuse_from=args.reuse_from, check_endpoints=not args.no_endpoint_check,
+                     notebooks_dir=Path(args.notebooks_dir) if args.notebooks_dir else None)
     except (ParamsError, PipelineError, runs.StageLockedError, runs.StaleStageError, runs.UnsafeClearError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

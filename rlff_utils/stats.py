@@ -52,3 +52,29 @@ def finite_mean(xs: Sequence[Any]) -> float:
     count as 0/1); NaN when none is: an empty or unjudged group has no mean, not a mean of 0."""
     vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def hierarchical_bootstrap_ci(
+    groups: Sequence[Sequence[float]],
+    samples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of the mean of group means when the groups (seeds) are themselves a
+    sample: each resample draws groups with replacement, then the values (cases) within each drawn
+    group with replacement, and averages the group means. The interval so holds both the spread
+    between seeds and the spread between cases; with one group it is the cases' interval alone.
+    (NaN, NaN) without a non-empty group."""
+    arrays = [np.asarray(g, dtype=float) for g in groups if len(g)]
+    if not arrays:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    k = len(arrays)
+    picks = rng.integers(0, k, size=(samples, k))
+    stat = np.zeros(samples)
+    for slot in range(k):  # each drawn slot resamples the cases of its group afresh
+        means = np.stack([a[rng.integers(0, len(a), size=(samples, len(a)))].mean(axis=1) for a in arrays])
+        stat += means[picks[:, slot], np.arange(samples)]
+    stat /= k
+    alpha = (1 - level) / 2
+    return (float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha)))

@@ -1,0 +1,248 @@
+"""What a run costs, before it starts: requests, tokens and dollars per stage and model role.
+
+    python -m rlff_utils.pipeline params/paper_qwen2.5-7b_esconv.yaml --estimate
+    python -m rlff_utils.sweep sweeps/paper_rm_ablation.yaml --estimate
+
+:func:`estimate` reads the params alone (no model, no data loads) and counts, per stage and role:
+
+- simulation (02): the policy samples m candidates per context (C x m sequences, one prompt per
+  context); over T turns the system model writes C x m x (T - 1) replies, the user simulator
+  C x m x T seeker turns, and the critic judges C x m x T states (``probs`` and votes on a local
+  model: one scoring pass each; votes on an API: ``critic_samples`` sampled answers each; the
+  rule and the learned critic call no LLM);
+- GRPO (04): ``max_steps`` x ``per_device_train_batch_size`` x ``gradient_accumulation_steps`` x
+  ``num_processes`` completions (G per prompt), each up to ``max_completion_length`` tokens;
+- evaluation (05): per condition (simulator x seeker profile, ``evaluate.conditions``), every
+  system on every case for up to T turns: the policy's replies, the evaluation simulator's turns,
+  the evaluation critic's judgements; the pairwise judge: every baseline x ``judge_pairs`` x
+  criteria x both orders.
+
+Counts are upper bounds on turns (a conversation that succeeds early stops) and on generated
+tokens (every reply at ``max_new_tokens``); prompt tokens are a rough figure, :data:`PROMPT_OVERHEAD`
+tokens of instructions plus :data:`TOKENS_PER_TURN` per dialogue turn shown. Dollars are given
+for roles whose params declare ``price_per_mtok: {input, output}``; no price is assumed. Not
+counted: the reward models' and the learned critic's training (no generation), the validity
+cards' judgements of real conversations, the before/after samples of notebook 04.
+
+After a run, :func:`actual_counts` reads what the stages recorded (the simulation's summary:
+prompt and generated tokens per role; GRPO's log: completion tokens) and :func:`cost_record`
+sets them beside the estimate (``outputs/<run>/cost.json``, written by the pipeline).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import runs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .params import ModelRole, RunParams
+
+PROMPT_OVERHEAD = 150    # tokens of instructions in an agent's prompt (rough)
+TOKENS_PER_TURN = 30     # tokens of one dialogue turn shown in a prompt (rough; ESConv turns are short)
+# Dialogues a dataset offers when data.max_contexts does not cap the contexts (ESConv's and
+# ExTES's training sides, approximately): contexts = dialogues x contexts_per_dialogue.
+DATASET_DIALOGUES = {"esconv": 1040, "extes": 10500}
+
+
+@dataclass
+class RoleCost:
+    """One stage's use of one model role."""
+    stage: str
+    role: str
+    model: str
+    requests: int            # prompts sent (a scoring pass, or a generation call for n samples)
+    sequences: int           # sampled replies (0 for scoring)
+    prompt_tokens: int
+    generated_tokens: int
+    dollars: float | None = None
+
+    def priced(self, role: "ModelRole") -> "RoleCost":
+        p = role.price_per_mtok
+        if p is not None:
+            self.dollars = (self.prompt_tokens * p.input + self.generated_tokens * p.output) / 1e6
+        return self
+
+
+def _prompt(turns: int) -> int:
+    return PROMPT_OVERHEAD + TOKENS_PER_TURN * max(0, turns)
+
+
+def _contexts(params: "RunParams") -> int:
+    """C: the contexts the simulation rolls (the data stage's file when it exists)."""
+    path = runs.layout(params).contexts
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else ([Path(f"{path}.jsonl")] if Path(f"{path}.jsonl").is_file() else [])
+    if files:
+        n = sum(1 for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
+    else:
+        d = params.data
+        dialogues = sum(min(DATASET_DIALOGUES[name], d.max_dialogues or math.inf) for name in d.datasets)
+        n = int(dialogues * d.contexts_per_dialogue)
+        n = min(n, d.max_contexts or n)
+    return min(n, params.simulation.max_contexts or n)
+
+
+def _judgements(role: "ModelRole", mode: str, samples: int, states: int, prompt_tokens: int, stage: str,
+                name: str) -> RoleCost | None:
+    """A critic's cost for ``states`` judgements: none for the rule or learned critic, a scoring
+    pass each for probs (and for votes on a local model), ``samples`` sampled answers each for
+    votes on an API."""
+    if mode in ("rule", "learned"):
+        return None
+    if mode == "votes" and role.backend == "openai":
+        return RoleCost(stage, name, role.name, states, states * samples, prompt_tokens,
+                        states * samples * role.max_new_tokens).priced(role)
+    return RoleCost(stage, name, role.name, states, 0, prompt_tokens, 0).priced(role)
+
+
+def simulation_cost(params: "RunParams") -> list[RoleCost]:
+    m, sim, h = params.models, params.simulation, params.data.max_history_turns
+    C, k, T = _contexts(params), sim.num_candidates, sim.max_turns
+    window = [min(h, h + 2 * (t - 1)) for t in range(1, T + 1)]  # the prompts show the last h turns
+    rows = [RoleCost(runs.SIMULATION, "policy", m.policy.name, C, C * k, C * _prompt(h),
+                     C * k * m.policy.max_new_tokens).priced(m.policy)]
+    if T > 1:
+        later = C * k * (T - 1)
+        rows.append(RoleCost(runs.SIMULATION, "system", m.system.name, later, later,
+                             C * k * sum(_prompt(w) for w in window[1:]), later * m.system.max_new_tokens).priced(m.system))
+    rows.append(RoleCost(runs.SIMULATION, "user_sim", m.user_sim.name, C * k * T, C * k * T,
+                         C * k * sum(_prompt(w) for w in window), C * k * T * m.user_sim.max_new_tokens).priced(m.user_sim))
+    critic = _judgements(m.critic, sim.critic_mode, sim.critic_samples, C * k * T,
+                         C * k * sum(_prompt(w) for w in window), runs.SIMULATION, "critic")
+    rows += [critic] if critic else []
+    return rows
+
+
+def grpo_cost(params: "RunParams") -> list[RoleCost]:
+    g, role = params.grpo, params.models.policy
+    a = g.args
+    completions = int(a["max_steps"]) * int(a["per_device_train_batch_size"]) * \
+        int(a.get("gradient_accumulation_steps", 1)) * g.num_processes
+    prompt = min(g.max_prompt_length, _prompt(params.data.max_history_turns))
+    return [RoleCost(runs.POLICY, "policy", role.name, completions, completions, completions * prompt,
+                     completions * int(a["max_completion_length"]))]
+
+
+def evaluation_cost(params: "RunParams") -> list[RoleCost]:
+    from .agents import CRITERIA
+    from .evaluate import conditions
+
+    e, m = params.evaluation, params.models
+    n_cases = e.num_cases or params.data.max_eval_cases or 1000
+    if params.data.max_eval_cases:
+        n_cases = min(n_cases, params.data.max_eval_cases)
+    S, T = len(e.systems), e.max_turns
+    convs = S * n_cases
+    window = [min(1 + 2 * T, 1 + 2 * (t - 1)) for t in range(1, T + 1)]
+    rows: list[RoleCost] = []
+    for c in conditions(params):
+        tag = "" if (c.simulator, c.profile) == ("default", e.seeker_profiles[0]) else f" [{c.simulator}, {c.profile}]"
+        rows.append(RoleCost(runs.EVALUATION, "policy" + tag, m.policy.name, convs * T, convs * T,
+                             convs * sum(_prompt(w) for w in window), convs * T * m.policy.max_new_tokens).priced(m.policy))
+        seeker = c.user_sim
+        rows.append(RoleCost(runs.EVALUATION, "eval_user_sim" + tag, seeker.name, convs * T, convs * T,
+                             convs * sum(_prompt(w + 1) for w in window), convs * T * seeker.max_new_tokens).priced(seeker))
+        judge_role = c.critic or m.eval_critic
+        judged = _judgements(judge_role, e.critic_mode, e.critic_samples, convs * T,
+                             convs * sum(_prompt(w + 1) for w in window), runs.EVALUATION, "eval_critic" + tag)
+        rows += [judged] if judged else []
+    if e.contrast_critic:
+        contrast = _judgements(m.eval_critic, e.contrast_critic, e.critic_samples, convs * T,
+                               convs * sum(_prompt(w + 1) for w in window), runs.EVALUATION, "eval_critic [contrast]")
+        rows += [contrast] if contrast else []
+    pairs = max(0, S - 1) * min(e.judge_pairs, n_cases) * len(CRITERIA) * 2
+    if pairs:
+        rows.append(RoleCost(runs.EVALUATION, "judge", m.judge.name, pairs, pairs, pairs * _prompt(2 * (1 + 2 * T)),
+                             pairs * m.judge.max_new_tokens).priced(m.judge))
+    return rows
+
+
+def estimate(params: "RunParams", stages: list[str] | None = None) -> list[RoleCost]:
+    """Every stage's (or those named) model use, from the params."""
+    parts = {runs.SIMULATION: simulation_cost, runs.POLICY: grpo_cost, runs.EVALUATION: evaluation_cost}
+    return [row for stage, fn in parts.items() if stages is None or stage in stages for row in fn(params)]
+
+
+def _total(rows: list[RoleCost]) -> dict[str, Any]:
+    priced = [r.dollars for r in rows if r.dollars is not None]
+    return {"stage": "total", "role": "", "model": "", "requests": sum(r.requests for r in rows),
+            "sequences": sum(r.sequences for r in rows), "prompt_tokens": sum(r.prompt_tokens for r in rows),
+            "generated_tokens": sum(r.generated_tokens for r in rows), "dollars": sum(priced) if priced else None}
+
+
+def estimate_rows(rows: list[RoleCost]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows] + ([_total(rows)] if rows else [])
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table (the command line's): dollars as $x.xx, – where no price is declared."""
+    shown = [{"stage": r["stage"], "role": r["role"], "model": r["model"], "requests": f"{r['requests']:,}",
+              "sequences": f"{r['sequences']:,}", "prompt tokens": f"{r['prompt_tokens']:,}",
+              "generated tokens": f"{r['generated_tokens']:,}",
+              "dollars": "–" if r["dollars"] is None else f"${r['dollars']:,.2f}"} for r in rows]
+    return plain_table(shown)
+
+
+def plain_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a plain-text table for a terminal."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_string(index=False) if rows else "(none)"
+
+
+def estimate_text(params: "RunParams") -> str:
+    head = (f"estimate for {params.run_name} (upper bounds on turns and generated tokens; prompt tokens rough; "
+            "dollars only for roles with price_per_mtok)")
+    return head + "\n" + format_rows(estimate_rows(estimate(params)))
+
+
+def sweep_estimate_text(plan) -> str:
+    """A sweep's cost: each run's own stages (shared ones counted once, in the run that computes them)."""
+    rows: list[RoleCost] = []
+    for run in plan.runs:
+        if run.status in ("finished", "stale"):
+            continue
+        mine = [s for s in runs.STAGES if s in run.computes or s in run.shared_computes]
+        rows += [RoleCost(**{**asdict(r), "role": f"{r.role} ({run.name})"}) for r in estimate(run.params, mine)]
+    by_stage: dict[str, list[RoleCost]] = {}
+    for r in rows:
+        by_stage.setdefault(r.stage, []).append(r)
+    summary = [_total(v) | {"stage": k, "role": "all runs"} for k, v in by_stage.items()]
+    return ("estimate for the sweep (runs still to compute; shared stages once)\n" +
+            format_rows(summary + ([_total(rows)] if rows else [])))
+
+
+# --------------------------------------------------------------------------------------------
+# What a run did
+# --------------------------------------------------------------------------------------------
+
+
+def actual_counts(params: "RunParams") -> list[dict[str, Any]]:
+    """What the stages recorded: the simulation's prompt and generated tokens per role (its
+    summary), GRPO's completions and generated tokens (its log: ``completions/mean_length``)."""
+    lay = runs.layout(params)
+    out = []
+    summary = runs.read_json(lay.simulation_summary, default=None)
+    if summary and summary.get("new_trajectories"):
+        for role, generated in (summary.get("generated_tokens") or {}).items():
+            out.append({"stage": runs.SIMULATION, "role": role, "prompt_tokens": summary["prompt_tokens"].get(role),
+                        "generated_tokens": generated})
+    history = runs.read_json(lay.grpo_log_history, default=None)
+    if history:
+        a = params.grpo.args
+        per_step = int(a["per_device_train_batch_size"]) * int(a.get("gradient_accumulation_steps", 1)) * \
+            params.grpo.num_processes
+        lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
+        if lengths:
+            out.append({"stage": runs.POLICY, "role": "policy", "prompt_tokens": None,
+                        "generated_tokens": int(round(sum(lengths) * per_step))})
+    return out
+
+
+def cost_record(params: "RunParams") -> dict[str, Any]:
+    """The estimate beside what the stages recorded (``cost.json`` in the run folder)."""
+    return {"estimate": estimate_rows(estimate(params)), "actual": actual_counts(params),
+            "assumptions": {"prompt_overhead_tokens": PROMPT_OVERHEAD, "tokens_per_turn": TOKENS_PER_TURN}}

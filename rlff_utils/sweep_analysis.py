@@ -1,0 +1,181 @@
+"""A sweep's results across seeds: per arm the mean over seeds with an interval that holds both
+the spread between seeds and between cases, and each arm's paired difference to a reference arm.
+
+Inputs are what the runs wrote: each run folder's ``sweep.json`` (arm, seed; written by
+:mod:`rlff_utils.sweep`) and the evaluated system's ``evaluation/<system>/transcripts.jsonl``
+(one record per case: ``goal_reached``, ``turns_used``). Per case, success is 0/1 and the turns
+are counted as ``conversation_metrics.average_turns`` counts them (a failure counts as the cap).
+
+Intervals are hierarchical bootstraps (:func:`rlff_utils.stats.hierarchical_bootstrap_ci`):
+resample seeds, then cases within each drawn seed. A paired difference subtracts, seed by seed
+and case by case, the reference arm's outcome on the same case under the same seed, and is
+bootstrapped the same way. With fewer than three seeds the interval cannot say much about the
+spread between seeds: every table then carries a warning (:data:`FEW_SEEDS`).
+
+The table has the shape of the paper's Table 3 (one row per arm: SR, AT, and here the difference
+to the reference), written as CSV and JSON beside a figure in ``<output_root>/sweeps/<name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import runs
+from .stats import hierarchical_bootstrap_ci
+
+FEW_SEEDS = 3
+METRICS = {"success": "SR", "turns": "AT"}
+
+
+def sweep_record(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "sweep.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep record {path}: run the sweep first (python -m rlff_utils.sweep FILE)")
+    return runs.read_json(path)
+
+
+def case_outcomes(run_dir: str | Path, system: str, cap: int | None = None) -> pd.DataFrame:
+    """One row per evaluated case of ``system`` in a run: case_id, success (0/1), turns (the cap
+    for a failure; the cap is the run's evaluation.max_turns, or the largest turns seen)."""
+    path = runs.RunLayout(run_dir).transcripts(system)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run has not evaluated {system!r}")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    frame = pd.DataFrame([{"case_id": str(r["case_id"]), "success": float(bool(r["goal_reached"])),
+                           "turns_used": int(r["turns_used"])} for r in rows])
+    if frame.empty:
+        return frame.assign(turns=[])
+    cap = cap or int(frame["turns_used"].max())
+    frame["turns"] = np.where(frame["success"] > 0, frame["turns_used"], cap).astype(float)
+    return frame.groupby("case_id", as_index=False)[["success", "turns"]].mean()
+
+
+def sweep_outcomes(folder: str | Path, system: str | None = None) -> pd.DataFrame:
+    """Every finished run's case outcomes, with its arm and seed (runs without an evaluation of
+    the system are left out, with a warning)."""
+    record = sweep_record(folder)
+    output_root = Path(folder).resolve().parents[1]
+    system = system or record.get("system") or "rlff-esc"
+    frames = []
+    for run in record["plan"]:
+        run_dir = output_root / run["run"]
+        cap = _eval_cap(run_dir)
+        try:
+            frame = case_outcomes(run_dir, system, cap)
+        except FileNotFoundError as e:
+            warnings.warn(f"{run['run']} left out: {e}", stacklevel=2)
+            continue
+        frames.append(frame.assign(run=run["run"], arm=run["arm"], seed=run["seed"]))
+    if not frames:
+        raise FileNotFoundError(f"no run of the sweep in {folder} has evaluated {system!r}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _eval_cap(run_dir: Path) -> int | None:
+    record = runs.read_record(run_dir, runs.EVALUATION) if (run_dir / runs.EVALUATION).is_dir() else None
+    return (((record or {}).get("settings") or {}).get("evaluation") or {}).get("max_turns")
+
+
+def _groups(frame: pd.DataFrame, column: str) -> list[np.ndarray]:
+    return [g[column].to_numpy() for _, g in frame.groupby("seed", sort=True)]
+
+
+def arm_table(outcomes: pd.DataFrame, reference: str | None = None, samples: int = 2000,
+              seed: int = 0) -> pd.DataFrame:
+    """Per arm: seeds, cases, SR and AT (mean over seeds of the per-seed means) with hierarchical
+    intervals, and the paired difference to ``reference`` (same seeds and cases) with its interval."""
+    rows = []
+    for arm, frame in outcomes.groupby("arm", sort=False):
+        row: dict[str, Any] = {"arm": arm, "seeds": frame["seed"].nunique(),
+                               "cases": int(frame.groupby("seed")["case_id"].nunique().min())}
+        for column, name in METRICS.items():
+            row[name] = float(np.mean([g.mean() for g in _groups(frame, column)]))
+            row[f"{name}_ci95"] = hierarchical_bootstrap_ci(_groups(frame, column), samples, seed)
+            if reference is not None and arm != reference:
+                diff = paired_differences(outcomes, arm, reference, column)
+                row[f"{name}_vs_{reference}"] = float(np.mean([g.mean() for g in diff])) if diff else math.nan
+                row[f"{name}_vs_{reference}_ci95"] = hierarchical_bootstrap_ci(diff, samples, seed)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_differences(outcomes: pd.DataFrame, arm: str, reference: str, column: str) -> list[np.ndarray]:
+    """Per seed both arms ran, the differences arm - reference on the cases both evaluated."""
+    ours, theirs = (outcomes[outcomes["arm"] == a] for a in (arm, reference))
+    if theirs.empty:
+        raise ValueError(f"reference arm {reference!r} has no evaluated run; arms: {sorted(outcomes['arm'].unique())}")
+    joined = ours.merge(theirs, on=["seed", "case_id"], suffixes=("", "_ref"))
+    return [(g[column] - g[f"{column}_ref"]).to_numpy() for _, g in joined.groupby("seed", sort=True)]
+
+
+def small_sample_warning(outcomes: pd.DataFrame) -> str | None:
+    """A warning when an arm has fewer than :data:`FEW_SEEDS` seeds."""
+    seeds = outcomes.groupby("arm")["seed"].nunique()
+    few = seeds[seeds < FEW_SEEDS]
+    if few.empty:
+        return None
+    return (f"fewer than {FEW_SEEDS} seeds for {', '.join(f'{a} ({n})' for a, n in few.items())}: the intervals "
+            "hold the spread between cases, but say little about the spread between seeds")
+
+
+def plot_arms(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """SR and AT per arm with their intervals (the Table 3 shape as a figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.5 * len(table) + 2))
+    y = np.arange(len(table))
+    for ax, name in zip(axes, METRICS.values()):
+        lo = [c[0] for c in table[f"{name}_ci95"]]
+        hi = [c[1] for c in table[f"{name}_ci95"]]
+        ax.errorbar(table[name], y, xerr=[table[name] - lo, np.array(hi) - table[name]], fmt="o", capsize=4)
+        ax.set_yticks(y, table["arm"])
+        ax.set_xlabel(f"{name} (mean over seeds, 95% interval over seeds and cases)")
+        ax.invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_aggregate(folder: str | Path) -> Path:
+    """Aggregate a sweep folder: ``aggregate.csv`` / ``aggregate.json`` (the table and any
+    warning) and ``aggregate.png``. Returns the JSON's path."""
+    folder = Path(folder)
+    record = sweep_record(folder)
+    settings = record.get("aggregate") or {}
+    outcomes = sweep_outcomes(folder, settings.get("system"))
+    table = arm_table(outcomes, settings.get("reference"), settings.get("bootstrap_samples", 2000))
+    warning = small_sample_warning(outcomes)
+    table.to_csv(folder / "aggregate.csv", index=False)
+    plot_arms(table, folder / "aggregate.png", f"sweep {record['sweep']}: {settings.get('system', 'rlff-esc')}")
+    return runs.write_json({"sweep": record["sweep"], "system": settings.get("system"),
+                            "reference": settings.get("reference"), "warning": warning,
+                            "arms": table.to_dict(orient="records")}, folder / "aggregate.json")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The table as Markdown, intervals as ``x [lo, hi]`` (for the README and the notebook)."""
+    shown = pd.DataFrame({"arm": table["arm"], "seeds": table["seeds"], "cases": table["cases"]})
+    for column in table.columns:
+        if column.endswith("_ci95"):
+            name = column.removesuffix("_ci95")
+            shown[name] = [f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if "_vs_" in name else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+                           if not (isinstance(v, float) and math.isnan(v)) else "–"
+                           for v, (lo, hi) in zip(table[name], _pairs(table[column]))]
+    return shown.to_markdown(index=False)
+
+
+def _pairs(column: pd.Series) -> list[tuple[float, float]]:
+    return [tuple(c) if isinstance(c, (tuple, list)) else (math.nan, math.nan) for c in column]
