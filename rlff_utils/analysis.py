@@ -265,6 +265,8 @@ def _flat(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     for k, v in mapping.items():
         if isinstance(v, Mapping) and v:
             out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, Mapping):
+            out[f"{prefix}{k}"] = None  # an empty record (e.g. no tokens counted on a resumed run)
         elif isinstance(v, (list, tuple)):
             items = [", ".join(f"{a}: {_fmt(b, 3)}" for a, b in _flat(x).items()) if isinstance(x, Mapping) else _fmt(x, 3)
                      for x in v]

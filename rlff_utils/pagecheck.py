@@ -26,7 +26,7 @@ _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "me
 
 # (name, pattern) checked on every visible text node
 TEXT_RULES: tuple[tuple[str, re.Pattern], ...] = (
-    ("dict or list repr", re.compile(r"""\{\s*['"][^'"\n]{1,80}['"]\s*:|\[\s*['"][^'"\n]*['"]\s*[,\]]""")),
+    ("dict or list repr", re.compile(r"""\{\s*['"][^'"\n]{1,80}['"]\s*:|\[\s*['"][^'"\n]*['"]\s*[,\]]|^\s*(\{\}|\[\])\s*$""")),
     ("raw missing value", re.compile(r"(?<![\w-])(NaN|nan|NaT|None|<NA>)(?![\w-])")),
     ("tuple interval", re.compile(r"\(\s*[-−+]?\d+(?:\.\d+)?(?:e-?\d+)?\s*,\s*[-−+]?\d+(?:\.\d+)?(?:e-?\d+)?\s*\)")),
     ("absolute machine path", re.compile(

@@ -39,6 +39,7 @@ def test_a_clean_page_passes():
     ("<pre>{'loss': '1.076', 'grad_norm': '11.51'}</pre>", "dict or list repr"),
     ("<pre>['simulation/prompts.json', 'simulation/stage.json']</pre>", "dict or list repr"),
     ('<pre>{\n "contrast_critic": null}</pre>', "dict or list repr"),
+    ("<td>{}</td>", "dict or list repr"),
     ("<td>NaN</td>", "raw missing value"),
     ("<td>&lt;NA&gt;</td>", "raw missing value"),
     ("<td>None</td>", "raw missing value"),
@@ -201,9 +202,10 @@ def test_tables_for_readers_have_words_for_headers_fixed_bounds_and_reasons():
     assert analysis.header_words("roc_auc") == "ROC-AUC" and analysis.header_words("n_train") == "train (n)"
     shown = analysis.display_frame(pd.DataFrame({"auc": [0.33], "auc_lo": [-0.00035], "auc_hi": [0.59]}), 2)
     assert shown["auc"].tolist() == ["0.33 [0.00, 0.59]"]  # not "0.33 [-0.00035, 0.59]"
-    fields = analysis.fields_table({"contrast_critic": None, "bootstrap": 50, "nested": {"a": [1, 2]}},
+    fields = analysis.fields_table({"contrast_critic": None, "bootstrap": 50, "nested": {"a": [1, 2]}, "tokens": {}},
                                    missing={"contrast_critic": "none: one critic decides"}).set_index("field")["value"]
-    assert fields.to_dict() == {"contrast_critic": "– (none: one critic decides)", "bootstrap": "50", "nested.a": "1; 2"}
+    assert fields.to_dict() == {"contrast_critic": "– (none: one critic decides)", "bootstrap": "50", "nested.a": "1; 2",
+                                "tokens": "–"}
     wide = pd.DataFrame([{"card": "critic", **{f"metric_{i}": i / 7 for i in range(10)}}])
     html = analysis.display_table(wide).to_html()
     assert "metric 9" in html and ">critic<" in html  # turned: one row per former column, headers in words
