@@ -20,12 +20,12 @@ One job per module:
 ``variants``   the variant names and heads, the error type, the stage folder and its writer guard
 ``inputs``     the one input text, the reward frame, the split by dialogue, datasets, tokenisation
 ``backbone``   tokenizer, sequence-classification backbone, LoRA, precision
-``scorer``     scoring a saved model, the TRL reward function (the only module GRPO imports)
+``scorer``     scoring a saved model (GRPO's reward functions wrap it: :mod:`rlff_utils.rewards`)
 ``metrics``    held-out metrics of one variant, the comparison table
 ``train``      training with resume, the stage entry ``train_reward_models``
-``validation`` the check against ESConv's human signal
 ============== =====================================================================================
 
-Figures are in :mod:`rlff_utils.plots`. Nothing is imported here, so importing the scorer does
+The validity cards are :mod:`rlff_utils.validation`, the learned critic :mod:`rlff_utils.critic.learned`;
+figures are in :mod:`rlff_utils.plots`. Nothing is imported here, so importing the scorer does
 not load the training code.
 """
