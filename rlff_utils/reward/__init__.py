@@ -17,6 +17,7 @@ and one untrained reference, ``random`` (same architecture, random head): the pa
 One job per module:
 
 ============== =====================================================================================
+``target``     R_fut and its label per trajectory, the reward dataset (written and loaded)
 ``variants``   the variant names and heads, the error type, the stage folder and its writer guard
 ``inputs``     the one input text, the reward frame, the split by dialogue, datasets, tokenisation
 ``backbone``   tokenizer, sequence-classification backbone, LoRA, precision
