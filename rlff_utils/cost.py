@@ -8,7 +8,7 @@
 - simulation (02): the policy samples m candidates per context (C x m sequences, one prompt per
   context); over T turns the system model writes C x m x (T - 1) replies, the user simulator
   C x m x T seeker turns, and the critic judges C x m x T states (``probs`` and votes on a local
-  model: one scoring pass each; votes on an API: ``critic_samples`` sampled answers each; the
+  model: one scoring pass each; votes on an API: ``critic_samples`` short sampled answers each; the
   rule and the learned critic call no LLM);
 - GRPO (04): ``max_steps`` x ``per_device_train_batch_size`` x ``gradient_accumulation_steps`` x
   ``num_processes`` completions (G per prompt), each up to ``max_completion_length`` tokens;
@@ -94,8 +94,17 @@ def _judgements(role: "ModelRole", mode: str, samples: int, states: int, prompt_
         return None
     if mode == "votes" and role.backend == "openai":
         return RoleCost(stage, name, role.name, states, states * samples, prompt_tokens,
-                        states * samples * role.max_new_tokens).priced(role)
+                        states * samples * _vote_tokens()).priced(role)
     return RoleCost(stage, name, role.name, states, 0, prompt_tokens, 0).priced(role)
+
+
+def _vote_tokens() -> int:
+    """The most tokens one sampled critic answer may have (the LLM critic's own cap)."""
+    import inspect
+
+    from .critic.llm import LLMCritic
+
+    return int(inspect.signature(LLMCritic.__init__).parameters["max_new_tokens"].default)
 
 
 def simulation_cost(params: "RunParams") -> list[RoleCost]:
