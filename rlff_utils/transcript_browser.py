@@ -65,8 +65,7 @@ def load_conversations(run_dir: Path) -> list[dict[str, Any]]:
     case order."""
     lay = runs.RunLayout(run_dir)
     out = []
-    for metrics in lay.all_system_metrics():
-        system = metrics.parent.name
+    for system in system_order(run_dir, [m.parent.name for m in lay.all_system_metrics()]):
         path = lay.transcripts(system)
         if not path.is_file():
             continue
@@ -74,6 +73,19 @@ def load_conversations(run_dir: Path) -> list[dict[str, Any]]:
             if line.strip():
                 out.append({**json.loads(line), "system": system})
     return out
+
+
+def system_order(run_dir: Path, systems: list[str]) -> list[str]:
+    """``systems`` in the run's ``evaluation.systems`` order (its ``params.yaml``; the main system
+    last, as there), those it does not list after them."""
+    import yaml
+
+    try:
+        params = yaml.safe_load((Path(run_dir) / "params.yaml").read_text(encoding="utf-8")) or {}
+        listed = [s["name"] for s in (params.get("evaluation") or {}).get("systems") or []]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        listed = []
+    return sorted(systems, key=lambda s: (listed.index(s) if s in listed else len(listed), s))
 
 
 def _score(v: Any) -> str:
@@ -133,7 +145,8 @@ def write_transcript_browser(run_dir: Path, title: str, banner: str | None,
     systems = list(dict.fromkeys(c["system"] for c in convs))
     cases = sorted({str(c.get("case_id", "")) for c in convs})
     outcomes = sorted({c.get("end_reason") or "unfinished" for c in convs})
-    second = systems[1] if len(systems) > 1 else systems[0]
+    # side by side by default: the main system (listed last) against the first baseline
+    left, second = systems[-1], systems[0]
     body = f"""<header class="rlff-header"><span class="rlff-title">{e(title)}</span>
 <a href="index.html">index</a><a href="05_evaluation.html">05 · Evaluation</a></header>
 {f"<div class='rlff-banner'>{e(banner)}</div>" if banner else ""}
@@ -144,7 +157,7 @@ situation; the evaluation critic scores how the seeker feels after every seeker 
 0.5 better, 1 solved); a conversation is solved when the score passes the success threshold.</p>
 <h2>Side by side</h2>
 <div class="controls"><label>case <select id="c-case">{_options(cases, None)}</select></label>
-<label>left <select id="c-a">{_options(systems, None)}</select></label>
+<label>left <select id="c-a">{_options(systems, None).replace(f"value='{e(left)}'", f"value='{e(left)}' selected", 1)}</select></label>
 <label>right <select id="c-b">{_options(systems, None).replace(f"value='{e(second)}'", f"value='{e(second)}' selected", 1)}</select></label></div>
 <div id="pair"></div>
 <h2>All conversations</h2>

@@ -265,6 +265,13 @@ def test_the_transcript_browser_lists_every_conversation_offline(tmp_path):
     for control in ("f-system", "f-case", "f-outcome", "c-case", "c-a", "c-b"):
         assert f"id=\"{control}\"" in text
     assert pagecheck.lint_html(text) == []
+    # the run's order of systems (params.yaml), the main system last: side by side against the first baseline
+    (lay.root / "params.yaml").write_text(
+        "evaluation:\n  systems: [{name: vanilla}, {name: chain-of-strategy}, {name: rlff-esc}]\n")
+    text = write_transcript_browser(lay.root, "t", None, standalone_page).read_text()
+    assert text.index("data-system='vanilla'") < text.index("data-system='chain-of-strategy'") < text.index(
+        "data-system='rlff-esc'")
+    assert "<option value='rlff-esc' selected>" in text and "<option value='vanilla' selected>" in text
     assert write_transcript_browser(tmp_path / "empty", "t", None, standalone_page) is None
 
 
