@@ -255,3 +255,20 @@ def test_export_asks_for_an_annotator_id_first(ci_params, browser_page):
     page.click("#export")
     assert "annotator id" in page.inner_text("#status")
     assert list(he.HumanFolder.of(ci_params).answers.glob("*.json")) == []
+
+
+def test_the_index_shows_the_human_results_and_the_command_line_ingests(ci_params, tmp_path, project_root, capsys):
+    from rlff_utils import pagecheck, report
+
+    _constructed_run(ci_params)
+    text = report.write_index(ci_params).read_text()
+    assert "href='../evaluation/human/annotate.html'" in text and "<h2>Human evaluation</h2>" not in text
+    own = tmp_path / "run.yaml"  # the command line reads a params file: ci, writing into this test's folder
+    own.write_text(f"extends: {project_root / 'params' / 'ci.yaml'}\nrun_name: {ci_params.run_name}\n"
+                   f"output_root: {ci_params.output_root}\n")
+    he.main([str(own)])
+    printed = capsys.readouterr().out
+    assert "3 annotator(s): a1, a2, a3" in printed and "0.76" in printed
+    text = report.write_index(ci_params).read_text()
+    assert "<h2>Human evaluation</h2>" in text and "href='../evaluation/human/human_results.csv'" in text
+    assert "0.45 [" in text and pagecheck.lint_html(text, is_index=True) == []
