@@ -20,7 +20,8 @@ keeps the key of every kit written for the run, so answer files of an earlier ki
 annotators; a file is checked and refused with its name and the reason: not JSON, another run's
 kit, an unknown pair, an answer other than A / tie / B). When one annotator id sent several files,
 the latest export counts (a note says so). Answers become outcomes for the main system
-(win / tie / lose). Written to ``human_results.csv`` (rates) and ``human_results.json`` (all):
+(win / tie / lose); the annotators' notes on pairs are kept with the pair's identity. Written to
+``human_results.csv`` (rates) and ``human_results.json`` (all):
 
 - per system pair and criterion: the win, tie and lose shares (each pair weighs the same: the share
   of its annotators who chose it, averaged over pairs) with percentile-bootstrap intervals over
@@ -315,6 +316,8 @@ def _load_answer_file(path: Path, kits: dict[str, dict[str, Any]]) -> dict[str, 
     for item, given in answers.items():
         if item not in key:
             raise ValueError(f"{path.name}: unknown pair {item!r}")
+        if not isinstance(given, dict):
+            raise ValueError(f"{path.name}: {item}: the answers of a pair must be an object, not {type(given).__name__}")
         for criterion, choice in (given or {}).items():
             if criterion == "note":
                 continue
@@ -331,7 +334,8 @@ def _outcome(choice: str, system_side: str) -> str:
 
 def load_answers(folder: HumanFolder) -> tuple[pd.DataFrame, list[str]]:
     """Every returned answer as one row (annotator, pair identity, criterion, outcome for the
-    system, note) and the notes on what was left out."""
+    system) and the notes on what was left out; the annotators' own notes on pairs are in
+    ``.attrs["comments"]``."""
     files = folder.answer_files()
     if not files:
         return pd.DataFrame(columns=ANSWER_COLUMNS), []
@@ -344,17 +348,22 @@ def load_answers(folder: HumanFolder) -> tuple[pd.DataFrame, list[str]]:
         if d["annotator"] in latest:
             notes.append(f"{d['annotator']}: {latest[d['annotator']]['file']} replaced by the later export {d['file']}")
         latest[d["annotator"]] = d
-    rows = []
+    rows, comments = [], []
     for d in latest.values():
         key = kits[d["kit"]]
         for item, given in d["answers"].items():
             k = key[item]
+            if str(given.get("note") or "").strip():
+                comments.append({"annotator": d["annotator"], "baseline": k["baseline"], "case_id": k["case_id"],
+                                 "system_side": k["system_side"], "note": str(given["note"]).strip()})
             for criterion in JUDGE_CRITERIA:
                 if (given or {}).get(criterion):
                     rows.append({"annotator": d["annotator"], "file": d["file"], "kit": d["kit"], "item": item,
                                  "system": k["system"], "baseline": k["baseline"], "case_id": k["case_id"],
                                  "criterion": criterion, "outcome": _outcome(given[criterion], k["system_side"])})
-    return pd.DataFrame(rows, columns=ANSWER_COLUMNS), notes
+    frame = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+    frame.attrs["comments"] = comments
+    return frame, notes
 
 
 def win_rates(answers: pd.DataFrame, samples: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -455,7 +464,8 @@ def ingest(params) -> dict[str, Any] | None:
         notes.append("no judgements.csv: the LLM judge did not run, no κ")
     result = {"annotators": sorted(answers["annotator"].unique().tolist()) if len(answers) else [],
               "files": [f.name for f in folder.answer_files()], "answers": len(answers),
-              "rates": rates.to_dict("records"), "agreement": alpha, "judge": judge.to_dict("records"), "notes": notes}
+              "rates": rates.to_dict("records"), "agreement": alpha, "judge": judge.to_dict("records"), "notes": notes,
+              "comments": answers.attrs.get("comments", [])}
     rates.to_csv(folder.results_csv, index=False)
     runs.write_json(result, folder.results_json)
     return result

@@ -242,7 +242,10 @@ def test_the_page_in_a_browser_keeps_answers_over_a_reload_and_exports_them(ci_p
     assert data["answers"]["pair-1"]["note"] == "B repeats itself" and data["answers"]["pair-2"] == {"overall": "B"}
     assert errors == []
     # ingested back: the clicks become outcomes for the system through the key
-    rates = pd.DataFrame(he.ingest(ci_params)["rates"]).set_index("criterion")
+    result = he.ingest(ci_params)
+    assert result["comments"] == [{"annotator": "kim", "baseline": "vanilla", "case_id": "c0",
+                                   "system_side": key["pair-1"]["system_side"], "note": "B repeats itself"}]
+    rates = pd.DataFrame(result["rates"]).set_index("criterion")
     expect_empathy = "win" if key["pair-1"]["system_side"] == "A" else "lose"
     assert rates.loc["empathy", expect_empathy] == 1.0 and rates.loc["fluency", "tie"] == 1.0
     assert rates.loc["overall", "pairs"] == 2
