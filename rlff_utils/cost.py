@@ -73,16 +73,36 @@ def _prompt(turns: int) -> int:
 
 def _contexts(params: "RunParams") -> int:
     """C: the contexts the simulation rolls (the data stage's file when it exists)."""
-    path = runs.layout(params).contexts
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else ([Path(f"{path}.jsonl")] if Path(f"{path}.jsonl").is_file() else [])
-    if files:
-        n = sum(1 for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
-    else:
+    n = _count_lines(runs.layout(params).contexts)
+    if n is None:
         d = params.data
         dialogues = sum(min(DATASET_DIALOGUES[name], d.max_dialogues or math.inf) for name in d.datasets)
         n = int(dialogues * d.contexts_per_dialogue)
         n = min(n, d.max_contexts or n)
     return min(n, params.simulation.max_contexts or n)
+
+
+def _count_lines(path: Path) -> int | None:
+    """Records in the data stage's ``<path>.jsonl`` (None: not written yet)."""
+    f = Path(f"{path}.jsonl")
+    if not f.is_file():
+        return None
+    return sum(1 for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _eval_cases(params: "RunParams") -> int:
+    """The evaluation's cases: the data stage's file when it exists, else PPDPP's split of ESConv
+    (its listed ids) and ExTES's test share, capped by data.max_eval_cases and evaluation.num_cases."""
+    from .esconv import ppdpp_ids
+
+    d = params.data
+    n = _count_lines(runs.layout(params).eval_cases)
+    if n is None:
+        split = d.eval_split.removeprefix("ppdpp_")
+        n = sum(len(ppdpp_ids()[split if split in ("test", "valid") else "test"]) if name == "esconv"
+                else int(DATASET_DIALOGUES[name] * d.extes_test_fraction) for name in d.datasets)
+        n = min(n, d.max_eval_cases or n)
+    return min(n, params.evaluation.num_cases or n)
 
 
 def _judgements(role: "ModelRole", mode: str, samples: int, states: int, prompt_tokens: int, stage: str,
@@ -140,9 +160,7 @@ def evaluation_cost(params: "RunParams") -> list[RoleCost]:
     from .evaluate import conditions
 
     e, m = params.evaluation, params.models
-    n_cases = e.num_cases or params.data.max_eval_cases or 1000
-    if params.data.max_eval_cases:
-        n_cases = min(n_cases, params.data.max_eval_cases)
+    n_cases = _eval_cases(params)
     S, T = len(e.systems), e.max_turns
     convs = S * n_cases
     window = [min(1 + 2 * T, 1 + 2 * (t - 1)) for t in range(1, T + 1)]

@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     nbdir = Path(args.notebooks_dir) if args.notebooks_dir else None
     try:
         if args.dry_run or args.estimate:
-            plan = plan_sweep(args.sweep_file, notebooks_dir=nbdir)
+            plan = plan_sweep(args.sweep_file, check_files=False, notebooks_dir=nbdir)  # nothing runs: no data needed
             print(describe(plan))
             if args.estimate:
                 print(sweep_estimate_text(plan))
