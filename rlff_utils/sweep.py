@@ -621,9 +621,27 @@ def run_sweep(path: str | os.PathLike, executor: str = "local", notebooks_dir: P
 
         try:
             print(f"aggregate: {write_aggregate(plan.folder)}", flush=True)
-        except (FileNotFoundError, ValueError) as e:
+            print(f"aggregate page: {execute_aggregate_notebook(plan.folder)}", flush=True)
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
             print(f"aggregate: not written ({e})", flush=True)
     return plan, results
+
+
+def execute_aggregate_notebook(folder: Path) -> Path:
+    """``notebooks/sweep.ipynb`` executed on the sweep folder (papermill, a fresh kernel) and
+    rendered to HTML beside it; returns the HTML page."""
+    import papermill as pm
+
+    from .report import render_notebook
+
+    out = Path(folder) / "sweep.ipynb"
+    try:
+        pm.execute_notebook(str(project_root() / "notebooks" / "sweep.ipynb"), str(out),
+                            parameters={"sweep_folder": str(Path(folder).resolve())}, kernel_name="python3",
+                            progress_bar=False)
+    except pm.PapermillExecutionError as e:
+        raise RuntimeError(f"the sweep notebook failed ({e.ename}: {e.evalue}); see {out}") from None
+    return render_notebook(out)[0]
 
 
 def summary_rows(plan: SweepPlan, results: list[JobResult]) -> list[dict[str, Any]]:

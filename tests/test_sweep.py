@@ -256,3 +256,14 @@ def test_aggregate_means_over_seeds_paired_differences_and_few_seed_warning(tmp_
     sweep_analysis.write_aggregate(few)
     warning = json.loads((few / "aggregate.json").read_text())["warning"]
     assert "fewer than 3 seeds" in warning and "ref (2)" in warning
+
+
+@pytest.mark.slow
+def test_sweep_notebook_renders_the_aggregate(tmp_path):
+    from rlff_utils import sweep
+
+    cases = [(True, 1), (False, 2), (True, 2)]
+    folder = _write_sweep(tmp_path, {("ref", 0): cases, ("ref", 1): cases, ("b", 0): cases[::-1], ("b", 1): cases})
+    page = sweep.execute_aggregate_notebook(folder)
+    html = page.read_text(encoding="utf-8")
+    assert "fewer than 3 seeds" in html and "SR_vs_ref" in html and "<img" in html
