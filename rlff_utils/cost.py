@@ -25,7 +25,7 @@ counted: the reward models' and the learned critic's training (no generation), t
 cards' judgements of real conversations, the before/after samples of notebook 04.
 
 After a run, :func:`actual_counts` reads what the stages recorded (the simulation's summary:
-prompt and generated tokens per role; GRPO's log: completion tokens) and :func:`cost_record`
+requests, replies, prompt and generated tokens per role; GRPO's log: completions and their tokens) and :func:`cost_record`
 sets them beside the estimate (``outputs/<run>/cost.json``, written by the pipeline).
 """
 
@@ -255,8 +255,9 @@ def actual_counts(params: "RunParams") -> list[dict[str, Any]]:
     summary = runs.read_json(lay.simulation_summary, default=None)
     if summary and summary.get("new_trajectories"):
         for role, generated in (summary.get("generated_tokens") or {}).items():
-            out.append({"stage": runs.SIMULATION, "role": role, "prompt_tokens": summary["prompt_tokens"].get(role),
-                        "generated_tokens": generated})
+            out.append({"stage": runs.SIMULATION, "role": role, "requests": (summary.get("requests") or {}).get(role),
+                        "sequences": (summary.get("sequences") or {}).get(role),
+                        "prompt_tokens": summary["prompt_tokens"].get(role), "generated_tokens": generated})
     history = runs.read_json(lay.grpo_log_history, default=None)
     if history:
         a = params.grpo.args
@@ -264,7 +265,8 @@ def actual_counts(params: "RunParams") -> list[dict[str, Any]]:
             params.grpo.num_processes
         lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
         if lengths:
-            out.append({"stage": runs.POLICY, "role": "policy", "prompt_tokens": None,
+            out.append({"stage": runs.POLICY, "role": "policy", "requests": None, "sequences": len(lengths) * per_step,
+                        "prompt_tokens": None,
                         "generated_tokens": int(round(sum(lengths) * per_step))})
     return out
 

@@ -107,6 +107,9 @@ class SimulationSummary:
     backend_seconds: dict[str, float] = field(default_factory=dict)
     # per role: control strings removed and what was cut to fit its model's window (BackendStats.fitting)
     prompt_fitting: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per role: prompts sent (a generation call for n samples, or a scoring pass) and replies sampled
+    requests: dict[str, int] = field(default_factory=dict)
+    sequences: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,6 +240,8 @@ def _summary(contexts, records, previous, frame, seconds, lay: runs.RunLayout, b
         prompt_tokens={role: b.stats.prompt_tokens for role, b in backends.items()},
         backend_seconds={role: round(b.stats.seconds, 2) for role, b in backends.items()},
         prompt_fitting={role: b.stats.fitting() for role, b in backends.items() if hasattr(b.stats, "fitting")},
+        requests={role: b.stats.conversations for role, b in backends.items()},
+        sequences={role: b.stats.sequences for role, b in backends.items()},
     )
 
 

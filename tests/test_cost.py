@@ -73,7 +73,8 @@ def test_estimate_command_prints_a_table_for_each_paper_file(paper):
 
 @pytest.mark.slow
 def test_estimate_against_a_tiny_simulations_recorded_counts(tmp_path, data_dir):
-    """Stated tolerance: generated tokens are an upper bound reached within a factor 2 (every
+    """Stated tolerance: requests, replies and generated tokens are upper bounds reached within a
+    factor 2 (every
     reply at max_new_tokens unless a conversation succeeds early); prompt tokens, a rough figure,
     within a factor 2 either way."""
     from rlff_utils.data import prepare_data
@@ -88,6 +89,9 @@ def test_estimate_against_a_tiny_simulations_recorded_counts(tmp_path, data_dir)
     for role, est in estimated.items():
         got = actual[role]
         assert got["generated_tokens"] == summary.generated_tokens[role]
+        # requests and replies: the estimate's counts when every conversation runs to the turn cap
+        assert est.requests / 2 <= got["requests"] <= est.requests, (role, est, got)
+        assert est.sequences / 2 <= got["sequences"] <= est.sequences, (role, est, got)
         assert est.generated_tokens / 2 <= got["generated_tokens"] <= est.generated_tokens or est.generated_tokens == 0
         assert est.prompt_tokens / 2 <= got["prompt_tokens"] <= est.prompt_tokens * 2, (role, est, got)
     record = cost.cost_record(p)

@@ -267,3 +267,33 @@ def test_sweep_notebook_renders_the_aggregate(tmp_path):
     page = sweep.execute_aggregate_notebook(folder)
     html = page.read_text(encoding="utf-8")
     assert "fewer than 3 seeds" in html and "SR_vs_ref" in html and "<img" in html
+
+
+def test_local_executor_runs_one_job_per_visible_gpu_and_blocks_dependents(monkeypatch):
+    """Two GPUs: two jobs at a time, each with its own CUDA_VISIBLE_DEVICES; a failed shared job
+    blocks the runs that reuse it, not the others."""
+    import threading
+    import time
+
+    active, seen, lock = [0], [], threading.Lock()
+    peak = [0]
+
+    def fake(job, env=None):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            seen.append((job.name, (env or {}).get("CUDA_VISIBLE_DEVICES")))
+        time.sleep(0.3)
+        with lock:
+            active[0] -= 1
+        return 1 if job.name == "shared:b" else 0
+
+    monkeypatch.setattr(sweep, "execute_job", fake)
+    waves = [[sweep.Job("shared:a", "shared", "a", [], "a.log"), sweep.Job("shared:b", "shared", "b", [], "b.log")],
+             [sweep.Job(f"run:{r}", "run", r, [], f"{r}.log", after=[f"shared:{s}"]) for r, s in
+              (("a", "a"), ("a2", "a"), ("b", "b"), ("b2", "b"))]]
+    results = {r.job: r.status for r in sweep.LocalExecutor(gpus=["0", "1"]).run(waves, report=lambda r: None)}
+    assert results == {"shared:a": "ok", "shared:b": "failed", "run:a": "ok", "run:a2": "ok",
+                       "run:b": "blocked", "run:b2": "blocked"}
+    assert peak[0] == 2 and {gpu for _, gpu in seen} == {"0", "1"}
+    assert sorted(name for name, _ in seen) == ["run:a", "run:a2", "shared:a", "shared:b"]
