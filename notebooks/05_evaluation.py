@@ -175,7 +175,7 @@ baseline = "vanilla" if "vanilla" in set(table.system) and main != "vanilla" els
 pair = evaluate.side_by_side(params, baseline)
 print(f"case {pair.attrs.get('case_id')}: " + "; ".join(f"{k}: {v}" for k, v in pair.attrs.get("outcomes", {}).items()))
 print("Every evaluated conversation, with filters and per-turn scores: report/transcripts.html.")
-analysis.display_table(pair.reset_index(), digits=2, missing="the conversation had ended")
+analysis.display_table(pair.reset_index(), digits=2, missing="no turn here (the seeker opens the case, or the conversation had ended)")
 
 # %% [markdown]
 # ## Response quality: pairwise judge and a blind page for human annotators
