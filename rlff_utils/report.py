@@ -548,9 +548,12 @@ def write_index(params, run_dir: Path | None = None) -> Path:
     rows.append("<tr><th>packages</th><td>" + ", ".join(f"{e(k)} {e(v)}" for k, v in card["packages"].items()) + "</td></tr>")
     if card["wall_seconds"] is not None:
         peak = "–" if card["peak_memory_mib"] is None else f"{card['peak_memory_mib'] / 1024:.1f} GiB"
-        rows.append(f"<tr><th>wall time</th><td>{card['wall_seconds'] / 60:.1f} min; peak memory {peak} (the largest "
-                    "of the operating system's count for the largest single process and the per-notebook samples "
-                    "below; the OS count catches short peaks that half-second sampling misses)</td></tr>")
+        last = runs.read_json(lay.resources, default={}).get("notebooks") or []
+        scope = ("" if len(last) >= len(card["seconds_per_notebook"]) else
+                 f" of the last pipeline command, which ran {', '.join(map(e, last))} (each notebook's own in Stages)")
+        rows.append(f"<tr><th>wall time</th><td>{card['wall_seconds'] / 60:.1f} min{scope}; peak memory {peak} (the "
+                    "largest of the operating system's count for the largest single process and the per-notebook "
+                    "samples below; the OS count catches short peaks that half-second sampling misses)</td></tr>")
     peaks = card["peak_memory_mib_per_notebook"]
     stage_rows = "".join(
         f"<tr><td><a href='{e(name)}.html'>{e(name)}</a></td><td class='num'>{secs:.0f} s</td><td class='num'>"
