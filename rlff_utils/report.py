@@ -528,6 +528,16 @@ def _link_list(items: list[tuple[str, str, str]]) -> str:
     return f"<ul>{''.join(rows)}</ul>" if rows else "<p>none yet</p>"
 
 
+def _sweep_page(run_dir: Path) -> list[tuple[str, str, str, Path]]:
+    """The results page of the sweep this run belongs to (its ``sweep.json``), when written."""
+    sweep = runs.read_json(run_dir / "sweep.json", default={}).get("sweep")
+    if not sweep:
+        return []
+    page = run_dir.parent / "sweeps" / sweep / "sweep.html"
+    return [(f"../../sweeps/{sweep}/sweep.html", f"sweep {sweep}: results across seeds",
+             "every arm's mean over seeds, paired differences to the reference arm", page)]
+
+
 def write_index(params, run_dir: Path | None = None) -> Path:
     """``report/index.html``: the run card and headline, then links to everything a reader may
     want (reader and full pages, the transcript browser, tables as Markdown and CSV, the human
@@ -577,6 +587,9 @@ def write_index(params, run_dir: Path | None = None) -> Path:
         ("../evaluation/judgements.csv", "pairwise judge's verdicts", "", lay.stage(runs.EVALUATION) / "judgements.csv"),
         ("../params.yaml", "the resolved parameters", "", lay.resolved_params),
         ("run_card.json", "the run card as JSON", "", report / "run_card.json"),
+        ("../cost.json", "model use, estimated and recorded", "requests and tokens per stage and role "
+         "(rlff_utils.cost)", run_dir / "cost.json"),
+        *_sweep_page(run_dir),
     ) if path.is_file()]
     stage_figs = [(f"../{rel}", label, "") for rel, label in STAGE_FIGURES.items() if (run_dir / rel).is_file()]
     figures = [f for f in REPORT_FIGURES if (report / f"{f}.png").is_file()]

@@ -479,7 +479,10 @@ class LocalExecutor:
     def run(self, waves: list[list[Job]], report: Callable[[JobResult], None] = print) -> list[JobResult]:
         results: list[JobResult] = []
         failed: set[str] = set()
+        stop = threading.Event()  # Ctrl-C / SIGTERM: no new job starts, the running ones stop with it
         for wave in waves:
+            if stop.is_set():
+                break
             slots: queue.Queue = queue.Queue()
             for slot in (self.gpus or [None]):
                 slots.put(slot)
@@ -489,14 +492,18 @@ class LocalExecutor:
                 if _blocked(job, failed):
                     result = JobResult(job.name, job.run, "blocked", None, 0.0, job.log)
                 else:
-                    slot = slots.get()
+                    slot = slots.get()  # waits for a free GPU (or the one CPU slot)
                     t0 = time.perf_counter()
                     try:
+                        if stop.is_set():
+                            return
                         rc = execute_job(job, {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else None)
                     finally:
                         slots.put(slot)
                     result = JobResult(job.name, job.run, "ok" if rc == 0 else "failed", rc,
                                        round(time.perf_counter() - t0, 1), job.log)
+                    if rc in (130, 143):  # the job was interrupted: so is the sweep
+                        stop.set()
                 with lock:
                     results.append(result)
                     if result.status != "ok":
@@ -506,8 +513,15 @@ class LocalExecutor:
             threads = [threading.Thread(target=one, args=(job,)) for job in wave]
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            try:
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.5)
+            except KeyboardInterrupt:
+                stop.set()  # the jobs' runners got the same Ctrl-C and keep what they finished
+                for t in threads:
+                    t.join()
+                raise
         return results
 
 
@@ -622,9 +636,19 @@ def run_sweep(path: str | os.PathLike, executor: str = "local", notebooks_dir: P
         try:
             print(f"aggregate: {write_aggregate(plan.folder)}", flush=True)
             print(f"aggregate page: {execute_aggregate_notebook(plan.folder)}", flush=True)
+            _link_runs_to_sweep_page(plan)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             print(f"aggregate: not written ({e})", flush=True)
     return plan, results
+
+
+def _link_runs_to_sweep_page(plan: SweepPlan) -> None:
+    """Re-render each finished run's report index, which now links the sweep's page."""
+    from .report import write_index
+
+    for run in plan.runs:
+        if runs.layout(run.params).report.is_dir():
+            write_index(run.params)
 
 
 def execute_aggregate_notebook(folder: Path) -> Path:

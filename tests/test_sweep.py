@@ -297,3 +297,17 @@ def test_local_executor_runs_one_job_per_visible_gpu_and_blocks_dependents(monke
                        "run:b": "blocked", "run:b2": "blocked"}
     assert peak[0] == 2 and {gpu for _, gpu in seen} == {"0", "1"}
     assert sorted(name for name, _ in seen) == ["run:a", "run:a2", "shared:a", "shared:b"]
+
+
+def test_an_interrupted_job_stops_the_local_sweep(monkeypatch):
+    """A job stopped by Ctrl-C (exit 130) stops the sweep: no later job starts."""
+    started = []
+
+    def fake(job, env=None):
+        started.append(job.name)
+        return 130 if job.name == "run:a" else 0
+
+    monkeypatch.setattr(sweep, "execute_job", fake)
+    waves = [[sweep.Job("run:a", "run", "a", [], "a.log")], [sweep.Job("run:b", "run", "b", [], "b.log")]]
+    results = sweep.LocalExecutor(gpus=[]).run(waves, report=lambda r: None)
+    assert started == ["run:a"] and [(r.job, r.status, r.returncode) for r in results] == [("run:a", "failed", 130)]
