@@ -311,3 +311,27 @@ def test_an_interrupted_job_stops_the_local_sweep(monkeypatch):
     waves = [[sweep.Job("run:a", "run", "a", [], "a.log")], [sweep.Job("run:b", "run", "b", [], "b.log")]]
     results = sweep.LocalExecutor(gpus=[]).run(waves, report=lambda r: None)
     assert started == ["run:a"] and [(r.job, r.status, r.returncode) for r in results] == [("run:a", "failed", 130)]
+
+
+def test_grpo_seed_and_prices_keep_older_stage_records_valid(tmp_path, data_dir):
+    """grpo.seed (default: the run's seed) and price_per_mtok came after runs were recorded: a
+    record without them is not stale at their defaults; another GRPO seed is a change; a price
+    never is. GRPO's trainer takes grpo.seed."""
+    from rlff_utils.params import load_params
+
+    p = load_params(ROOT / "params" / "ci.yaml", {"output_root": str(tmp_path)})
+    assert p.grpo.config.seed == 0
+    with runs.begin_stage(p, runs.POLICY, require_upstream=False):
+        (runs.layout(p).stage(runs.POLICY) / "adapter.txt").write_text("x")
+    path = runs.layout(p).record(runs.POLICY)
+    record = json.loads(path.read_text())
+    del record["settings"]["grpo"]["seed"]            # as written before the key existed
+    path.write_text(json.dumps(record))
+    assert runs.check_stage(p, runs.POLICY)["complete"]
+    priced = load_params(ROOT / "params" / "ci.yaml", {"output_root": str(tmp_path),
+                                                       "models.policy.price_per_mtok": {"input": 1, "output": 2}})
+    assert runs.check_stage(priced, runs.POLICY)["complete"]
+    seeded = load_params(ROOT / "params" / "ci.yaml", {"output_root": str(tmp_path), "grpo.seed": 3})
+    assert seeded.grpo.config.seed == 3 and seeded.grpo.config.data_seed == 3
+    with pytest.raises(runs.StaleStageError, match="grpo.seed: '<absent>' -> 3"):
+        runs.check_stage(seeded, runs.POLICY)
