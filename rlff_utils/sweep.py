@@ -296,9 +296,10 @@ class SweepPlan:
 
 
 def plan_sweep(path: str | os.PathLike, check_files: bool = True, notebooks_dir: Path | None = None) -> SweepPlan:
-    """Read, expand and validate every run (before anything loads), then plan what each shares:
-    a run reuses the longest run of leading stages it has in common with an earlier run (the
-    earliest such run on a tie), and reads each run folder's state (new, partial, finished, stale)."""
+    """Read, expand and validate every run (before anything loads), read each run folder's state
+    (new, partial, finished, stale), then plan what each shares: a run reuses the longest run of
+    leading stages it has in common with an earlier run that is not stale (the earliest such run
+    on a tie)."""
     sweep = read_sweep(path)
     specs = expand(sweep, path)
     plans: list[RunPlan] = []
@@ -308,9 +309,14 @@ def plan_sweep(path: str | os.PathLike, check_files: bool = True, notebooks_dir:
         except ParamsError as e:
             raise SweepError(f"{path}: run {spec.name}: {e}") from None
         plans.append(RunPlan(spec, params, stage_keys(params)))
+    nbdir = notebooks_dir or project_root() / "notebooks"
+    for run in plans:
+        run.status, run.problem = _run_state(run.params, nbdir)
     for i, run in enumerate(plans):
         best, source = 0, None
         for earlier in plans[:i]:
+            if earlier.status == "stale":  # refused: it computes nothing, so it shares nothing
+                continue
             n = _common_prefix(run.keys, earlier.keys)
             if n > best:
                 best, source = n, earlier
@@ -320,9 +326,6 @@ def plan_sweep(path: str | os.PathLike, check_files: bool = True, notebooks_dir:
     for run in plans:
         if run.shared_upto <= len(run.reused):
             run.shared_upto = 0  # shares nothing beyond what it reuses itself
-    nbdir = notebooks_dir or project_root() / "notebooks"
-    for run in plans:
-        run.status, run.problem = _run_state(run.params, nbdir)
     roots = {r.params.resolve(r.params.output_root) for r in plans}
     if len(roots) != 1:
         raise SweepError(f"{path}: the runs would go to several output roots ({sorted(map(str, roots))}); "
