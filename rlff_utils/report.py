@@ -533,8 +533,8 @@ def _sweep_page(run_dir: Path) -> list[tuple[str, str, str, Path]]:
     sweep = runs.read_json(run_dir / "sweep.json", default={}).get("sweep")
     if not sweep:
         return []
-    page = run_dir.parent / "sweeps" / sweep / "sweep.html"
-    return [(f"../../sweeps/{sweep}/sweep.html", f"sweep {sweep}: results across seeds",
+    page = run_dir.parent / "sweeps" / sweep / "report" / "sweep.html"
+    return [(f"../../sweeps/{sweep}/report/sweep.html", f"sweep {sweep}: results across seeds",
              "every arm's mean over seeds, paired differences to the reference arm", page)]
 
 

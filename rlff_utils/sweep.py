@@ -656,7 +656,8 @@ def _link_runs_to_sweep_page(plan: SweepPlan) -> None:
 
 def execute_aggregate_notebook(folder: Path) -> Path:
     """``notebooks/sweep.ipynb`` executed on the sweep folder (papermill, a fresh kernel) and
-    rendered to HTML beside it; returns the HTML page."""
+    rendered like a run's notebooks: the full page beside it, the reader's page (no code, no logs)
+    in ``report/``; returns the reader's page."""
     import papermill as pm
 
     from .report import render_notebook
@@ -668,7 +669,8 @@ def execute_aggregate_notebook(folder: Path) -> Path:
                             progress_bar=False)
     except pm.PapermillExecutionError as e:
         raise RuntimeError(f"the sweep notebook failed ({e.ename}: {e.evalue}); see {out}") from None
-    return render_notebook(out)[0]
+    full, reader = render_notebook(out, Path(folder) / "report")
+    return reader or full
 
 
 def summary_rows(plan: SweepPlan, results: list[JobResult]) -> list[dict[str, Any]]:
