@@ -143,8 +143,8 @@ analysis.display_table(pd.DataFrame([
 # %%
 conditions = evaluate.condition_table(params)
 if len(conditions):
-    analysis.display_table(conditions.drop(columns=["condition"]), digits=2,
-                           missing="the main system itself (no difference to itself)")
+    display(analysis.display_table(conditions.drop(columns=["condition"]), digits=2,
+                                   missing="the main system itself (no difference to itself)"))
     plots.plot_conditions(conditions, lay.eval_figure("conditions"));
 else:
     print("one evaluation condition in this run (evaluation.simulators and evaluation.seeker_profiles add more)")

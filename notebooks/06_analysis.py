@@ -74,7 +74,7 @@ if len(main):
 # %%
 conds = analysis.conditions_table(runs)
 if len(conds):
-    analysis.write_table(conds, out, "conditions", digits=2)
+    display(analysis.write_table(conds, out, "conditions", digits=2))
     plots.plot_conditions(conds.assign(condition=conds["run"] + " · " + conds["condition"]) if conds["run"].nunique() > 1
                           else conds, layout.report_figure("conditions"));
 else:

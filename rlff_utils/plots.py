@@ -659,6 +659,9 @@ def plot_conditions(table: pd.DataFrame, path: str | Path | None = None):
         hi = 100 * rows["SR_ci95"].map(lambda c: c[1] if isinstance(c, (list, tuple)) else np.nan)
         ax.errorbar(x, sr, yerr=[(sr - lo).clip(lower=0).fillna(0), (hi - sr).clip(lower=0).fillna(0)], fmt="o",
                     capsize=3, color=colors[name], label=name)
+    c = _constant(100 * table["SR"].astype(float))
+    if c is not None and len(table) > 1:
+        note(ax, f"the same under every condition for every system: {c:.3g}%", "top")
     ax.set_xticks(np.arange(len(conds)), [c.replace(".", "\n", 1) for c in conds])
     ax.set(xlabel="condition (simulator, seeker profile)", ylabel="success rate (% of cases)",
            title="success rate per evaluation condition (95% CI)", ylim=(-5, 105))
