@@ -267,8 +267,8 @@ def test_sweep_notebook_renders_the_aggregate(tmp_path):
     page = sweep.execute_aggregate_notebook(folder)
     html = page.read_text(encoding="utf-8")
     assert "fewer than 3 seeds" in html and "SR_vs_ref" in html and "<img" in html
-    assert page == folder / "report" / "sweep.html" and "import sweep_analysis" not in html  # the reader's page
-    assert "import sweep_analysis" in (folder / "sweep.html").read_text(encoding="utf-8")   # the full page
+    assert page == folder / "report" / "sweep.html" and "sweep_analysis" not in html  # the reader's page
+    assert "sweep_analysis" in (folder / "sweep.html").read_text(encoding="utf-8")   # the full page
 
 
 def test_local_executor_runs_one_job_per_visible_gpu_and_blocks_dependents(monkeypatch):
