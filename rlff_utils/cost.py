@@ -248,14 +248,17 @@ def sweep_estimate_text(plan) -> str:
 
 
 def actual_counts(params: "RunParams") -> list[dict[str, Any]]:
-    """What the stages recorded: the simulation's prompt and generated tokens per role (its
-    summary), GRPO's completions and generated tokens (its log: ``completions/mean_length``)."""
+    """What the stages recorded: the simulation's requests, replies, prompt and generated tokens
+    per role (its summary; ``computed_in``: the run that did the work when the stage was reused),
+    GRPO's completions and generated tokens (its log: ``completions/mean_length``)."""
     lay = runs.layout(params)
     out = []
     summary = runs.read_json(lay.simulation_summary, default=None)
     if summary and summary.get("new_trajectories"):
+        record = runs.read_record(lay.root, runs.SIMULATION) or {}
+        where = record.get("copied_from") or "this run"  # a reused stage's work was done (and paid) once, there
         for role, generated in (summary.get("generated_tokens") or {}).items():
-            out.append({"stage": runs.SIMULATION, "role": role, "requests": (summary.get("requests") or {}).get(role),
+            out.append({"stage": runs.SIMULATION, "role": role, "computed_in": where, "requests": (summary.get("requests") or {}).get(role),
                         "sequences": (summary.get("sequences") or {}).get(role),
                         "prompt_tokens": summary["prompt_tokens"].get(role), "generated_tokens": generated})
     history = runs.read_json(lay.grpo_log_history, default=None)
