@@ -171,10 +171,17 @@ def markdown_table(table: pd.DataFrame) -> str:
     for column in table.columns:
         if column.endswith("_ci95"):
             name = column.removesuffix("_ci95")
-            shown[name] = [f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if "_vs_" in name else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
-                           if not (isinstance(v, float) and math.isnan(v)) else "–"
-                           for v, (lo, hi) in zip(table[name], _pairs(table[column]))]
+            sign = "+" if "_vs_" in name else ""
+            shown[name] = [_cell(v, lo, hi, sign) for v, (lo, hi) in zip(table[name], _pairs(table[column]))]
     return shown.to_markdown(index=False)
+
+
+def _cell(value: float, lo: float, hi: float, sign: str) -> str:
+    """``x [lo, hi]``; "–" where there is no value (the reference arm's difference to itself)."""
+    if value is None or not math.isfinite(float(value)):
+        return "–"
+    ci = "" if lo is None or not math.isfinite(float(lo)) else f" [{lo:{sign}.2f}, {hi:{sign}.2f}]"
+    return f"{value:{sign}.2f}{ci}"
 
 
 def _pairs(column: pd.Series) -> list[tuple[float, float]]:

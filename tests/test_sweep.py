@@ -248,7 +248,9 @@ def test_aggregate_means_over_seeds_paired_differences_and_few_seed_warning(tmp_
     assert (folder / "aggregate.png").stat().st_size > 0 and (folder / "aggregate.csv").is_file()
     table = sweep_analysis.arm_table(sweep_analysis.sweep_outcomes(folder), "ref")
     md = sweep_analysis.markdown_table(table)
-    assert "+0.10 [" in md and "| ref " in md
+    assert "+0.10 [" in md and "| ref " in md and "nan" not in md.lower()
+    ref_row = next(line for line in md.splitlines() if line.startswith("| ref "))
+    assert ref_row.rstrip(" |").endswith("–")  # no difference of the reference arm to itself
 
     # two seeds: the table carries the warning
     few = _write_sweep(tmp_path / "few", {("ref", 0): base[0], ("ref", 1): base[1],
