@@ -233,12 +233,13 @@ def sweep_estimate_text(plan) -> str:
         if run.status in ("finished", "stale"):
             continue
         mine = [s for s in runs.STAGES if s in run.computes or s in run.shared_computes]
-        rows += [RoleCost(**{**asdict(r), "role": f"{r.role} ({run.name})"}) for r in estimate(run.params, mine)]
-    by_stage: dict[str, list[RoleCost]] = {}
+        rows += estimate(run.params, mine)
+    groups: dict[tuple[str, str, str], list[RoleCost]] = {}
     for r in rows:
-        by_stage.setdefault(r.stage, []).append(r)
-    summary = [_total(v) | {"stage": k, "role": "all runs"} for k, v in by_stage.items()]
-    return ("estimate for the sweep (runs still to compute; shared stages once)\n" +
+        groups.setdefault((r.stage, r.role, r.model), []).append(r)
+    summary = [_total(v) | {"stage": stage, "role": f"{role} ({len(v)} runs)" if len(v) > 1 else role, "model": model}
+               for (stage, role, model), v in groups.items()]
+    return ("estimate for the sweep (runs still to compute; shared stages once), per stage and role\n" +
             format_rows(summary + ([_total(rows)] if rows else [])))
 
 

@@ -105,6 +105,14 @@ def test_plan_shares_data_simulation_and_reward_model_across_grpo_arms_and_seeds
         assert run.source == leader.name and run.reused == [runs.DATA, runs.SIMULATION, runs.REWARD_MODEL]
         assert run.computes == [runs.POLICY, runs.EVALUATION, runs.REPORT]
     assert plan.sweep.seeds.varies() == [runs.POLICY, runs.EVALUATION]
+    # the sweep's estimate counts the shared simulation once, GRPO and the evaluation per run
+    from rlff_utils import cost
+
+    text = cost.sweep_estimate_text(plan)
+    sim_user = next(line for line in text.splitlines() if line.split()[:2] == ["simulation", "user_sim"])
+    assert "runs)" not in sim_user and f"{48:,}" in sim_user      # 12 contexts x 2 candidates x 2 turns, once
+    grpo = next(line for line in text.splitlines() if line.split()[:3] == ["policy", "policy", "(4"])
+    assert f"{4 * 8:,}" in grpo                                      # 8 completions in each of 4 runs
     # with `seed` itself as the seed key, seeds share nothing; arms of one seed still share 01-03
     plan = sweep.plan_sweep(_sweep_file(tmp_path, seeds=[0, 1]))
     by = {r.name: r for r in plan.runs}
