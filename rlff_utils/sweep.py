@@ -380,7 +380,10 @@ def _quote(arg: str) -> str:
 
 
 def _argv(plan: SweepPlan, run: RunPlan) -> list[str]:
-    argv = [run.spec.params_file, *(f"--set={k}={json.dumps(v)}" for k, v in run.spec.overrides.items())]
+    """The run's pipeline arguments; the output root absolute, so a job started in another folder
+    (a cluster node's) writes where the plan looked."""
+    overrides = {**run.spec.overrides, "output_root": str(plan.output_root)}
+    argv = [run.spec.params_file, *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
     if plan.notebooks_dir != project_root() / "notebooks":
         argv.append(f"--notebooks-dir={plan.notebooks_dir}")
     return argv
