@@ -48,7 +48,14 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import runs
 from .cost import plain_table, sweep_estimate_text
@@ -494,7 +501,7 @@ class LocalExecutor:
                 slots.put(slot)
             lock = threading.Lock()
 
-            def one(job: Job) -> None:
+            def one(job: Job, slots: queue.Queue = slots, lock: threading.Lock = lock) -> None:
                 if _blocked(job, failed):
                     result = JobResult(job.name, job.run, "blocked", None, 0.0, job.log)
                 else:
@@ -612,6 +619,10 @@ def describe(plan: SweepPlan) -> str:
     return "\n".join(lines)
 
 
+def _print_result(r: JobResult) -> None:
+    print(f"[{r.status}] {r.job} ({r.seconds:.0f}s) log: {r.log}", flush=True)
+
+
 def run_sweep(path: str | os.PathLike, executor: str = "local", notebooks_dir: Path | None = None,
               aggregate: bool = True, check_files: bool = True) -> tuple[SweepPlan, list[JobResult]]:
     """Plan, run every job on the executor, write the sweep's record, then aggregate."""
@@ -622,11 +633,10 @@ def run_sweep(path: str | os.PathLike, executor: str = "local", notebooks_dir: P
             runs.write_json(run_record(plan, run), runs.layout(run.params).root / "sweep.json")
     waves = build_jobs(plan)
     t0 = time.perf_counter()
-    report = lambda r: print(f"[{r.status}] {r.job} ({r.seconds:.0f}s) log: {r.log}", flush=True)  # noqa: E731
     if executor == "local":
-        results = LocalExecutor().run(waves, report)
+        results = LocalExecutor().run(waves, _print_result)
     elif executor in ("slurm", "submitit-local"):
-        results = SubmititExecutor(plan.folder, "slurm" if executor == "slurm" else "local").run(waves, report)
+        results = SubmititExecutor(plan.folder, "slurm" if executor == "slurm" else "local").run(waves, _print_result)
     else:
         raise SweepError(f"unknown executor {executor!r}: local, slurm or submitit-local")
     summary = summary_rows(plan, results)

@@ -11,6 +11,7 @@ loading a model.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import nbformat
@@ -224,7 +225,7 @@ def test_hierarchical_bootstrap_holds_the_spread_between_seeds():
     cases = [0, 1, 1, 0, 1, 1, 1, 0, 1, 1]
     h, c = hierarchical_bootstrap_ci([cases], samples=4000), bootstrap_ci(cases, samples=4000)
     assert abs(h[0] - c[0]) <= 0.11 and abs(h[1] - c[1]) <= 0.11
-    assert all(v != v for v in hierarchical_bootstrap_ci([]))  # (nan, nan)
+    assert all(math.isnan(v) for v in hierarchical_bootstrap_ci([]))
 
 
 def test_aggregate_means_over_seeds_paired_differences_and_few_seed_warning(tmp_path):
