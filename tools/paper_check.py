@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--force", action="store_true", help="redo the selected stages")
+    ap.add_argument("--reuse-from", metavar="RUN", help="copy the stages another run computed identically (pipeline's --reuse-from)")
     args = ap.parse_args(argv)
 
     import importlib.util
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vLLM server: {server.base_url} ({time.perf_counter() - t0:.0f} s to start; log {server.log})",
                   flush=True)
             only = [s.strip() for s in args.only.split(",")] if args.only else None
-            executed = run_pipeline(args.params_file, only, args.start, overrides, force=args.force)
+            executed = run_pipeline(args.params_file, only, args.start, overrides, force=args.force,
+                                    reuse_from=args.reuse_from)
         wall = time.perf_counter() - t0
     except (ParamsError, PipelineError, ServerError) as e:
         print(f"error: {e}", file=sys.stderr)
