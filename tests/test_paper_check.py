@@ -45,7 +45,9 @@ def test_paper_check_runs_all_six_notebooks(project_root, data_dir, tmp_path, mo
     require_vllm()
     from tools import paper_check
 
-    monkeypatch.delenv("SIM_BASE_URL", raising=False)
+    for name in ("SIM_BASE_URL", "SIM_API_KEY", "VLLM_CPU_KVCACHE_SPACE"):  # the check sets them: undone after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     out = tmp_path / "outputs"
     assert paper_check.main(["--set", f"output_root={out}"]) == 0
     printed = capsys.readouterr().out
