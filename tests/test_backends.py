@@ -168,7 +168,8 @@ def test_hf_score_choices(tiny):
     assert tiny.score_choices([CONV_B], choices)[0] == pytest.approx(rows[1], abs=1e-5)
     # the one-token fast path agrees with the general path on the odds between two choices
     fast = tiny.score_choices([CONV_A], ["same", "better"])[0]
-    assert fast[0] / fast[1] == pytest.approx(rows[0][1] / rows[0][2], rel=1e-4)
+    # (float32: the two paths run different kernels; they differ by ~2e-4 here, a wrong token by far more)
+    assert fast[0] / fast[1] == pytest.approx(rows[0][1] / rows[0][2], rel=1e-3)
 
 
 def test_hf_score_choices_matches_a_plain_forward_pass(tiny):
@@ -503,7 +504,8 @@ def test_clear_backends_drops_engines(tiny):
     assert not backends._ENGINES
 
 
-@pytest.mark.parametrize("paper", sorted((Path(__file__).resolve().parents[1] / "params").glob("paper_*.yaml")),
+@pytest.mark.parametrize("paper", sorted(p for p in (Path(__file__).resolve().parents[1] / "params").glob("paper_*.yaml")
+                                         if p.stem != "paper_check"),  # the engines' check serves SmolLM2
                          ids=lambda p: p.name)
 def test_paper_files_reach_their_simulator_endpoint(endpoint, monkeypatch, paper):
     """`${SIM_BASE_URL:-...}` in the real paper files is expanded at load: the simulator and the
