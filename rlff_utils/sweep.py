@@ -327,6 +327,8 @@ def plan_sweep(path: str | os.PathLike, check_files: bool = True, notebooks_dir:
             n = _common_prefix(run.keys, earlier.keys)
             if n > best:
                 best, source = n, earlier
+        if best == len(CHAIN):
+            _refuse_identical(path, run, source)
         if source is not None:
             run.source, run.reused = source.name, list(CHAIN[:best])
             source.shared_upto = max(source.shared_upto, best)
@@ -338,6 +340,25 @@ def plan_sweep(path: str | os.PathLike, check_files: bool = True, notebooks_dir:
         raise SweepError(f"{path}: the runs would go to several output roots ({sorted(map(str, roots))}); "
                          "set output_root in the sweep file")
     return SweepPlan(sweep.name or Path(path).stem, str(Path(path).resolve()), sweep, plans, roots.pop(), nbdir)
+
+
+def _refuse_identical(path: str | os.PathLike, run: RunPlan, other: RunPlan) -> None:
+    """Two runs whose every stage would compute the same: what tells them apart are fields the
+    stage records leave out (``runs.EXECUTION_FIELDS``: batch sizes, ``max_steps``, the evaluated
+    systems, ...), so the second would only copy the first. Refused, naming the fields."""
+    a, b = run.params.model_dump(mode="json"), other.params.model_dump(mode="json")
+    keys = sorted(k for k in set(_flat(a)) | set(_flat(b))
+                  if _flat(a).get(k) != _flat(b).get(k) and k not in ("run_name",))
+    raise SweepError(
+        f"{path}: runs {other.name} and {run.name} would compute the same results: they differ only in "
+        f"{', '.join(keys) or 'nothing'}, which the stage records do not compare (speed or bookkeeping fields, "
+        "runs.EXECUTION_FIELDS). Vary a setting that changes results, or drop one of them.")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}" if prefix else key).items()}
+    return {prefix: value}
 
 
 def _run_state(params: RunParams, notebooks_dir: Path) -> tuple[str, str]:

@@ -92,6 +92,11 @@ def test_bad_sweep_files_are_refused_with_the_field_named(tmp_path, data_dir):
     bad.write_text(yaml.safe_dump({"base": "x.yaml", "seeds": [0], "arms": [{"name": "a"}], "aggregate": {"reference": "b"}}))
     with pytest.raises(sweep.SweepError, match="reference 'b' is not an arm"):
         sweep.read_sweep(bad)
+    # arms that differ only in a field the stage records leave out would copy each other
+    path = _sweep_file(tmp_path, arms=[{"name": "a"}, {"name": "b", "set": {"grpo.trainer.max_steps": 3}}],
+                       seeds=[0], aggregate={})
+    with pytest.raises(sweep.SweepError, match="abl-a-s0 and abl-b-s0 would compute the same.*grpo.trainer.max_steps"):
+        sweep.plan_sweep(path, check_files=False)
     path = _sweep_file(tmp_path, grid={"grpo.no_such_knob": [1]})
     with pytest.raises(sweep.SweepError, match="(?s)run abl-alpha0-no_such_knob1-s0.*grpo.no_such_knob: unknown key"):
         sweep.plan_sweep(path, check_files=False)
