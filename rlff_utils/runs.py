@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 import shutil
 import socket
 from pathlib import Path
@@ -429,8 +430,9 @@ def _input_changes(params: "RunParams", stage: str, record: dict[str, Any]) -> l
     if not INPUTS.get(stage):
         return []
     if not isinstance(stored, dict):
-        print(f"note: {layout(params).record(stage)} has no fingerprint of the data it read (written before they "
-              "were recorded): its inputs are taken as unchanged", flush=True)
+        # once per stage and process (a warning, not a print: a reader page shows no path of this machine)
+        warnings.warn(f"run {params.run_name!r}, stage {stage}: its record has no fingerprint of the data it read "
+                      "(written before they were recorded): its inputs are taken as unchanged", stacklevel=2)
         return []
     current = input_fingerprints(layout(params).root, stage)
     return [f"{rel} changed since this stage read it (data rebuilt or edited)" for rel, h in stored.items()
