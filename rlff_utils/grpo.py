@@ -258,7 +258,7 @@ def _train(params: RunParams) -> GRPOResult:
         if last:
             print(f"resuming from {last}")
 
-    with vllm_generation_on_cpu(config, params.models.policy.dtype):
+    with vllm_generation_on_cpu(config, params.models.policy.dtype), stdout_with_a_file_descriptor(config):
         trainer = trainer_class(params)(
             model=resolve_model(params.models.policy.name),
             reward_funcs=reward_funcs,
@@ -411,6 +411,30 @@ def merged_adapter(model):
     finally:
         for weight, data in originals:
             weight.data = data
+
+
+@contextlib.contextmanager
+def stdout_with_a_file_descriptor(config):
+    """While TRL builds its colocated vLLM engine: vLLM silences C libraries by redirecting the
+    stdout file descriptor (``vllm.utils.system_utils.suppress_stdout``, on any device), and a
+    Jupyter kernel's ``sys.stdout`` has none (``io.UnsupportedOperation: fileno``, the failure of
+    notebook 04 under papermill). The engine is then built with the kernel process's own stdout;
+    the notebook's output is back for training."""
+    import io
+
+    try:
+        sys.stdout.fileno()
+        has_descriptor = True
+    except (io.UnsupportedOperation, AttributeError, ValueError):
+        has_descriptor = False
+    if has_descriptor or not getattr(config, "use_vllm", False) or sys.__stdout__ is None:
+        yield
+        return
+    shown, sys.stdout = sys.stdout, sys.__stdout__
+    try:
+        yield
+    finally:
+        sys.stdout = shown
 
 
 @contextlib.contextmanager

@@ -392,3 +392,23 @@ def test_grpo_with_merged_generation_trains_the_adapter_and_keeps_the_base(tmp_p
     plain = {k.replace(".base_layer", ""): v for k, v in trained.items() if "lora_" not in k}
     assert set(reference) <= set(plain)
     assert all(torch.equal(reference[k], plain[k].to(reference[k].dtype)) for k in reference)
+
+
+def test_the_colocated_vllm_engine_is_built_with_a_stdout_that_has_a_descriptor(monkeypatch):
+    """vLLM redirects the stdout descriptor while it builds its process groups; a Jupyter
+    kernel's stdout has none (notebook 04 failed with io.UnsupportedOperation: fileno)."""
+    import io
+    import sys
+    from types import SimpleNamespace
+
+    class KernelStream(io.StringIO):  # like ipykernel's OutStream: text, no descriptor
+        def fileno(self):
+            raise io.UnsupportedOperation("fileno")
+
+    kernel = KernelStream()
+    monkeypatch.setattr(sys, "stdout", kernel)
+    with grpo.stdout_with_a_file_descriptor(SimpleNamespace(use_vllm=True)):
+        assert sys.stdout.fileno() >= 0
+    assert sys.stdout is kernel
+    with grpo.stdout_with_a_file_descriptor(SimpleNamespace(use_vllm=False)):
+        assert sys.stdout is kernel  # without vLLM nothing changes
