@@ -165,9 +165,13 @@ def _kernels_of(pid: int) -> list:
 def test_a_signal_stops_the_kernel_and_says_how_to_resume(tmp_path, data_dir, sig, code, says):
     import time
 
+    import signal
+
+    # as from a terminal: a suite started in the background by a shell inherits SIGINT ignored
     proc = subprocess.Popen([sys.executable, "-m", "rlff_utils.pipeline", str(CI), "--set",
                              f"output_root={tmp_path}", "--only", "01", "--no-html"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not _kernels_of(proc.pid) and time.time() < deadline:
         time.sleep(0.3)

@@ -176,8 +176,11 @@ def test_metrics_perfect_and_degenerate():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_path):
+def trained(tmp_path_factory, tiny_model_path, data_dir):
+    from rlff_utils.data import prepare_data
+
     params = _params(tmp_path_factory.mktemp("rm"))
+    prepare_data(params)  # the data the stage's record fingerprints (the card test reads it too)
     _upstream_done(params)
     report = train.train_reward_models(params, frame=synthetic_frame())
     return params, report
