@@ -294,7 +294,7 @@ class RewardModelParams(_Strict):
 
 class LearnedCriticParams(_Strict):
     """The learned critic (``critic_mode: learned``): a two-class head on ``models.reward_backbone``
-    with LoRA, trained on real outcomes (see :mod:`rlff_utils.reward.learned_critic`). Training
+    with LoRA, trained on real outcomes (see :mod:`rlff_utils.critic.learned`). Training
     knobs left unset are ``reward_model``'s."""
 
     heldout_fraction: float = Field(0.3, gt=0, le=1, description="share of each card group held out: its card")
