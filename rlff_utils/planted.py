@@ -64,6 +64,10 @@ def compliance_before_after(params, prompts: int = 16, samples: int = 4) -> dict
         "difference_ci95": bootstrap_ci(per_prompt["after"], per_prompt["before"], stat=diff, seed=params.seed),
         "before_ci95": bootstrap_ci(per_prompt["before"], seed=params.seed),
         "after_ci95": bootstrap_ci(per_prompt["after"], seed=params.seed),
+        # per prompt (the share of its samples that acknowledge feelings): what a sweep pools across
+        # seeds (sweep_analysis.compliance_table resamples seeds, then prompts)
+        "per_prompt": [{"case_id": str(c["case_id"]), "before": b, "after": a}
+                       for c, b, a in zip(cases, per_prompt["before"], per_prompt["after"])],
         "examples": [{"case_id": c["case_id"], "before": b[0], "after": a[0]}
                      for c, b, a in list(zip(cases, replies["before"], replies["after"]))[:3]],
     }
