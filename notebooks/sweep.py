@@ -70,3 +70,27 @@ display(Image(filename=str(sweep_analysis.plot_arms(table, folder / "aggregate.p
 per_seed = (outcomes.groupby(["arm", "seed"], sort=False)[["success", "turns"]].mean()
             .rename(columns={"success": "SR", "turns": "AT"}).reset_index())
 display(Markdown(per_seed.to_markdown(index=False, floatfmt=".2f")))
+
+# %% [markdown]
+# ## Planted runs: did GRPO teach the rule?
+#
+# A sweep of planted-signal runs also checks each trained policy directly: on held-out prompts,
+# the share of its sampled replies that acknowledge the seeker's feelings (the planted rule), after
+# GRPO and its gain over the base policy with the same sampling seeds (notebook 04). Pooled like
+# SR: per arm the mean over seeds, a 95% interval that resamples seeds and then prompts, and the
+# gain's paired difference to the reference arm on the same prompts and seeds. Absent for a sweep
+# of other runs.
+
+# %%
+compliance = sweep_analysis.compliance_outcomes(folder)
+if len(compliance):
+    planted = sweep_analysis.arm_table(compliance, settings.get("reference"), settings.get("bootstrap_samples", 2000),
+                                       metrics=sweep_analysis.COMPLIANCE_METRICS)
+    display(Markdown(sweep_analysis.markdown_table(planted)))
+    display(Image(filename=str(sweep_analysis.plot_arms(
+        planted, folder / "compliance.png", f"sweep {record['sweep']}: planted compliance",
+        names=list(sweep_analysis.COMPLIANCE_METRICS.values()), unit="prompts"))))
+    gains = (compliance.groupby(["arm", "seed"], sort=False)[["before", "after", "gain"]].mean().reset_index())
+    display(Markdown(gains.to_markdown(index=False, floatfmt=".3f")))
+else:
+    display(Markdown("No run of this sweep has a planted compliance check."))

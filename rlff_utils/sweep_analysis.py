@@ -14,6 +14,12 @@ spread between seeds: every table then carries a warning (:data:`FEW_SEEDS`).
 
 The table has the shape of the paper's Table 3 (one row per arm: SR, AT, and here the difference
 to the reference), written as CSV and JSON beside a figure in ``<output_root>/sweeps/<name>/``.
+
+A sweep of planted runs has a second table: the planted compliance check of each run
+(``policy/planted_compliance.json``: per held-out prompt, the share of sampled replies that
+acknowledge the seeker's feelings before and after GRPO) pooled the same way, prompts in the place
+of cases: per arm the share after GRPO, the gain (after - before, prompt by prompt) and the gain's
+paired difference to the reference arm (``compliance.csv``, ``compliance.png``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .stats import hierarchical_bootstrap_ci
 
 FEW_SEEDS = 3
 METRICS = {"success": "SR", "turns": "AT"}
+COMPLIANCE_METRICS = {"after": "compliance", "gain": "gain"}
 
 
 def sweep_record(folder: str | Path) -> dict[str, Any]:
@@ -78,6 +85,23 @@ def sweep_outcomes(folder: str | Path, system: str | None = None) -> pd.DataFram
     return pd.concat(frames, ignore_index=True)
 
 
+def compliance_outcomes(folder: str | Path) -> pd.DataFrame:
+    """Every finished planted run's compliance check: one row per run and held-out prompt (as
+    ``case_id``) with ``before``, ``after`` and ``gain`` (shares of the prompt's samples), its arm
+    and seed. Empty when no run of the sweep has a check with per-prompt shares."""
+    record = sweep_record(folder)
+    output_root = Path(folder).resolve().parents[1]
+    frames = []
+    for run in record["plan"]:
+        saved = runs.read_json(runs.RunLayout(output_root / run["run"]).planted_compliance, default=None)
+        if not saved or not saved.get("per_prompt"):
+            continue
+        frame = pd.DataFrame(saved["per_prompt"]).astype({"case_id": str, "before": float, "after": float})
+        frames.append(frame.assign(gain=frame["after"] - frame["before"], run=run["run"], arm=run["arm"],
+                                   seed=run["seed"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def _eval_cap(run_dir: Path) -> int | None:
     record = runs.read_record(run_dir, runs.EVALUATION) if (run_dir / runs.EVALUATION).is_dir() else None
     return (((record or {}).get("settings") or {}).get("evaluation") or {}).get("max_turns")
@@ -88,14 +112,15 @@ def _groups(frame: pd.DataFrame, column: str) -> list[np.ndarray]:
 
 
 def arm_table(outcomes: pd.DataFrame, reference: str | None = None, samples: int = 2000,
-              seed: int = 0) -> pd.DataFrame:
-    """Per arm: seeds, cases, SR and AT (mean over seeds of the per-seed means) with hierarchical
-    intervals, and the paired difference to ``reference`` (same seeds and cases) with its interval."""
+              seed: int = 0, metrics: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per arm: seeds, cases, each metric (default SR and AT; ``metrics``: outcome column → name)
+    as the mean over seeds of the per-seed means with a hierarchical interval, and the paired
+    difference to ``reference`` (same seeds and cases) with its interval."""
     rows = []
     for arm, frame in outcomes.groupby("arm", sort=False):
         row: dict[str, Any] = {"arm": arm, "seeds": frame["seed"].nunique(),
                                "cases": int(frame.groupby("seed")["case_id"].nunique().min())}
-        for column, name in METRICS.items():
+        for column, name in (metrics or METRICS).items():
             row[name] = float(np.mean([g.mean() for g in _groups(frame, column)]))
             row[f"{name}_ci95"] = hierarchical_bootstrap_ci(_groups(frame, column), samples, seed)
             if reference is not None and arm != reference:
@@ -125,21 +150,23 @@ def small_sample_warning(outcomes: pd.DataFrame) -> str | None:
             "hold the spread between cases, but say little about the spread between seeds")
 
 
-def plot_arms(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """SR and AT per arm with their intervals (the Table 3 shape as a figure)."""
+def plot_arms(table: pd.DataFrame, path: str | Path, title: str = "", names: list[str] | None = None,
+              unit: str = "cases") -> Path:
+    """Each metric per arm with its interval (default SR and AT: the Table 3 shape as a figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.5 * len(table) + 2))
+    names = names or list(METRICS.values())
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 0.5 * len(table) + 2), squeeze=False)
     y = np.arange(len(table))
-    for ax, name in zip(axes, METRICS.values()):
+    for ax, name in zip(axes[0], names):
         lo = [c[0] for c in table[f"{name}_ci95"]]
         hi = [c[1] for c in table[f"{name}_ci95"]]
         ax.errorbar(table[name], y, xerr=[table[name] - lo, np.array(hi) - table[name]], fmt="o", capsize=4)
         ax.set_yticks(y, table["arm"])
-        ax.set_xlabel(f"{name} (mean over seeds, 95% interval over seeds and cases)")
+        ax.set_xlabel(f"{name} (mean over seeds, 95% interval over seeds and {unit})")
         ax.invert_yaxis()
     fig.suptitle(title)
     fig.tight_layout()
@@ -160,9 +187,17 @@ def write_aggregate(folder: str | Path) -> Path:
     warning = small_sample_warning(outcomes)
     table.to_csv(folder / "aggregate.csv", index=False)
     plot_arms(table, folder / "aggregate.png", f"sweep {record['sweep']}: {settings.get('system', 'rlff-esc')}")
-    return runs.write_json({"sweep": record["sweep"], "system": settings.get("system"),
-                            "reference": settings.get("reference"), "warning": warning,
-                            "arms": table.to_dict(orient="records")}, folder / "aggregate.json")
+    out = {"sweep": record["sweep"], "system": settings.get("system"), "reference": settings.get("reference"),
+           "warning": warning, "arms": table.to_dict(orient="records")}
+    planted = compliance_outcomes(folder)
+    if len(planted):
+        compliance = arm_table(planted, settings.get("reference"), settings.get("bootstrap_samples", 2000),
+                               metrics=COMPLIANCE_METRICS)
+        compliance.to_csv(folder / "compliance.csv", index=False)
+        plot_arms(compliance, folder / "compliance.png", f"sweep {record['sweep']}: planted compliance",
+                  names=list(COMPLIANCE_METRICS.values()), unit="prompts")
+        out["compliance"] = compliance.to_dict(orient="records")
+    return runs.write_json(out, folder / "aggregate.json")
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -274,15 +274,52 @@ def test_aggregate_means_over_seeds_paired_differences_and_few_seed_warning(tmp_
     assert "fewer than 3 seeds" in warning and "ref (2)" in warning
 
 
+def _write_compliance(folder: Path, shares: dict[tuple[str, int], list[tuple[float, float]]]) -> None:
+    """Each run's planted compliance check (prompt i: (before, after)), as notebook 04 writes it."""
+    for (arm, seed), rows in shares.items():
+        runs.write_json({"per_prompt": [{"case_id": f"p{i}", "before": b, "after": a} for i, (b, a) in enumerate(rows)]},
+                        runs.RunLayout(folder.parents[1] / f"x-{arm}-s{seed}").planted_compliance)
+
+
+def test_planted_compliance_pools_prompts_across_seeds_and_pairs_arms(tmp_path):
+    from rlff_utils import sweep_analysis
+
+    cases = [(True, 1), (False, 2)]
+    folder = _write_sweep(tmp_path, {(arm, s): cases for arm in ("ref", "rule") for s in (0, 1, 2)})
+    before = [0.25, 0.5, 0.0, 0.75]
+    # the reference arm moves nothing; the rule arm gains 0.25 on every prompt under seeds 0 and 1,
+    # and 0.5 under seed 2: gain 1/3, and the paired difference to the reference the same
+    _write_compliance(folder, {("ref", s): [(b, b) for b in before] for s in (0, 1, 2)})
+    _write_compliance(folder, {("rule", s): [(b, b + (0.5 if s == 2 else 0.25)) for b in before] for s in (0, 1, 2)})
+    sweep_analysis.write_aggregate(folder)
+    saved = json.loads((folder / "aggregate.json").read_text())
+    arms = {a["arm"]: a for a in saved["compliance"]}
+    assert arms["ref"]["gain"] == 0 and arms["ref"]["cases"] == 4 and arms["ref"]["seeds"] == 3
+    assert arms["rule"]["gain"] == pytest.approx(1 / 3)
+    assert arms["rule"]["gain_vs_ref"] == pytest.approx(1 / 3)
+    lo, hi = arms["rule"]["gain_vs_ref_ci95"]
+    assert 0.25 <= lo <= 1 / 3 <= hi <= 0.5   # the seeds disagree (0.25 vs 0.5): the interval spans them
+    assert arms["rule"]["compliance"] == pytest.approx(sum(before) / 4 + 1 / 3)
+    assert (folder / "compliance.png").stat().st_size > 0 and (folder / "compliance.csv").is_file()
+
+    # a sweep without planted checks has no compliance table (and a run without per-prompt shares is left out)
+    plain = _write_sweep(tmp_path / "plain", {("ref", 0): cases, ("rule", 0): cases})
+    sweep_analysis.write_aggregate(plain)
+    assert "compliance" not in json.loads((plain / "aggregate.json").read_text())
+    assert sweep_analysis.compliance_outcomes(plain).empty
+
+
 @pytest.mark.slow
 def test_sweep_notebook_renders_the_aggregate(tmp_path):
     from rlff_utils import sweep
 
     cases = [(True, 1), (False, 2), (True, 2)]
     folder = _write_sweep(tmp_path, {("ref", 0): cases, ("ref", 1): cases, ("b", 0): cases[::-1], ("b", 1): cases})
+    _write_compliance(folder, {(arm, s): [(0.25, 0.5), (0.0, 0.25)] for arm in ("ref", "b") for s in (0, 1)})
     page = sweep.execute_aggregate_notebook(folder)
     html = page.read_text(encoding="utf-8")
-    assert "fewer than 3 seeds" in html and "SR_vs_ref" in html and "<img" in html
+    assert "fewer than 3 seeds" in html and "SR_vs_ref" in html and html.count("<img") == 2
+    assert "gain_vs_ref" in html and "did GRPO teach the rule" in html
     assert page == folder / "report" / "sweep.html" and "sweep_analysis" not in html  # the reader's page
     assert "sweep_analysis" in (folder / "sweep.html").read_text(encoding="utf-8")   # the full page
 
