@@ -84,12 +84,13 @@ def agreement(first: Sequence[dict[str, Any]], second: Sequence[dict[str, Any]])
     return {"conversations": len(a), "agreement": sum(x == y for x, y in zip(a, b)) / len(a), "cohen_kappa": kappa}
 
 
-def contrast_metrics(params, records_of: dict[str, list[dict[str, Any]]], main: str | None) -> dict[str, dict[str, Any]]:
-    """Per system: SR/AT/SR@k under the contrast critic on the same conversations (95% bootstrap
-    intervals), its agreement with the deciding critic, and for ``main`` the paired differences
-    against every other system under the contrast critic."""
+def contrast_metrics(params, records_of: dict[str, list[dict[str, Any]]], main: str | None,
+                     judge: critic.Critic | None = None) -> dict[str, dict[str, Any]]:
+    """Per system: SR/AT/SR@k under the contrast critic (``judge``, default :func:`contrast_critic`)
+    on the same conversations (95% bootstrap intervals), its agreement with the deciding critic,
+    and for ``main`` the paired differences against every other system under the contrast critic."""
     e = params.evaluation
-    judge = contrast_critic(params)
+    judge = judge if judge is not None else contrast_critic(params)
     again = {name: rejudged(records, judge_transcripts(params, name, records, judge), e.success_threshold)
              for name, records in records_of.items()}
     out = {}

@@ -24,13 +24,15 @@ for roles whose params declare ``price_per_mtok: {input, output}``; no price is 
 counted: the reward models' and the learned critic's training (no generation), the validity
 cards' judgements of real conversations, the before/after samples of notebook 04.
 
-After a run, :func:`actual_counts` reads what the stages recorded (the simulation's summary:
-requests, replies, prompt and generated tokens per role; GRPO's log: completions and their tokens) and :func:`cost_record`
-sets them beside the estimate (``outputs/<run>/cost.json``, written by the pipeline).
+After a run, :func:`actual_counts` reads what the stages recorded (the simulation's summary and
+the evaluation's ``usage.json``: requests, replies, prompt and generated tokens per role; GRPO's
+log: completions and their tokens) and :func:`cost_record` sets them beside the estimate
+(``outputs/<run>/cost.json``, written by the pipeline; the run card shows both, row by row).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,7 +159,7 @@ def grpo_cost(params: "RunParams") -> list[RoleCost]:
 
 def evaluation_cost(params: "RunParams") -> list[RoleCost]:
     from .agents import CRITERIA
-    from .evaluate import conditions
+    from .evaluate import conditions, role_label
 
     e, m = params.evaluation, params.models
     n_cases = _eval_cases(params)
@@ -165,16 +167,16 @@ def evaluation_cost(params: "RunParams") -> list[RoleCost]:
     convs = S * n_cases
     window = [min(1 + 2 * T, 1 + 2 * (t - 1)) for t in range(1, T + 1)]
     rows: list[RoleCost] = []
-    for c in conditions(params):
-        tag = "" if (c.simulator, c.profile) == ("default", e.seeker_profiles[0]) else f" [{c.simulator}, {c.profile}]"
-        rows.append(RoleCost(runs.EVALUATION, "policy" + tag, m.policy.name, convs * T, convs * T,
+    for i, c in enumerate(conditions(params)):
+        label = functools.partial(role_label, condition=c, headline=i == 0)
+        rows.append(RoleCost(runs.EVALUATION, label("policy"), m.policy.name, convs * T, convs * T,
                              convs * sum(_prompt(w) for w in window), convs * T * m.policy.max_new_tokens).priced(m.policy))
         seeker = c.user_sim
-        rows.append(RoleCost(runs.EVALUATION, "eval_user_sim" + tag, seeker.name, convs * T, convs * T,
+        rows.append(RoleCost(runs.EVALUATION, label("eval_user_sim"), seeker.name, convs * T, convs * T,
                              convs * sum(_prompt(w + 1) for w in window), convs * T * seeker.max_new_tokens).priced(seeker))
         judge_role = c.critic or m.eval_critic
         judged = _judgements(judge_role, e.critic_mode, e.critic_samples, convs * T,
-                             convs * sum(_prompt(w + 1) for w in window), runs.EVALUATION, "eval_critic" + tag)
+                             convs * sum(_prompt(w + 1) for w in window), runs.EVALUATION, label("eval_critic"))
         rows += [judged] if judged else []
     if e.contrast_critic:
         contrast = _judgements(m.eval_critic, e.contrast_critic, e.critic_samples, convs * T,
@@ -262,6 +264,8 @@ def actual_counts(params: "RunParams") -> list[dict[str, Any]]:
             out.append({"stage": runs.SIMULATION, "role": role, "computed_in": where, "requests": (summary.get("requests") or {}).get(role),
                         "sequences": (summary.get("sequences") or {}).get(role),
                         "prompt_tokens": summary["prompt_tokens"].get(role), "generated_tokens": generated})
+    for label, counts in (runs.read_json(lay.evaluation_usage, default=None) or {}).items():
+        out.append({"stage": runs.EVALUATION, "role": label, "computed_in": "this run", **counts})
     history = runs.read_json(lay.grpo_log_history, default=None)
     if history:
         a = params.grpo.args
@@ -269,7 +273,7 @@ def actual_counts(params: "RunParams") -> list[dict[str, Any]]:
             params.grpo.num_processes
         lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
         if lengths:
-            out.append({"stage": runs.POLICY, "role": "policy", "requests": None, "sequences": len(lengths) * per_step,
+            out.append({"stage": runs.POLICY, "role": "policy", "computed_in": "this run", "requests": None, "sequences": len(lengths) * per_step,
                         "prompt_tokens": None,
                         "generated_tokens": int(round(sum(lengths) * per_step))})
     return out

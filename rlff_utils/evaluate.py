@@ -32,7 +32,7 @@ import pandas as pd
 from . import critic, human_eval, runs
 from .agents import CRITERIA, judge_messages, parse_verdict, write_prompts
 from .backends import get_backend
-from .contrast import contrast_metrics
+from .contrast import contrast_critic, contrast_metrics
 from .conversation_metrics import condition_rows, paired_difference, system_metrics
 from .data import load_eval_cases
 from .rollout import (
@@ -167,6 +167,26 @@ class Condition:
         return f"{self.simulator}.{self.profile}"
 
 
+def role_label(role: str, condition: Condition, headline: bool) -> str:
+    """A model role's name in the evaluation's cost rows (estimated and recorded alike): the
+    headline condition's roles by name, another condition's with it in brackets."""
+    return role if headline else f"{role} [{condition.simulator}, {condition.profile}]"
+
+
+def add_usage(params, used: dict[str, dict[str, int]]) -> None:
+    """Add what the models were asked for (per role label: requests, sequences, prompt and
+    generated tokens, :meth:`BackendStats.usage`) to ``evaluation/usage.json``: a resumed stage
+    adds the work of each attempt; a stage started over (``force``) starts from nothing."""
+    path = runs.layout(params).evaluation_usage
+    total = runs.read_json(path, default=None) or {}
+    for label, counts in used.items():
+        if any(counts.values()):
+            row = total.setdefault(label, {})
+            for key, value in counts.items():
+                row[key] = row.get(key, 0) + value
+    runs.write_json(total, path)
+
+
 def conditions(params) -> list[Condition]:
     """The headline condition (the default simulator, the first profile), then every further
     simulator under the first profile, then every further profile under the default simulator:
@@ -196,10 +216,10 @@ def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: i
 
 
 def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condition: Condition,
-                  headline: bool = True) -> None:
+                  headline: bool = True) -> dict[str, dict[str, int]]:
     """Every planned system through the protocol under one condition, in shared lockstep batches:
     one user-simulator and one critic call per turn serve all systems; each system's policy
-    writes its own turns."""
+    writes its own turns. Returns what each model role was asked for (by :func:`role_label`)."""
     e, m = params.evaluation, params.models
     turns = params.data.max_history_turns
     lay = runs.layout(params)
@@ -207,13 +227,12 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condi
     trajs = [t for s, _ in plan for t in eval_trajectories(cases, s.name, e.max_turns, condition, headline)]
     done = store.done_keys()
     if all(store.key(t.meta) in done for t in trajs):
-        return
-    supporters = {
-        s.name: backend_supporter(get_backend(m.policy, adapter=str(adapter) if adapter else None, seed=params.seed),
-                                  s.prompt, turns)
-        for s, adapter in plan
-    }
-    seeker = backend_seeker(get_backend(condition.user_sim, seed=params.seed), turns)
+        return {}
+    policies = {s.name: get_backend(m.policy, adapter=str(adapter) if adapter else None, seed=params.seed)
+                for s, adapter in plan}
+    supporters = {s.name: backend_supporter(policies[s.name], s.prompt, turns) for s, _ in plan}
+    simulator = get_backend(condition.user_sim, seed=params.seed)
+    seeker = backend_seeker(simulator, turns)
     backend = get_backend(condition.critic, seed=params.seed) if condition.critic is not None else None
     judge = critic.for_stage(params, "evaluation", backend)
     supporter = routed_supporter(supporters, "system")
@@ -221,6 +240,12 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condi
                      desc=f"eval ({len(plan)} systems, {condition.name})",
                      already=[r for st in stores.values() for r in st.load()],
                      state_path=lay.rollout_state(runs.EVALUATION) if headline else lay.condition_state(condition.name))
+    policy = [b.stats.usage() for b in policies.values()]
+    used = {role_label("policy", condition, headline): {k: sum(u[k] for u in policy) for k in policy[0]},
+            role_label("eval_user_sim", condition, headline): simulator.stats.usage()}
+    if hasattr(judge, "backend"):  # an LLM critic (the rule and learned critics call no model)
+        used[role_label("eval_critic", condition, headline)] = judge.backend.stats.usage()
+    return used
 
 
 def _condition_metrics(params, records_of: dict[str, list[dict[str, Any]]], main: str) -> dict[str, Any]:
@@ -247,7 +272,7 @@ def _other_conditions(params, plan, cases, main: str, headline_records: dict[str
     for cond in conds[1:]:
         stores = {s.name: TrajectoryStore(lay.condition_transcripts(cond.name, s.name), CASE_KEY) for s, _ in plan}
         if plan:
-            _roll_systems(params, plan, cases, stores, cond, headline=False)
+            add_usage(params, _roll_systems(params, plan, cases, stores, cond, headline=False))
         records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
         out[cond.name] = {"simulator": cond.simulator, "profile": cond.profile, "headline": False, "main": main,
                           "user_sim": cond.user_sim.name, "critic": (cond.critic or params.models.eval_critic).name,
@@ -288,12 +313,17 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
         write_prompts(lay.prompts(runs.EVALUATION), critic.CRITIC_LABELS)
         stores = {s.name: TrajectoryStore(lay.transcripts(s.name), CASE_KEY) for s, _ in plan}
         if plan:
-            _roll_systems(params, plan, cases, stores, conditions(params)[0])
+            add_usage(params, _roll_systems(params, plan, cases, stores, conditions(params)[0]))
         rows = []
         wanted = {c["case_id"] for c in cases}
         records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
         main = main_system(params)
-        contrast = contrast_metrics(params, records_of, main) if e.contrast_critic else {}
+        contrast = {}
+        if e.contrast_critic:
+            again = contrast_critic(params)
+            contrast = contrast_metrics(params, records_of, main, again)
+            if hasattr(again, "backend"):  # an LLM critic (the rule and learned critics call no model)
+                add_usage(params, {"eval_critic [contrast]": again.backend.stats.usage()})
         for s, adapter in plan:
             records = records_of[s.name]
             result = {**system_metrics(records, params), "system": s.model_dump(),
@@ -386,6 +416,7 @@ def run_quality(params) -> pd.DataFrame:
             for p in (comparison_pairs(params, b, e.human_sheet_rows) if e.human_sheet_rows else []):
                 sheet_pairs.append(p)
                 sheet_names.append(b)
+        add_usage(params, {"judge": judge.stats.usage()})
         judgements = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
         rates = (pd.concat([win_rates(g).assign(baseline=b) for b, g in judgements.groupby("baseline", sort=False)],
                            ignore_index=True) if len(judgements) else pd.DataFrame())

@@ -441,10 +441,54 @@ def run_card(params, run_dir: Path | None = None) -> dict[str, Any]:
         "wall_seconds": resources.get("wall_seconds"),
         "peak_memory_mib": resources.get("peak_kernel_rss_mib"),
         "headline": headline(run_dir),
+        "model_use": model_use(run_dir),
         "models": {role: getattr(params.models, role).name for role in type(params.models).model_fields},
         "precision": _precision(params),
         "seed": params.seed,
     }
+
+
+def model_use(run_dir: Path) -> list[dict[str, Any]]:
+    """Per stage and model role, the estimate made from the params beside what the stages recorded
+    (``cost.json``, :mod:`rlff_utils.cost`): requests, prompt and generated tokens of each, and
+    the recorded generated tokens as a share of the estimate (an upper bound: conversations that
+    succeed early and replies shorter than the cap come in under it). Rows the stages did not
+    record (a stage not run yet) have no recorded figures."""
+    saved = runs.read_json(Path(run_dir) / "cost.json", default=None) or {}
+    recorded = {(r["stage"], r["role"]): r for r in saved.get("actual") or []}
+    rows = []
+    for est in saved.get("estimate") or []:
+        if est["stage"] == "total":
+            continue
+        got = recorded.get((est["stage"], est["role"]), {})
+        share = (got["generated_tokens"] / est["generated_tokens"]
+                 if got.get("generated_tokens") is not None and est["generated_tokens"] else None)
+        rows.append({"stage": est["stage"], "role": est["role"], "model": est["model"],
+                     "estimated": {k: est[k] for k in ("requests", "prompt_tokens", "generated_tokens")},
+                     "recorded": {k: got.get(k) for k in ("requests", "prompt_tokens", "generated_tokens")} if got else None,
+                     "computed_in": got.get("computed_in"), "generated_share_of_estimate": share})
+    return rows
+
+
+def _model_use_html(rows: list[dict[str, Any]]) -> str:
+    e = html.escape
+    if not rows:
+        return "<p>no estimate recorded (cost.json is written at the end of a pipeline command)</p>"
+    fmt = lambda v: "–" if v is None else f"{v:,}"  # noqa: E731
+    body = "".join(
+        f"<tr><td>{e(r['stage'])}</td><td>{e(r['role'])}</td>"
+        + "".join(f"<td class='num'>{fmt(r['estimated'][k])}</td><td class='num'>{fmt((r['recorded'] or {}).get(k))}</td>"
+                  for k in ("requests", "prompt_tokens", "generated_tokens"))
+        + "<td class='num'>" + ("–" if r["generated_share_of_estimate"] is None else f"{100 * r['generated_share_of_estimate']:.0f}%")
+        + "</td></tr>" for r in rows)
+    return ("<p>Estimated from the params before the run (<code>python -m rlff_utils.pipeline PARAMS --estimate</code>: "
+            "upper bounds on turns and generated tokens, prompt tokens a rough figure) beside what the stages "
+            "recorded (a stage reused from another run: recorded there). Not counted in either: reward-model and critic training, the validity cards, notebook 04's "
+            "before/after samples.</p>"
+            "<table class='usage'><tr><th rowspan='2'>stage</th><th rowspan='2'>role</th><th colspan='2'>requests</th>"
+            "<th colspan='2'>prompt tokens</th><th colspan='2'>generated tokens</th><th rowspan='2'>generated: "
+            "share of the estimate</th></tr><tr>"
+            + "<th>estimated</th><th>recorded</th>" * 3 + f"</tr>{body}</table>")
 
 
 def _precision(params) -> dict[str, str]:
@@ -614,6 +658,7 @@ def write_index(params, run_dir: Path | None = None) -> Path:
 <h2>Each stage's figures</h2>{_link_list(stage_figs)}
 <h2>Run card</h2><table class="card">{''.join(rows)}</table>
 <h2>Stages</h2><table><tr><th>notebook</th><th>wall time</th><th>peak memory (kernel and children, sampled)</th></tr>{stage_rows}</table>
+<h2>Model use: estimated and recorded</h2>{_model_use_html(card["model_use"])}
 </main>"""
     path = report / "index.html"
     path.write_text(standalone_page(title, body), encoding="utf-8")
@@ -629,6 +674,7 @@ td.num { text-align: right; white-space: nowrap; }
 table.card th { white-space: nowrap; }
 .headline { font-size: 1.15em; } img { max-width: 100%; height: auto; } figure { margin: 1em 0 2em; }
 figcaption { color: #444; font-size: 0.95em; }
+table.usage th, table.usage td { overflow-wrap: normal; padding: 0.2em 0.5em; } table.usage td:first-child { white-space: nowrap; }
 """
 
 

@@ -10,7 +10,7 @@ who is writing it.
       policy/         04  adapter/ checkpoints/ curves.csv log_history.json train_summary.json grpo_config.json
       evaluation/     05  <system>/{transcripts.jsonl,metrics.json} judgements.csv win_rates.csv
                           human/{annotate.html,key.json,answers/,human_results.{csv,json}}
-                          prompts.json skipped_systems.json <figure>.png (rollout_state.json in flight)
+                          prompts.json skipped_systems.json usage.json <figure>.png (rollout_state.json in flight)
       report/         06  tables, figures, index
       NN_name.ipynb / .html    executed notebooks; timing.json, resources.json, summary.json
 
@@ -248,6 +248,8 @@ class RunLayout:
     def conditions(self) -> Path: return self.stage(EVALUATION) / "conditions.json"
     @property
     def skipped_systems(self) -> Path: return self.stage(EVALUATION) / "skipped_systems.json"
+    @property
+    def evaluation_usage(self) -> Path: return self.stage(EVALUATION) / "usage.json"
     @property
     def judgements(self) -> Path: return self.stage(EVALUATION) / "judgements.csv"
     @property

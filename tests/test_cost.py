@@ -97,3 +97,32 @@ def test_estimate_against_a_tiny_simulations_recorded_counts(tmp_path, data_dir)
         assert est.prompt_tokens / 2 <= got["prompt_tokens"] <= est.prompt_tokens * 2, (role, est, got)
     record = cost.cost_record(p)
     assert record["estimate"][-1]["stage"] == "total" and record["actual"]
+
+
+def test_estimate_against_a_tiny_evaluations_recorded_counts(tmp_path, data_dir):
+    """The evaluation records what each role was asked for under every condition (the headline,
+    another simulator, another seeker profile), the contrast critic and the pairwise judge, in the
+    estimate's role names; same tolerance as the simulation's. A resumed evaluation adds nothing
+    for conversations it did not roll again."""
+    from rlff_utils.data import prepare_data
+    from rlff_utils.evaluate import run_evaluation, run_quality
+
+    p = load_params(ROOT / "params" / "ci.yaml", {
+        "output_root": str(tmp_path), "evaluation.contrast_critic": "probs",
+        "evaluation.systems": [{"name": "vanilla", "prompt": "vanilla"}, {"name": "base-reasoning", "prompt": "reasoning"}]})
+    prepare_data(p)
+    run_evaluation(p)
+    run_quality(p)
+    estimated = _rows(p, runs.EVALUATION)
+    actual = {r["role"]: r for r in cost.actual_counts(p) if r["stage"] == runs.EVALUATION}
+    assert set(actual) == set(estimated), (sorted(actual), sorted(estimated))
+    assert "policy [sampled, cooperative]" in actual and "eval_critic [default, resistant]" in actual
+    for role, est in estimated.items():
+        got = actual[role]
+        assert est.requests / 2 <= got["requests"] <= est.requests, (role, est, got)
+        assert est.sequences / 2 <= got["sequences"] <= est.sequences, (role, est, got)
+        assert got["generated_tokens"] <= est.generated_tokens, (role, est, got)
+        assert est.prompt_tokens / 3 <= got["prompt_tokens"] <= est.prompt_tokens * 2, (role, est, got)
+    before = runs.read_json(runs.layout(p).evaluation_usage)
+    run_evaluation(p)   # everything stored: nothing rolled, nothing added
+    assert runs.read_json(runs.layout(p).evaluation_usage) == before

@@ -6,6 +6,7 @@ import base64
 import re
 
 import nbformat
+import pytest
 
 from rlff_utils import report, runs
 from rlff_utils.params import load_params
@@ -75,3 +76,26 @@ def test_index_links_pages_and_carries_the_run_card(tmp_path, project_root, data
     assert "SR 50.0% [0.0, 100.0]" in text and "+25.0 points" in text
     card = runs.read_json(lay.report / "run_card.json")
     assert card["params_file"] == "params/ci.yaml" and card["headline"]["best_baseline"] == "vanilla"
+
+
+def test_run_card_sets_the_cost_estimate_beside_the_recorded_counts(tmp_path, project_root, data_dir):
+    from rlff_utils import cost
+
+    p = load_params(project_root / "params" / "ci.yaml", {"output_root": str(tmp_path / "outputs")})
+    lay = runs.layout(p)
+    lay.root.mkdir(parents=True)
+    estimate = {(r.stage, r.role): r for r in cost.estimate(p)}
+    est = estimate[(runs.EVALUATION, "policy")]
+    runs.write_json({"policy": {"requests": est.requests - 1, "sequences": est.sequences - 1, "prompt_tokens": 1234,
+                                "generated_tokens": est.generated_tokens // 4}}, lay.evaluation_usage)
+    runs.write_json(cost.cost_record(p), lay.root / "cost.json")
+    index = report.write_index(p).read_text()
+    card = runs.read_json(lay.report / "run_card.json")
+    rows = {(r["stage"], r["role"]): r for r in card["model_use"]}
+    assert set(rows) == set(estimate)   # every estimated row, recorded or not
+    row = rows[(runs.EVALUATION, "policy")]
+    assert row["estimated"]["requests"] == est.requests and row["recorded"]["requests"] == est.requests - 1
+    assert row["recorded"]["prompt_tokens"] == 1234
+    assert row["generated_share_of_estimate"] == pytest.approx((est.generated_tokens // 4) / est.generated_tokens)
+    assert rows[(runs.SIMULATION, "policy")]["recorded"] is None   # not run: nothing recorded
+    assert "Model use: estimated and recorded" in index and "1,234" in index and "25%" in index

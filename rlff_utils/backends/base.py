@@ -34,6 +34,12 @@ class BackendStats:
     def reset(self) -> None:
         self.__init__()
 
+    def usage(self) -> dict[str, int]:
+        """What the model was asked for: requests (prompts), sequences (sampled replies), prompt and
+        generated tokens, in the cost estimate's terms (:mod:`rlff_utils.cost`)."""
+        return {"requests": self.conversations, "sequences": self.sequences, "prompt_tokens": self.prompt_tokens,
+                "generated_tokens": self.generated_tokens}
+
     def fitting(self) -> dict[str, int]:
         """What was removed from prompts: control strings, whole oldest turns, characters."""
         return {"control_strings_removed": self.control_strings_removed, "trimmed_prompts": self.trimmed_prompts,
