@@ -26,7 +26,7 @@ cards' judgements of real conversations, the before/after samples of notebook 04
 
 After a run, :func:`actual_counts` reads what the stages recorded (the simulation's summary and
 the evaluation's ``usage.json``: requests, replies, prompt and generated tokens per role; GRPO's
-log: completions and their tokens) and :func:`cost_record` sets them beside the estimate
+log: completions, their tokens and the prompt tokens it read) and :func:`cost_record` sets them beside the estimate
 (``outputs/<run>/cost.json``, written by the pipeline; the run card shows both, row by row).
 """
 
@@ -273,9 +273,13 @@ def actual_counts(params: "RunParams") -> list[dict[str, Any]]:
             params.grpo.num_processes
         lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
         if lengths:
-            out.append({"stage": runs.POLICY, "role": "policy", "computed_in": "this run", "requests": None, "sequences": len(lengths) * per_step,
-                        "prompt_tokens": None,
-                        "generated_tokens": int(round(sum(lengths) * per_step))})
+            generated = int(round(sum(lengths) * per_step))
+            # TRL's num_tokens: every token the trainer has read so far (prompts and completions)
+            seen = max((h["num_tokens"] for h in history if h.get("num_tokens") is not None), default=None)
+            out.append({"stage": runs.POLICY, "role": "policy", "computed_in": "this run",
+                        "requests": len(lengths) * per_step, "sequences": len(lengths) * per_step,
+                        "prompt_tokens": int(seen) - generated if seen is not None else None,
+                        "generated_tokens": generated})
     return out
 
 

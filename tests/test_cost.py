@@ -126,3 +126,16 @@ def test_estimate_against_a_tiny_evaluations_recorded_counts(tmp_path, data_dir)
     before = runs.read_json(runs.layout(p).evaluation_usage)
     run_evaluation(p)   # everything stored: nothing rolled, nothing added
     assert runs.read_json(runs.layout(p).evaluation_usage) == before
+
+
+def test_grpo_counts_come_from_trls_log(tmp_path):
+    p = load_params(ROOT / "params" / "ci.yaml", {"output_root": str(tmp_path)})
+    # two steps of 4 completions (G = 4, one prompt): mean lengths 10 and 20 -> 120 generated tokens;
+    # TRL's num_tokens counts every token read so far, prompts included
+    runs.write_json([{"num_tokens": 500.0, "completions/mean_length": 10.0, "step": 1},
+                     {"num_tokens": 1100.0, "completions/mean_length": 20.0, "step": 2},
+                     {"train_runtime": 3.0, "step": 2}], runs.layout(p).grpo_log_history)
+    row = next(r for r in cost.actual_counts(p) if r["stage"] == runs.POLICY)
+    per_step = int(p.grpo.args["per_device_train_batch_size"])
+    assert row["sequences"] == 2 * per_step and row["generated_tokens"] == (10 + 20) * per_step
+    assert row["prompt_tokens"] == 1100 - (10 + 20) * per_step
