@@ -1,7 +1,6 @@
 """Sweeps: many runs from one file, the stages they share computed once, then aggregated.
 
-    python -m rlff_utils.sweep sweeps/planted_seeds.yaml --dry-run    # the runs, what each shares and computes
-    python -m rlff_utils.sweep sweeps/planted_seeds.yaml --estimate   # the same, with generations and tokens
+    python -m rlff_utils.sweep sweeps/planted_seeds.yaml --dry-run    # the runs, what each shares and computes, and its cost
     python -m rlff_utils.sweep sweeps/planted_seeds.yaml              # run (local executor), then aggregate
     python -m rlff_utils.sweep sweeps/paper_rm_ablation.yaml --executor slurm
 
@@ -730,8 +729,9 @@ def summary_rows(plan: SweepPlan, results: list[JobResult]) -> list[dict[str, An
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rlff_utils.sweep", description="Run a sweep of runs.")
     ap.add_argument("sweep_file")
-    ap.add_argument("--dry-run", action="store_true", help="print the runs, what each shares and computes; run nothing")
-    ap.add_argument("--estimate", action="store_true", help="with the plan, the generations, tokens and dollars")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the runs, what each shares and computes, and their generations, tokens and dollars; run nothing")
+    ap.add_argument("--estimate", action="store_true", help="the same as --dry-run")
     ap.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"])
     ap.add_argument("--no-aggregate", action="store_true")
     ap.add_argument("--notebooks-dir", help=argparse.SUPPRESS)
@@ -741,8 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run or args.estimate:
             plan = plan_sweep(args.sweep_file, check_files=False, notebooks_dir=nbdir)  # nothing runs: no data needed
             print(describe(plan))
-            if args.estimate:
-                print(sweep_estimate_text(plan))
+            print(sweep_estimate_text(plan))
             return 0
         _, results = run_sweep(args.sweep_file, args.executor, nbdir, aggregate=not args.no_aggregate)
     except (SweepError, ParamsError, runs.StaleStageError) as e:
