@@ -175,7 +175,8 @@ def role_label(role: str, condition: Condition, headline: bool) -> str:
 
 def add_usage(params, used: dict[str, dict[str, int]]) -> None:
     """Add what the models were asked for (per role label: requests, sequences, prompt and
-    generated tokens, :meth:`BackendStats.usage`) to ``evaluation/usage.json``: a resumed stage
+    generated tokens, :meth:`BackendStats.usage`, and what fitting the prompts removed,
+    :meth:`BackendStats.fitting`) to ``evaluation/usage.json``: a resumed stage
     adds the work of each attempt; a stage started over (``force``) starts from nothing."""
     path = runs.layout(params).evaluation_usage
     total = runs.read_json(path, default=None) or {}
@@ -240,11 +241,13 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condi
                      desc=f"eval ({len(plan)} systems, {condition.name})",
                      already=[r for st in stores.values() for r in st.load()],
                      state_path=lay.rollout_state(runs.EVALUATION) if headline else lay.condition_state(condition.name))
-    policy = [b.stats.usage() for b in policies.values()]
+    # with what was done to the prompts to fit them (control strings removed, oldest turns dropped)
+    counts = lambda b: {**b.stats.usage(), **b.stats.fitting()}  # noqa: E731
+    policy = [counts(b) for b in policies.values()]
     used = {role_label("policy", condition, headline): {k: sum(u[k] for u in policy) for k in policy[0]},
-            role_label("eval_user_sim", condition, headline): simulator.stats.usage()}
+            role_label("eval_user_sim", condition, headline): counts(simulator)}
     if hasattr(judge, "backend"):  # an LLM critic (the rule and learned critics call no model)
-        used[role_label("eval_critic", condition, headline)] = judge.backend.stats.usage()
+        used[role_label("eval_critic", condition, headline)] = counts(judge.backend)
     return used
 
 

@@ -124,6 +124,7 @@ def test_estimate_against_a_tiny_evaluations_recorded_counts(tmp_path, data_dir)
         assert got["generated_tokens"] <= est.generated_tokens, (role, est, got)
         assert est.prompt_tokens / 3 <= got["prompt_tokens"] <= est.prompt_tokens * 2, (role, est, got)
     before = runs.read_json(runs.layout(p).evaluation_usage)
+    assert {"trimmed_prompts", "dropped_turns", "control_strings_removed"} <= set(before["policy"])
     run_evaluation(p)   # everything stored: nothing rolled, nothing added
     assert runs.read_json(runs.layout(p).evaluation_usage) == before
 
