@@ -109,6 +109,9 @@ EXECUTION_FIELDS = frozenset({
     "accelerate_config", "vllm_gpu_memory_utilization", "max_steps", "variants", "systems", "judge_pairs",
     "human_sheet_rows", "bootstrap_samples", "per_device_eval_batch_size", "dataloader_num_workers",
     "dataloader_pin_memory", "disable_tqdm", "logging_strategy", "logging_first_step", "price_per_mtok",
+    # where an endpoint listens, not which model answers (its name is compared): a server restarted on
+    # another port (tools/paper_check.py picks a free one) serves the same run
+    "base_url",
 })
 
 STAGE_RECORD = "stage.json"

@@ -33,7 +33,7 @@ def test_write_json_has_one_nan_policy_and_is_atomic(tmp_path):
         runs.read_json(tmp_path / "missing.json")
 
 
-def test_record_reuse_and_stale_detection(params):
+def test_record_reuse_and_stale_detection(params, monkeypatch):
     with runs.begin_stage(params, runs.DATA) as folder:
         (folder / "result.txt").write_text("kept")
     assert runs.stage_is_complete(params, runs.DATA)
@@ -41,6 +41,14 @@ def test_record_reuse_and_stale_detection(params):
     same = with_(params, **{"models.policy.batch_size": 3})
     with runs.begin_stage(same, runs.DATA):
         pass
+    # nor does the address of an endpoint (a server restarted on another port); its model does
+    monkeypatch.setenv("SIM_API_KEY", "EMPTY")
+    served = {"backend": "openai", "name": "smollm2", "base_url": "http://127.0.0.1:8001/v1", "api_key_env": "SIM_API_KEY"}
+    before = runs.stage_settings(with_(params, **{"models.user_sim": served}), runs.SIMULATION)
+    moved = runs.stage_settings(with_(params, **{"models.user_sim": {**served, "base_url": "http://127.0.0.1:9/v1"}}),
+                                runs.SIMULATION)
+    other = runs.stage_settings(with_(params, **{"models.user_sim": {**served, "name": "gpt-4o"}}), runs.SIMULATION)
+    assert runs.settings_hash(before) == runs.settings_hash(moved) != runs.settings_hash(other)
     changed = with_(params, seed=7, **{"data.max_contexts": 5})
     with pytest.raises(runs.StaleStageError) as err:
         with runs.begin_stage(changed, runs.DATA):
