@@ -500,8 +500,10 @@ def selection_changes(params: "RunParams", stage: str) -> dict[str, tuple[Any, A
 
 
 def _setting_changes(params: "RunParams", stage: str, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{dotted path: (stored, now)}`` for every setting the record and the params disagree on."""
-    old = _flatten(record.get("settings", {}), "")
+    """``{dotted path: (stored, now)}`` for every setting the record and the params disagree on.
+    Both sides are read under today's :data:`EXECUTION_FIELDS`: a field that became execution-only
+    after a record was written leaves that record valid."""
+    old = _flatten(_strip_execution(record.get("settings", {})), "")
     new = _flatten(json_ready(stage_settings(params, stage)), "")
     for key, value in LATER_SETTINGS.items():  # recorded before the setting existed, and unchanged since
         if key not in old and key in new and new[key] == value:

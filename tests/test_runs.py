@@ -49,6 +49,11 @@ def test_record_reuse_and_stale_detection(params, monkeypatch):
                                 runs.SIMULATION)
     other = runs.stage_settings(with_(params, **{"models.user_sim": {**served, "name": "gpt-4o"}}), runs.SIMULATION)
     assert runs.settings_hash(before) == runs.settings_hash(moved) != runs.settings_hash(other)
+    # a record written while base_url was still compared (it holds the key) stays valid
+    record = runs.read_record(runs.layout(params).root, runs.DATA)
+    record["settings"]["models.policy"] = {"name": "x", "base_url": None}
+    assert runs._setting_changes(with_(params), runs.DATA, record) == {
+        "models.policy.name": ("x", "<absent>")}   # the data stage has no model: only the name differs
     changed = with_(params, seed=7, **{"data.max_contexts": 5})
     with pytest.raises(runs.StaleStageError) as err:
         with runs.begin_stage(changed, runs.DATA):
