@@ -177,7 +177,8 @@ def add_usage(params, used: dict[str, dict[str, int]]) -> None:
     """Add what the models were asked for (per role label: requests, sequences, prompt and
     generated tokens, :meth:`BackendStats.usage`, and what fitting the prompts removed,
     :meth:`BackendStats.fitting`) to ``evaluation/usage.json``: a resumed stage
-    adds the work of each attempt; a stage started over (``force``) starts from nothing."""
+    adds the work of each attempt, an interrupted one included; a stage started over (``force``)
+    starts from nothing."""
     path = runs.layout(params).evaluation_usage
     total = runs.read_json(path, default=None) or {}
     for label, counts in used.items():
@@ -217,10 +218,11 @@ def eval_trajectories(cases: Sequence[dict[str, Any]], system: str, max_turns: i
 
 
 def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condition: Condition,
-                  headline: bool = True) -> dict[str, dict[str, int]]:
+                  headline: bool = True) -> None:
     """Every planned system through the protocol under one condition, in shared lockstep batches:
     one user-simulator and one critic call per turn serve all systems; each system's policy
-    writes its own turns. Returns what each model role was asked for (by :func:`role_label`)."""
+    writes its own turns. What each model role was asked for goes to ``usage.json``
+    (:func:`add_usage`, by :func:`role_label`), also when the attempt is interrupted."""
     e, m = params.evaluation, params.models
     turns = params.data.max_history_turns
     lay = runs.layout(params)
@@ -228,7 +230,7 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condi
     trajs = [t for s, _ in plan for t in eval_trajectories(cases, s.name, e.max_turns, condition, headline)]
     done = store.done_keys()
     if all(store.key(t.meta) in done for t in trajs):
-        return {}
+        return
     policies = {s.name: get_backend(m.policy, adapter=str(adapter) if adapter else None, seed=params.seed)
                 for s, adapter in plan}
     supporters = {s.name: backend_supporter(policies[s.name], s.prompt, turns) for s, _ in plan}
@@ -237,18 +239,20 @@ def _roll_systems(params, plan, cases, stores: dict[str, TrajectoryStore], condi
     backend = get_backend(condition.critic, seed=params.seed) if condition.critic is not None else None
     judge = critic.for_stage(params, "evaluation", backend)
     supporter = routed_supporter(supporters, "system")
-    rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, judge, seed=params.seed,
-                     desc=f"eval ({len(plan)} systems, {condition.name})",
-                     already=[r for st in stores.values() for r in st.load()],
-                     state_path=lay.rollout_state(runs.EVALUATION) if headline else lay.condition_state(condition.name))
-    # with what was done to the prompts to fit them (control strings removed, oldest turns dropped)
-    counts = lambda b: {**b.stats.usage(), **b.stats.fitting()}  # noqa: E731
-    policy = [counts(b) for b in policies.values()]
-    used = {role_label("policy", condition, headline): {k: sum(u[k] for u in policy) for k in policy[0]},
-            role_label("eval_user_sim", condition, headline): counts(simulator)}
-    if hasattr(judge, "backend"):  # an LLM critic (the rule and learned critics call no model)
-        used[role_label("eval_critic", condition, headline)] = counts(judge.backend)
-    return used
+    try:
+        rollout_to_store(trajs, store, e.batch_size, supporter, supporter, seeker, judge, seed=params.seed,
+                         desc=f"eval ({len(plan)} systems, {condition.name})",
+                         already=[r for st in stores.values() for r in st.load()],
+                         state_path=lay.rollout_state(runs.EVALUATION) if headline else lay.condition_state(condition.name))
+    finally:  # an interrupted attempt's requests were made (and paid for) too
+        # with what was done to the prompts to fit them (control strings removed, oldest turns dropped)
+        counts = lambda b: {**b.stats.usage(), **b.stats.fitting()}  # noqa: E731
+        policy = [counts(b) for b in policies.values()]
+        used = {role_label("policy", condition, headline): {k: sum(u[k] for u in policy) for k in policy[0]},
+                role_label("eval_user_sim", condition, headline): counts(simulator)}
+        if hasattr(judge, "backend"):  # an LLM critic (the rule and learned critics call no model)
+            used[role_label("eval_critic", condition, headline)] = counts(judge.backend)
+        add_usage(params, used)
 
 
 def _condition_metrics(params, records_of: dict[str, list[dict[str, Any]]], main: str) -> dict[str, Any]:
@@ -275,7 +279,7 @@ def _other_conditions(params, plan, cases, main: str, headline_records: dict[str
     for cond in conds[1:]:
         stores = {s.name: TrajectoryStore(lay.condition_transcripts(cond.name, s.name), CASE_KEY) for s, _ in plan}
         if plan:
-            add_usage(params, _roll_systems(params, plan, cases, stores, cond, headline=False))
+            _roll_systems(params, plan, cases, stores, cond, headline=False)
         records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
         out[cond.name] = {"simulator": cond.simulator, "profile": cond.profile, "headline": False, "main": main,
                           "user_sim": cond.user_sim.name, "critic": (cond.critic or params.models.eval_critic).name,
@@ -316,7 +320,7 @@ def run_evaluation(params, force: bool = False) -> pd.DataFrame:
         write_prompts(lay.prompts(runs.EVALUATION), critic.CRITIC_LABELS)
         stores = {s.name: TrajectoryStore(lay.transcripts(s.name), CASE_KEY) for s, _ in plan}
         if plan:
-            add_usage(params, _roll_systems(params, plan, cases, stores, conditions(params)[0]))
+            _roll_systems(params, plan, cases, stores, conditions(params)[0])
         rows = []
         wanted = {c["case_id"] for c in cases}
         records_of = {s.name: [r for r in stores[s.name].load() if r["case_id"] in wanted] for s, _ in plan}
