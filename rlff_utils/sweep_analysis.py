@@ -39,6 +39,9 @@ from .stats import hierarchical_bootstrap_ci
 FEW_SEEDS = 3
 METRICS = {"success": "SR", "turns": "AT"}
 COMPLIANCE_METRICS = {"after": "compliance", "gain": "gain"}
+# every run's "before" is the same base policy on the same prompts and sampling seeds, so the paired
+# difference of the share after GRPO equals that of the gain: the gain's alone is shown
+COMPLIANCE_PAIRED = {"gain"}
 
 
 def sweep_record(folder: str | Path) -> dict[str, Any]:
@@ -112,10 +115,11 @@ def _groups(frame: pd.DataFrame, column: str) -> list[np.ndarray]:
 
 
 def arm_table(outcomes: pd.DataFrame, reference: str | None = None, samples: int = 2000,
-              seed: int = 0, metrics: dict[str, str] | None = None) -> pd.DataFrame:
+              seed: int = 0, metrics: dict[str, str] | None = None, paired: set[str] | None = None) -> pd.DataFrame:
     """Per arm: seeds, cases, each metric (default SR and AT; ``metrics``: outcome column → name)
     as the mean over seeds of the per-seed means with a hierarchical interval, and the paired
-    difference to ``reference`` (same seeds and cases) with its interval."""
+    difference to ``reference`` (same seeds and cases) with its interval, for every metric or the
+    names in ``paired``."""
     rows = []
     for arm, frame in outcomes.groupby("arm", sort=False):
         row: dict[str, Any] = {"arm": arm, "seeds": frame["seed"].nunique(),
@@ -123,7 +127,7 @@ def arm_table(outcomes: pd.DataFrame, reference: str | None = None, samples: int
         for column, name in (metrics or METRICS).items():
             row[name] = float(np.mean([g.mean() for g in _groups(frame, column)]))
             row[f"{name}_ci95"] = hierarchical_bootstrap_ci(_groups(frame, column), samples, seed)
-            if reference is not None and arm != reference:
+            if reference is not None and arm != reference and (paired is None or name in paired):
                 diff = paired_differences(outcomes, arm, reference, column)
                 row[f"{name}_vs_{reference}"] = float(np.mean([g.mean() for g in diff])) if diff else math.nan
                 row[f"{name}_vs_{reference}_ci95"] = hierarchical_bootstrap_ci(diff, samples, seed)
@@ -192,7 +196,7 @@ def write_aggregate(folder: str | Path) -> Path:
     planted = compliance_outcomes(folder)
     if len(planted):
         compliance = arm_table(planted, settings.get("reference"), settings.get("bootstrap_samples", 2000),
-                               metrics=COMPLIANCE_METRICS)
+                               metrics=COMPLIANCE_METRICS, paired=COMPLIANCE_PAIRED)
         compliance.to_csv(folder / "compliance.csv", index=False)
         plot_arms(compliance, folder / "compliance.png", f"sweep {record['sweep']}: planted compliance",
                   names=list(COMPLIANCE_METRICS.values()), unit="prompts")

@@ -300,6 +300,7 @@ def test_planted_compliance_pools_prompts_across_seeds_and_pairs_arms(tmp_path):
     lo, hi = arms["rule"]["gain_vs_ref_ci95"]
     assert 0.25 <= lo <= 1 / 3 <= hi <= 0.5   # the seeds disagree (0.25 vs 0.5): the interval spans them
     assert arms["rule"]["compliance"] == pytest.approx(sum(before) / 4 + 1 / 3)
+    assert "compliance_vs_ref" not in arms["rule"]   # equal to the gain's: not repeated
     assert (folder / "compliance.png").stat().st_size > 0 and (folder / "compliance.csv").is_file()
 
     # a sweep without planted checks has no compliance table (and a run without per-prompt shares is left out)
