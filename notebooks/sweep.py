@@ -53,7 +53,7 @@ if warning:
 # ## Per arm: SR and AT over seeds and cases, and the difference to the reference arm
 #
 # SR: share of cases solved; AT: turns to success, a failure counted as the turn cap (lower is
-# better). `_vs_<reference>`: this arm minus the reference arm, case by case within each seed.
+# better). `vs <reference>`: this arm minus the reference arm, case by case within each seed.
 
 # %%
 display(Markdown(sweep_analysis.markdown_table(table)))

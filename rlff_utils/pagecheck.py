@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-# Reader pages of a report folder: the notebooks' report pages, the index, the transcript browser.
-READER_PAGES = ("[0-9][0-9]_*.html", "index.html", "transcripts.html")
+# Reader pages of a report folder: the notebooks' report pages, the index, the transcript browser
+# (a sweep's report folder: its results page).
+READER_PAGES = ("[0-9][0-9]_*.html", "index.html", "transcripts.html", "sweep.html")
 BANNER_CLASS = "rlff-banner"
 
 _INVISIBLE = {"script", "style", "head", "title", "annotation", "template"}
@@ -129,7 +130,9 @@ def lint_report(report_dir: Path, banner: bool = True) -> dict[str, list[str]]:
     """Each reader page's defects, by file name (pages without defects left out)."""
     out = {}
     for page in reader_pages(report_dir):
-        problems = lint_html(page.read_text(encoding="utf-8"), is_index=page.name == "index.html", banner=banner)
+        # a sweep's page is its folder's index (the runs' own indexes link to it)
+        problems = lint_html(page.read_text(encoding="utf-8"), is_index=page.name in ("index.html", "sweep.html"),
+                             banner=banner)
         if problems:
             out[page.name] = problems
     return out

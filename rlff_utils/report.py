@@ -150,10 +150,11 @@ def _parameters_table(nb) -> str | None:
         if m:
             value = m.group(2).strip().strip("\"'")
             value = "none" if value in ("{}", "[]", "None") else value
-            values[m.group(1)] = Path(value).name if m.group(1) == "params_file" else value
+            values[m.group(1)] = Path(value).name if m.group(1) == "params_file" else shown_paths(value)
     rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td><code>{html.escape(v)}</code></td></tr>"
                    for k, v in values.items())
-    return f"**Parameters** (the resolved run is `params.yaml` in the run folder)\n\n<table>{rows}</table>"
+    where = " (the resolved run is `params.yaml` in the run folder)" if "params_file" in values else ""
+    return f"**Parameters**{where}\n\n<table>{rows}</table>"
 
 
 def report_notebook(nb):
@@ -237,23 +238,25 @@ def _exporter(report: bool):
     return exporter
 
 
-def render_notebook(notebook: Path, report_dir: Path | None = None) -> tuple[Path, Path | None]:
+def render_notebook(notebook: Path, report_dir: Path | None = None, sweep: bool = False) -> tuple[Path, Path | None]:
     """Full page next to the executed notebook; report page in ``report_dir`` (when given). Both
     carry :func:`page_header` (title, the run's banner, links to the index, the neighbours and the
-    other rendering of the same notebook)."""
+    other rendering of the same notebook). ``sweep``: the notebook of a sweep's folder (its runs'
+    banner; no run index, no neighbours)."""
     import copy
 
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
     full = notebook.with_suffix(".html")
-    title = f"{notebook_title(nb, notebook.stem)} · run {notebook.parent.name}"
-    banner = banner_text(run_purpose(notebook.parent))
-    prev, nxt = neighbours(notebook)
+    kind, purpose = ("sweep", sweep_purpose(notebook.parent)) if sweep else ("run", run_purpose(notebook.parent))
+    title = f"{notebook_title(nb, notebook.stem)} · {kind} {notebook.parent.name}"
+    banner = banner_text(purpose)
+    prev, nxt = (None, None) if sweep else neighbours(notebook)
     tokenised, formulas = _with_math_tokens(copy.deepcopy(nb))
     _widgets_as_text(tokenised)
     body, _ = _exporter(report=False).from_notebook_node(tokenised)
-    links = [("report index", "report/index.html"), ("reader page", f"report/{notebook.stem}.html"),
+    links = [*([] if sweep else [("report index", "report/index.html")]), ("reader page", f"report/{notebook.stem}.html"),
              *[(f"{label}: {name}", f"{name}.html") for label, name in (("previous", prev), ("next", nxt)) if name]]
     full.write_text(frame_page(_fill_math(body, formulas), title, banner, links, full_page=True), encoding="utf-8")
     page = None
@@ -262,7 +265,7 @@ def render_notebook(notebook: Path, report_dir: Path | None = None) -> tuple[Pat
         page = report_dir / f"{notebook.stem}.html"
         tokenised, formulas = _with_math_tokens(report_notebook(nb))
         body, _ = _exporter(report=True).from_notebook_node(tokenised)
-        links = [("index", "index.html"),
+        links = [*([] if sweep else [("index", "index.html")]),
                  *[(f"{label}: {name}", f"{name}.html") for label, name in (("previous", prev), ("next", nxt)) if name],
                  ("full page with code and logs", f"../{notebook.stem}.html")]
         page.write_text(frame_page(_fill_math(body, formulas), title, banner, links), encoding="utf-8")
@@ -288,6 +291,14 @@ def run_purpose(run_dir: Path) -> str | None:
     except (OSError, yaml.YAMLError):
         return None
     return data.get("purpose") if isinstance(data, dict) else None
+
+
+def sweep_purpose(folder: Path) -> str | None:
+    """The purpose its runs share (``sweep.json``'s plan, each run's ``params.yaml``) when they
+    share one; else the first internal one among them (a page that mixes them carries its banner)."""
+    plan = runs.read_json(Path(folder) / "sweep.json", default={}).get("plan") or []
+    found = [run_purpose(Path(folder).resolve().parents[1] / r["run"]) for r in plan]
+    return next((p for p in found if p in INTERNAL_RUNS), found[0] if found else None)
 
 
 def banner_text(purpose: str | None) -> str | None:

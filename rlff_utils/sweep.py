@@ -702,7 +702,7 @@ def execute_aggregate_notebook(folder: Path) -> Path:
                             progress_bar=False)
     except pm.PapermillExecutionError as e:
         raise RuntimeError(f"the sweep notebook failed ({e.ename}: {e.evalue}); see {out}") from None
-    full, reader = render_notebook(out, Path(folder) / "report")
+    full, reader = render_notebook(out, Path(folder) / "report", sweep=True)
     return reader or full
 
 

@@ -170,9 +170,9 @@ def plot_arms(table: pd.DataFrame, path: str | Path, title: str = "", names: lis
         hi = [c[1] for c in table[f"{name}_ci95"]]
         ax.errorbar(table[name], y, xerr=[table[name] - lo, np.array(hi) - table[name]], fmt="o", capsize=4)
         ax.set_yticks(y, table["arm"])
-        ax.set_xlabel(f"{name} (mean over seeds, 95% interval over seeds and {unit})")
+        ax.set_xlabel(name.replace("_", " "))
         ax.invert_yaxis()
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\nmean over seeds; 95% interval from resampling seeds, then {unit}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -205,13 +205,15 @@ def write_aggregate(folder: str | Path) -> Path:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """The table as Markdown, intervals as ``x [lo, hi]`` (for the README and the notebook)."""
+    """The table as Markdown, intervals as ``x [lo, hi]``, columns in words (``SR vs negative``;
+    for the README and the notebook)."""
     shown = pd.DataFrame({"arm": table["arm"], "seeds": table["seeds"], "cases": table["cases"]})
     for column in table.columns:
         if column.endswith("_ci95"):
             name = column.removesuffix("_ci95")
-            sign = "+" if "_vs_" in name else ""
-            shown[name] = [_cell(v, lo, hi, sign) for v, (lo, hi) in zip(table[name], _pairs(table[column]))]
+            sign = "+" if "_vs_" in name or name == "gain" else ""
+            shown[name.replace("_vs_", " vs ")] = [_cell(v, lo, hi, sign)
+                                                   for v, (lo, hi) in zip(table[name], _pairs(table[column]))]
     return shown.to_markdown(index=False)
 
 

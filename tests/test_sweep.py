@@ -312,15 +312,17 @@ def test_planted_compliance_pools_prompts_across_seeds_and_pairs_arms(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_notebook_renders_the_aggregate(tmp_path):
-    from rlff_utils import sweep
+    from rlff_utils import pagecheck, sweep
 
     cases = [(True, 1), (False, 2), (True, 2)]
     folder = _write_sweep(tmp_path, {("ref", 0): cases, ("ref", 1): cases, ("b", 0): cases[::-1], ("b", 1): cases})
     _write_compliance(folder, {(arm, s): [(0.25, 0.5), (0.0, 0.25)] for arm in ("ref", "b") for s in (0, 1)})
     page = sweep.execute_aggregate_notebook(folder)
     html = page.read_text(encoding="utf-8")
-    assert "fewer than 3 seeds" in html and "SR_vs_ref" in html and html.count("<img") == 2
-    assert "gain_vs_ref" in html and "did GRPO teach the rule" in html
+    assert "fewer than 3 seeds" in html and "SR vs ref" in html and html.count("<img") == 2
+    assert "gain vs ref" in html and "did GRPO teach the rule" in html
+    # a reader's page like a run's: no machine path (the sweep folder is a parameter), no code names
+    assert pagecheck.lint_report(folder / "report", banner=False) == {}
     assert page == folder / "report" / "sweep.html" and "sweep_analysis" not in html  # the reader's page
     assert "sweep_analysis" in (folder / "sweep.html").read_text(encoding="utf-8")   # the full page
 
