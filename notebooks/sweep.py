@@ -85,7 +85,8 @@ display(Markdown(per_seed.to_markdown(index=False, floatfmt=".2f")))
 compliance = sweep_analysis.compliance_outcomes(folder)
 if len(compliance):
     planted = sweep_analysis.arm_table(compliance, settings.get("reference"), settings.get("bootstrap_samples", 2000),
-                                       metrics=sweep_analysis.COMPLIANCE_METRICS, paired=sweep_analysis.COMPLIANCE_PAIRED)
+                                       metrics=sweep_analysis.COMPLIANCE_METRICS, paired=sweep_analysis.COMPLIANCE_PAIRED
+                                       ).rename(columns={"cases": "prompts"})
     display(Markdown(sweep_analysis.markdown_table(planted)))
     display(Image(filename=str(sweep_analysis.plot_arms(
         planted, folder / "compliance.png", f"sweep {record['sweep']}: planted compliance",

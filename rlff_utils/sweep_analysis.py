@@ -196,7 +196,7 @@ def write_aggregate(folder: str | Path) -> Path:
     planted = compliance_outcomes(folder)
     if len(planted):
         compliance = arm_table(planted, settings.get("reference"), settings.get("bootstrap_samples", 2000),
-                               metrics=COMPLIANCE_METRICS, paired=COMPLIANCE_PAIRED)
+                               metrics=COMPLIANCE_METRICS, paired=COMPLIANCE_PAIRED).rename(columns={"cases": "prompts"})
         compliance.to_csv(folder / "compliance.csv", index=False)
         plot_arms(compliance, folder / "compliance.png", f"sweep {record['sweep']}: planted compliance",
                   names=list(COMPLIANCE_METRICS.values()), unit="prompts")
@@ -207,7 +207,8 @@ def write_aggregate(folder: str | Path) -> Path:
 def markdown_table(table: pd.DataFrame) -> str:
     """The table as Markdown, intervals as ``x [lo, hi]``, columns in words (``SR vs negative``;
     for the README and the notebook)."""
-    shown = pd.DataFrame({"arm": table["arm"], "seeds": table["seeds"], "cases": table["cases"]})
+    unit = "prompts" if "prompts" in table else "cases"
+    shown = pd.DataFrame({"arm": table["arm"], "seeds": table["seeds"], unit: table[unit]})
     for column in table.columns:
         if column.endswith("_ci95"):
             name = column.removesuffix("_ci95")

@@ -294,7 +294,7 @@ def test_planted_compliance_pools_prompts_across_seeds_and_pairs_arms(tmp_path):
     sweep_analysis.write_aggregate(folder)
     saved = json.loads((folder / "aggregate.json").read_text())
     arms = {a["arm"]: a for a in saved["compliance"]}
-    assert arms["ref"]["gain"] == 0 and arms["ref"]["cases"] == 4 and arms["ref"]["seeds"] == 3
+    assert arms["ref"]["gain"] == 0 and arms["ref"]["prompts"] == 4 and arms["ref"]["seeds"] == 3
     assert arms["rule"]["gain"] == pytest.approx(1 / 3)
     assert arms["rule"]["gain_vs_ref"] == pytest.approx(1 / 3)
     lo, hi = arms["rule"]["gain_vs_ref_ci95"]
