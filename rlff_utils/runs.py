@@ -36,9 +36,9 @@ import hashlib
 import json
 import math
 import os
-import warnings
 import shutil
 import socket
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -340,19 +340,23 @@ def _get(obj: dict[str, Any], dotted: str) -> Any:
 
 
 def _strip_execution(value: Any) -> Any:
-    """Settings without execution-only fields, and without the credentials of any URL."""
+    """Settings without execution-only fields, and without the credentials of any URL, at any
+    depth (``evaluation.simulators`` holds model roles inside a list)."""
     if isinstance(value, dict):
         return {k: _strip_execution(v) for k, v in value.items() if k not in EXECUTION_FIELDS}
+    if isinstance(value, list):
+        return [_strip_execution(v) for v in value]
     if isinstance(value, str):
         return redact_credentials(value)
     return value
 
 
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{dotted.path: leaf}``."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else k))
         return out
     return {prefix: value}
 
@@ -503,8 +507,8 @@ def _setting_changes(params: "RunParams", stage: str, record: dict[str, Any]) ->
     """``{dotted path: (stored, now)}`` for every setting the record and the params disagree on.
     Both sides are read under today's :data:`EXECUTION_FIELDS`: a field that became execution-only
     after a record was written leaves that record valid."""
-    old = _flatten(_strip_execution(record.get("settings", {})), "")
-    new = _flatten(json_ready(stage_settings(params, stage)), "")
+    old = flatten(_strip_execution(record.get("settings", {})))
+    new = flatten(json_ready(stage_settings(params, stage)))
     for key, value in LATER_SETTINGS.items():  # recorded before the setting existed, and unchanged since
         if key not in old and key in new and new[key] == value:
             old[key] = value

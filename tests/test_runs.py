@@ -49,11 +49,20 @@ def test_record_reuse_and_stale_detection(params, monkeypatch):
                                 runs.SIMULATION)
     other = runs.stage_settings(with_(params, **{"models.user_sim": {**served, "name": "gpt-4o"}}), runs.SIMULATION)
     assert runs.settings_hash(before) == runs.settings_hash(moved) != runs.settings_hash(other)
-    # a record written while base_url was still compared (it holds the key) stays valid
-    record = runs.read_record(runs.layout(params).root, runs.DATA)
-    record["settings"]["models.policy"] = {"name": "x", "base_url": None}
-    assert runs._setting_changes(with_(params), runs.DATA, record) == {
-        "models.policy.name": ("x", "<absent>")}   # the data stage has no model: only the name differs
+    # a record written while base_url was still compared (its settings hold it) stays valid;
+    # another model in the same record is still a change
+    served_params = with_(params, **{"models.user_sim": served})
+    older = {"settings": {**before, "models.user_sim": {**before["models.user_sim"], "base_url": "http://old:1/v1"}}}
+    assert runs._setting_changes(served_params, runs.SIMULATION, older) == {}
+    older["settings"]["models.user_sim"]["name"] = "gpt-4o"
+    assert runs._setting_changes(served_params, runs.SIMULATION, older) == {
+        "models.user_sim.name": ("gpt-4o", "smollm2")}
+    # also inside a list (an evaluation simulator's role)
+    sims = [{"name": "other", "user_sim": served}]
+    a = runs.stage_settings(with_(params, **{"evaluation.simulators": sims}), runs.EVALUATION)
+    b = runs.stage_settings(with_(params, **{"evaluation.simulators": [{**sims[0], "user_sim": {**served, "base_url": "http://x:2/v1"}}]}),
+                            runs.EVALUATION)
+    assert runs.settings_hash(a) == runs.settings_hash(b)
     changed = with_(params, seed=7, **{"data.max_contexts": 5})
     with pytest.raises(runs.StaleStageError) as err:
         with runs.begin_stage(changed, runs.DATA):
