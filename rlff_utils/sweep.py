@@ -345,19 +345,12 @@ def _refuse_identical(path: str | os.PathLike, run: RunPlan, other: RunPlan) -> 
     """Two runs whose every stage would compute the same: what tells them apart are fields the
     stage records leave out (``runs.EXECUTION_FIELDS``: batch sizes, ``max_steps``, the evaluated
     systems, ...), so the second would only copy the first. Refused, naming the fields."""
-    a, b = run.params.model_dump(mode="json"), other.params.model_dump(mode="json")
-    keys = sorted(k for k in set(_flat(a)) | set(_flat(b))
-                  if _flat(a).get(k) != _flat(b).get(k) and k not in ("run_name",))
+    a, b = (runs.flatten(p.model_dump(mode="json")) for p in (run.params, other.params))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "run_name")
     raise SweepError(
         f"{path}: runs {other.name} and {run.name} would compute the same results: they differ only in "
         f"{', '.join(keys) or 'nothing'}, which the stage records do not compare (speed or bookkeeping fields, "
         "runs.EXECUTION_FIELDS). Vary a setting that changes results, or drop one of them.")
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}" if prefix else key).items()}
-    return {prefix: value}
 
 
 def _run_state(params: RunParams, notebooks_dir: Path) -> tuple[str, str]:

@@ -67,15 +67,19 @@ def case_outcomes(run_dir: str | Path, system: str, cap: int | None = None) -> p
     return frame.groupby("case_id", as_index=False)[["success", "turns"]].mean()
 
 
+def _run_dirs(folder: str | Path, record: dict[str, Any] | None = None) -> list[tuple[dict[str, Any], Path]]:
+    """Each planned run of the sweep (arm, seed) and its folder (beside ``sweeps/``)."""
+    output_root = Path(folder).resolve().parents[1]
+    return [(run, output_root / run["run"]) for run in (record or sweep_record(folder))["plan"]]
+
+
 def sweep_outcomes(folder: str | Path, system: str | None = None) -> pd.DataFrame:
     """Every finished run's case outcomes, with its arm and seed (runs without an evaluation of
     the system are left out, with a warning)."""
     record = sweep_record(folder)
-    output_root = Path(folder).resolve().parents[1]
     system = system or record.get("system") or "rlff-esc"
     frames = []
-    for run in record["plan"]:
-        run_dir = output_root / run["run"]
+    for run, run_dir in _run_dirs(folder, record):
         cap = _eval_cap(run_dir)
         try:
             frame = case_outcomes(run_dir, system, cap)
@@ -92,11 +96,9 @@ def compliance_outcomes(folder: str | Path) -> pd.DataFrame:
     """Every finished planted run's compliance check: one row per run and held-out prompt (as
     ``case_id``) with ``before``, ``after`` and ``gain`` (shares of the prompt's samples), its arm
     and seed. Empty when no run of the sweep has a check with per-prompt shares."""
-    record = sweep_record(folder)
-    output_root = Path(folder).resolve().parents[1]
     frames = []
-    for run in record["plan"]:
-        saved = runs.read_json(runs.RunLayout(output_root / run["run"]).planted_compliance, default=None)
+    for run, run_dir in _run_dirs(folder):
+        saved = runs.read_json(runs.RunLayout(run_dir).planted_compliance, default=None)
         if not saved or not saved.get("per_prompt"):
             continue
         frame = pd.DataFrame(saved["per_prompt"]).astype({"case_id": str, "before": float, "after": float})
