@@ -64,7 +64,7 @@ def test_generation_bench_times_the_fast_paths_as_ratios(project_root, tiny_mode
     spec.loader.exec_module(bench)
     out = tmp_path / "gen.json"
     assert bench.main(["--model", "tiny-random-smollm2", "--device", "cpu", "--batch-sizes", "1,2",
-                       "--prompt-tokens", "24", "--new-tokens", "4", "--kv-cache", "dynamic,static",
+                       "--prompt-tokens", "24", "--new-tokens", "16", "--kv-cache", "dynamic,static",
                        "--lora-r", "4", "--lora-merged", "--bandwidth-gbs", "10", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     variants = [r["variant"] for r in result["rows"]]
